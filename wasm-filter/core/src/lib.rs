@@ -1,0 +1,16 @@
+//! The logic of the meshtune proxy-wasm filter and the report format shared
+//! with the node agent. Nothing here talks to a host: the cdylib in
+//! `wasm-filter/` wires these pieces to proxy-wasm calls, so every rule can be
+//! tested natively.
+
+pub mod aggregator;
+pub mod config;
+pub mod naming;
+pub mod rules;
+pub mod sketch;
+pub mod wire;
+
+pub use aggregator::{Aggregator, KeyId, RecordOutcome};
+pub use config::{ConfigError, FilterConfig};
+pub use sketch::Sketch;
+pub use wire::{Direction, HopRecord, Report, SCHEMA_VERSION};

@@ -1,0 +1,71 @@
+//! Envoy stats of the filter. Each metric is defined once (per VM) and its
+//! id cached; labels travel in the name the way Istio's own stats do
+//! (`tag=.=value;.;`), so the `stats_tags` extractors `chain`, `service` and
+//! `direction` turn them into Prometheus labels on `/stats/prometheus`.
+
+use meshtune_filter_core::Direction;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Ids of the per-hop metrics of one aggregator key.
+#[derive(Debug, Clone, Copy)]
+pub struct HopMetrics {
+    requests: Option<u32>,
+    errors: Option<u32>,
+    duration_ms: Option<u32>,
+}
+
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
+}
+
+impl HopMetrics {
+    pub fn define(chain: &str, service: &str, direction: Direction) -> Self {
+        let tags = format!("chain=.={chain};.;service=.={service};.;direction=.={};.;", direction.as_str());
+        HopMetrics {
+            requests: define(MetricType::Counter, &format!("{tags}meshtune_requests_total")),
+            errors: define(MetricType::Counter, &format!("{tags}meshtune_errors_total")),
+            duration_ms: define(MetricType::Histogram, &format!("{tags}meshtune_request_duration_milliseconds")),
+        }
+    }
+
+    pub fn observe(&self, duration_ns: u64, error: bool) {
+        if let Some(id) = self.requests {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        if error {
+            if let Some(id) = self.errors {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        }
+        if let Some(id) = self.duration_ms {
+            let _ = hostcalls::record_metric(id, duration_ns / 1_000_000);
+        }
+    }
+}
+
+/// Counters about the filter itself.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterMetrics {
+    pub reports_sent: Option<u32>,
+    pub reports_dropped: Option<u32>,
+    pub overflow_requests: Option<u32>,
+    pub config_errors: Option<u32>,
+}
+
+impl FilterMetrics {
+    pub fn define() -> Self {
+        FilterMetrics {
+            reports_sent: define(MetricType::Counter, "meshtune_reports_sent_total"),
+            reports_dropped: define(MetricType::Counter, "meshtune_reports_dropped_total"),
+            overflow_requests: define(MetricType::Counter, "meshtune_overflow_requests_total"),
+            config_errors: define(MetricType::Counter, "meshtune_config_errors_total"),
+        }
+    }
+
+    pub fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}

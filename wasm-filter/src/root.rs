@@ -1,0 +1,212 @@
+//! The root context of a VM: configuration, the report timer and the calls
+//! to the agent.
+
+use crate::http::Hop;
+use crate::metrics::{FilterMetrics, HopMetrics};
+use meshtune_filter_core::naming::sanitize;
+use meshtune_filter_core::wire::Source;
+use meshtune_filter_core::{Aggregator, FilterConfig};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Reports in flight to the agent at once; beyond this a report is dropped
+/// rather than queued, so a slow agent costs memory never.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Per-VM state shared by the root context and its HTTP contexts.
+pub struct Shared {
+    pub config: Rc<FilterConfig>,
+    pub aggregator: Aggregator,
+    pub hop_metrics: Vec<HopMetrics>,
+    pub filter_metrics: FilterMetrics,
+    /// Service name used for inbound hops.
+    pub inbound_service: String,
+}
+
+pub struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    source: Source,
+    in_flight: Vec<u32>,
+    last_report_ns: u64,
+    filter_metrics: FilterMetrics,
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = proxy_wasm::hostcalls::log(level, msg);
+}
+
+fn string_property(path: &[&str]) -> Option<String> {
+    proxy_wasm::hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+}
+
+fn random_u64() -> u64 {
+    // RandomState draws its keys from WASI `random_get`, which Envoy provides.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+impl Root {
+    pub fn new() -> Self {
+        Root {
+            shared: None,
+            source: Source { vm_id: String::new(), node: String::new(), pod: String::new(), namespace: String::new() },
+            in_flight: Vec::new(),
+            last_report_ns: 0,
+            filter_metrics: FilterMetrics::define(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
+    fn identify(&mut self) {
+        let pod = string_property(&["node", "metadata", "NAME"]).unwrap_or_default();
+        self.source = Source {
+            vm_id: format!("{}-{:016x}", if pod.is_empty() { "vm" } else { &pod }, random_u64()),
+            node: string_property(&["node", "metadata", "NODE_NAME"])
+                .or_else(|| string_property(&["node", "id"]))
+                .unwrap_or_default(),
+            pod,
+            namespace: string_property(&["node", "metadata", "NAMESPACE"]).unwrap_or_default(),
+        };
+    }
+
+    fn inbound_service(config: &FilterConfig) -> String {
+        if let Some(s) = &config.service {
+            return s.clone();
+        }
+        let found = string_property(&["node", "metadata", "LABELS", "service.istio.io/canonical-name"])
+            .or_else(|| string_property(&["node", "metadata", "LABELS", "app"]))
+            .or_else(|| string_property(&["node", "metadata", "WORKLOAD_NAME"]));
+        sanitize(found.as_deref().unwrap_or("unknown"))
+    }
+
+    /// Sends what was recorded since the last report, if anything.
+    fn flush(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        let now = self.now_ns();
+        let interval_ms = now.saturating_sub(self.last_report_ns) / 1_000_000;
+        self.last_report_ns = now;
+        let mut state = shared.borrow_mut();
+        let Some(agent) = state.config.agent.clone() else {
+            // No agent configured: stats only; keep the sketches from growing.
+            let _ = state.aggregator.take_report(&self.source, interval_ms);
+            return;
+        };
+        let Some(report) = state.aggregator.take_report(&self.source, interval_ms) else { return };
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            state.aggregator.note_dropped_report();
+            FilterMetrics::bump(self.filter_metrics.reports_dropped);
+            return;
+        }
+        let Ok(body) = serde_json::to_vec(&report) else {
+            state.aggregator.note_dropped_report();
+            FilterMetrics::bump(self.filter_metrics.reports_dropped);
+            return;
+        };
+        let auth = format!("Bearer {}", agent.token);
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", agent.path.as_str()),
+            (":authority", agent.authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if !agent.token.is_empty() {
+            headers.push(("authorization", auth.as_str()));
+        }
+        let timeout = Duration::from_millis(agent.timeout_ms);
+        match self.dispatch_http_call(&agent.cluster, headers, Some(&body), vec![], timeout) {
+            Ok(token) => self.in_flight.push(token),
+            Err(status) => {
+                state.aggregator.note_dropped_report();
+                FilterMetrics::bump(self.filter_metrics.reports_dropped);
+                log(LogLevel::Debug, &format!("meshtune: report not dispatched: {status:?}"));
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        self.in_flight.retain(|t| *t != token);
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        if (200..300).contains(&status) {
+            FilterMetrics::bump(self.filter_metrics.reports_sent);
+        } else {
+            FilterMetrics::bump(self.filter_metrics.reports_dropped);
+            if let Some(shared) = &self.shared {
+                shared.borrow_mut().aggregator.note_dropped_report();
+            }
+            log(LogLevel::Debug, &format!("meshtune: agent answered {status}; report dropped"));
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        // Best effort: the answer may never arrive, the data is sent anyway.
+        self.flush();
+        true
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        true
+    }
+
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = if size == 0 { Vec::new() } else { self.get_plugin_configuration().unwrap_or_default() };
+        match FilterConfig::parse(&bytes) {
+            Ok(config) => {
+                self.identify();
+                let service = Self::inbound_service(&config);
+                let interval = Duration::from_millis(config.report_interval_ms);
+                let shared = Shared {
+                    aggregator: Aggregator::new(config.max_chains, config.max_upstreams),
+                    config: Rc::new(config),
+                    hop_metrics: Vec::new(),
+                    filter_metrics: self.filter_metrics,
+                    inbound_service: service,
+                };
+                self.shared = Some(Rc::new(RefCell::new(shared)));
+                self.last_report_ns = self.now_ns();
+                self.set_tick_period(interval);
+            }
+            Err(e) => {
+                // Fail open: keep traffic flowing untouched and say why.
+                self.shared = None;
+                FilterMetrics::bump(self.filter_metrics.config_errors);
+                log(LogLevel::Error, &format!("meshtune: {e}; the filter passes traffic through unchanged"));
+            }
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Hop::new(self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
