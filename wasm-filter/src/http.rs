@@ -2,16 +2,14 @@
 
 use crate::metrics::{FilterMetrics, HopMetrics};
 use crate::root::Shared;
-use meshtune_filter_core::config::{DURATION_HEADER, OTHER_CHAIN};
+use meshtune_filter_core::config::OTHER_CHAIN;
 use meshtune_filter_core::naming::{is_label_safe, sanitize, service_from_cluster};
 use meshtune_filter_core::rules;
 use meshtune_filter_core::{Direction, RecordOutcome};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, LogLevel, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 pub struct Hop {
     shared: Option<Rc<RefCell<Shared>>>,
@@ -20,35 +18,17 @@ pub struct Hop {
     start_ns: u64,
     status: u16,
     done: bool,
+    /// `x-request-id`, kept only when durations are logged for debugging.
+    request_id: Option<String>,
 }
 
-fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn int_property(path: &[&str]) -> Option<i64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
-    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    Some(i64::from_le_bytes(arr))
-}
-
-fn string_property(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
-    String::from_utf8(bytes).ok()
-}
+use crate::host::{header, header_str, log, now_ns, property_i64 as int_property, property_str as string_property, set_header};
 
 impl Hop {
     pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
-        Hop { shared, chain: String::new(), entry: false, start_ns: 0, status: 0, done: false }
+        Hop { shared, chain: String::new(), entry: false, start_ns: 0, status: 0, done: false, request_id: None }
     }
 
-    fn debug_header(&self) -> bool {
-        self.shared.as_ref().is_some_and(|s| s.borrow().config.debug_duration_header)
-    }
 
     fn is_error(&self) -> bool {
         match self.status {
@@ -67,12 +47,16 @@ impl Hop {
         self.done = true;
         let shared = self.shared.clone()?;
         let duration = now_ns().saturating_sub(self.start_ns);
-        let direction = int_property(&["listener_direction"]).map_or(Direction::Unspecified, Direction::from_envoy);
+        let direction = int_property(&["xds", "listener_direction"])
+            .or_else(|| int_property(&["listener_direction"]))
+            .map_or(Direction::Unspecified, Direction::from_envoy);
         let error = self.is_error();
         let mut state = shared.borrow_mut();
         let service = match direction {
             Direction::Outbound => {
-                let cluster = string_property(&["cluster_name"]).unwrap_or_default();
+                let cluster = string_property(&["xds", "cluster_name"])
+                    .or_else(|| string_property(&["cluster_name"]))
+                    .unwrap_or_default();
                 let name = service_from_cluster(&cluster);
                 if name.is_empty() { "unrouted".to_owned() } else { sanitize(name) }
             }
@@ -92,16 +76,25 @@ impl Hop {
             }
             RecordOutcome::Overflow => FilterMetrics::bump(state.filter_metrics.overflow_requests),
         }
+        if state.config.debug_log_durations {
+            // One line per hop so a test can compare the recorded sketch with
+            // the exact durations measured at the same point.
+            log(
+                LogLevel::Info,
+                &format!(
+                    "meshtune-debug hop chain={} service={} direction={} entry={} request_id={} duration_ns={}",
+                    self.chain,
+                    service,
+                    direction.as_str(),
+                    self.entry,
+                    self.request_id.as_deref().unwrap_or("-"),
+                    duration
+                ),
+            );
+        }
         Some(duration)
     }
 
-    fn finish_with_header(&mut self) {
-        if let Some(d) = self.finish() {
-            if self.debug_header() {
-                self.set_http_response_header(DURATION_HEADER, Some(&d.to_string()));
-            }
-        }
-    }
 }
 
 impl Context for Hop {}
@@ -111,18 +104,22 @@ impl HttpContext for Hop {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         self.start_ns = now_ns();
         let state = shared.borrow();
-        let header = state.config.chain_header.as_str();
-        match self.get_http_request_header(header) {
-            Some(v) if is_label_safe(&v) => self.chain = v,
-            Some(v) => self.chain = sanitize(&v),
+        let chain_header = state.config.chain_header.as_str();
+        if state.config.debug_log_durations {
+            self.request_id = header_str(MapType::HttpRequestHeaders, "x-request-id");
+        }
+        match header(MapType::HttpRequestHeaders, chain_header) {
+            Some(v) => {
+                let v = String::from_utf8_lossy(&v);
+                self.chain = if is_label_safe(&v) { v.into_owned() } else { sanitize(&v) };
+            }
             None => {
-                let host = self.get_http_request_header(":authority").unwrap_or_default();
-                let path = self.get_http_request_header(":path").unwrap_or_default();
-                let method = self.get_http_request_header(":method").unwrap_or_default();
+                let get = |k| header_str(MapType::HttpRequestHeaders, k).unwrap_or_default();
+                let (host, path, method) = (get(":authority"), get(":path"), get(":method"));
                 let chain = rules::assign(&state.config.rules, &host, &path, &method).unwrap_or(OTHER_CHAIN);
                 self.chain = chain.to_owned();
                 self.entry = true;
-                self.set_http_request_header(header, Some(chain));
+                set_header(MapType::HttpRequestHeaders, chain_header, chain);
             }
         }
         Action::Continue
@@ -132,17 +129,14 @@ impl HttpContext for Hop {
         if self.shared.is_none() {
             return Action::Continue;
         }
-        self.status = self
-            .get_http_response_header(":status")
+        self.status = header_str(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         if end_of_stream {
-            self.finish_with_header();
+            self.finish();
             return Action::Continue;
         }
-        // The debug header needs the duration at response end, so the
-        // headers wait for the body; without it nothing is held back.
-        if self.debug_header() { Action::Pause } else { Action::Continue }
+        Action::Continue
     }
 
     fn on_http_response_body(&mut self, _size: usize, end_of_stream: bool) -> Action {
@@ -150,10 +144,10 @@ impl HttpContext for Hop {
             return Action::Continue;
         }
         if end_of_stream {
-            self.finish_with_header();
+            self.finish();
             return Action::Continue;
         }
-        if self.debug_header() { Action::Pause } else { Action::Continue }
+        Action::Continue
     }
 
     fn on_log(&mut self) {

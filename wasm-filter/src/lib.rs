@@ -3,6 +3,7 @@
 //! It fails open: a bad configuration, an unreachable agent or a host call
 //! that fails leaves requests untouched.
 
+mod host;
 mod http;
 mod metrics;
 mod root;
@@ -13,7 +14,7 @@ use proxy_wasm::types::LogLevel;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("meshtune: panic: {info}"));
+        host::log(LogLevel::Critical, &format!("meshtune: panic: {info}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::new()) });
 }}

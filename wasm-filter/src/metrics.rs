@@ -4,7 +4,7 @@
 //! `direction` turn them into Prometheus labels on `/stats/prometheus`.
 
 use meshtune_filter_core::Direction;
-use proxy_wasm::hostcalls;
+use crate::host;
 use proxy_wasm::types::MetricType;
 
 /// Ids of the per-hop metrics of one aggregator key.
@@ -16,7 +16,7 @@ pub struct HopMetrics {
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
-    hostcalls::define_metric(kind, name).ok()
+    host::define_metric(kind, name)
 }
 
 impl HopMetrics {
@@ -31,15 +31,15 @@ impl HopMetrics {
 
     pub fn observe(&self, duration_ns: u64, error: bool) {
         if let Some(id) = self.requests {
-            let _ = hostcalls::increment_metric(id, 1);
+            host::increment_metric(id, 1);
         }
         if error {
             if let Some(id) = self.errors {
-                let _ = hostcalls::increment_metric(id, 1);
+                host::increment_metric(id, 1);
             }
         }
         if let Some(id) = self.duration_ms {
-            let _ = hostcalls::record_metric(id, duration_ns / 1_000_000);
+            host::record_metric(id, duration_ns / 1_000_000);
         }
     }
 }
@@ -65,7 +65,7 @@ impl FilterMetrics {
 
     pub fn bump(id: Option<u32>) {
         if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+            host::increment_metric(id, 1);
         }
     }
 }

@@ -7,12 +7,12 @@ use meshtune_filter_core::naming::sanitize;
 use meshtune_filter_core::wire::Source;
 use meshtune_filter_core::{Aggregator, FilterConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
+use proxy_wasm::types::{ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Reports in flight to the agent at once; beyond this a report is dropped
 /// rather than queued, so a slow agent costs memory never.
@@ -36,17 +36,7 @@ pub struct Root {
     filter_metrics: FilterMetrics,
 }
 
-fn log(level: LogLevel, msg: &str) {
-    let _ = proxy_wasm::hostcalls::log(level, msg);
-}
-
-fn string_property(path: &[&str]) -> Option<String> {
-    proxy_wasm::hostcalls::get_property(path.to_vec())
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|s| !s.is_empty())
-}
+use crate::host::{log, property_str as string_property};
 
 fn random_u64() -> u64 {
     // RandomState draws its keys from WASI `random_get`, which Envoy provides.
@@ -67,21 +57,22 @@ impl Root {
     }
 
     fn now_ns(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
+        crate::host::now_ns()
     }
 
     fn identify(&mut self) {
-        let pod = string_property(&["node", "metadata", "NAME"]).unwrap_or_default();
+        let node_meta = |key: &str| {
+            string_property(&["xds", "node", "metadata", key]).or_else(|| string_property(&["node", "metadata", key]))
+        };
+        let pod = node_meta("NAME").unwrap_or_default();
         self.source = Source {
             vm_id: format!("{}-{:016x}", if pod.is_empty() { "vm" } else { &pod }, random_u64()),
-            node: string_property(&["node", "metadata", "NODE_NAME"])
+            node: node_meta("NODE_NAME")
+                .or_else(|| string_property(&["xds", "node", "id"]))
                 .or_else(|| string_property(&["node", "id"]))
                 .unwrap_or_default(),
             pod,
-            namespace: string_property(&["node", "metadata", "NAMESPACE"]).unwrap_or_default(),
+            namespace: node_meta("NAMESPACE").unwrap_or_default(),
         };
     }
 
@@ -89,9 +80,14 @@ impl Root {
         if let Some(s) = &config.service {
             return s.clone();
         }
-        let found = string_property(&["node", "metadata", "LABELS", "service.istio.io/canonical-name"])
-            .or_else(|| string_property(&["node", "metadata", "LABELS", "app"]))
-            .or_else(|| string_property(&["node", "metadata", "WORKLOAD_NAME"]));
+        let meta = |path: &[&str]| {
+            let mut xds = vec!["xds", "node", "metadata"];
+            xds.extend_from_slice(path);
+            string_property(&xds).or_else(|| string_property(&xds[1..]))
+        };
+        let found = meta(&["LABELS", "service.istio.io/canonical-name"])
+            .or_else(|| meta(&["LABELS", "app"]))
+            .or_else(|| meta(&["WORKLOAD_NAME"]));
         sanitize(found.as_deref().unwrap_or("unknown"))
     }
 
@@ -143,8 +139,7 @@ impl Root {
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
         self.in_flight.retain(|t| *t != token);
-        let status = self
-            .get_http_call_response_header(":status")
+        let status = crate::host::header_str(MapType::HttpCallResponseHeaders, ":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         if (200..300).contains(&status) {
@@ -171,7 +166,7 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = if size == 0 { Vec::new() } else { self.get_plugin_configuration().unwrap_or_default() };
+        let bytes = if size == 0 { Vec::new() } else { crate::host::plugin_configuration() };
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
                 self.identify();

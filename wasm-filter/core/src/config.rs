@@ -9,8 +9,6 @@ use serde::Deserialize;
 pub const DEFAULT_CHAIN_HEADER: &str = "x-meshtune-chain";
 /// The chain of requests no rule matches.
 pub const OTHER_CHAIN: &str = "other";
-/// Debug response header carrying the duration the filter recorded, in ns.
-pub const DURATION_HEADER: &str = "x-meshtune-duration-ns";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -73,10 +71,10 @@ pub struct FilterConfig {
     /// node metadata (canonical service label, `app` label, workload name).
     #[serde(default)]
     pub service: Option<String>,
-    /// Adds `x-meshtune-duration-ns` to responses (buffers response bodies):
-    /// for tests and debugging only.
+    /// Logs every recorded hop duration (with `x-request-id`) at info
+    /// level: for tests and debugging only, it is one log line per request.
     #[serde(default)]
-    pub debug_duration_header: bool,
+    pub debug_log_durations: bool,
 }
 
 fn default_chain_header() -> String {
@@ -102,7 +100,7 @@ impl Default for FilterConfig {
             report_interval_ms: default_report_interval_ms(),
             agent: None,
             service: None,
-            debug_duration_header: false,
+            debug_log_durations: false,
         }
     }
 }
