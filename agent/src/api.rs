@@ -1,0 +1,184 @@
+//! The HTTP API, built as a plain `Router` so tests drive it without a socket.
+
+use crate::aggregate::{stats_view, ChainView};
+use crate::server::Agent;
+use crate::state::Ingested;
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshtune_filter_core::{Report, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Largest report body accepted.
+pub const MAX_REPORT_BYTES: usize = 1 << 20;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/reports", post(post_report))
+        .route("/v1/chains", get(get_chains))
+        .route("/v1/chains/{chain}/history", get(get_history))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_ready))
+        .with_state(agent)
+}
+
+fn reject(agent: &Agent, status: StatusCode, reason: &str, message: String) -> Response {
+    agent.metrics.reject(reason);
+    tracing::debug!(reason, "report rejected: {message}");
+    (status, Json(json!({"error": reason, "message": message}))).into_response()
+}
+
+fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
+    let Some(expected) = &agent.config.token else { return true };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare every byte so the time taken says nothing about the token.
+    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    schema_version: Option<serde_json::Value>,
+}
+
+async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(&agent, &headers) {
+        return reject(&agent, StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into());
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_REPORT_BYTES) {
+        return reject(&agent, StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {MAX_REPORT_BYTES} bytes"));
+    }
+    let bytes: Bytes = match to_bytes(body, MAX_REPORT_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return reject(&agent, StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {MAX_REPORT_BYTES} bytes"))
+        }
+    };
+    let probe: VersionProbe = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return reject(&agent, StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
+    };
+    if probe.schema_version != Some(json!(SCHEMA_VERSION)) {
+        let got = probe.schema_version.map_or("none".to_string(), |v| v.to_string());
+        return reject(
+            &agent,
+            StatusCode::BAD_REQUEST,
+            "unsupported_schema_version",
+            format!("schema_version {got} is not supported; this agent reads version {SCHEMA_VERSION}"),
+        );
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let report: Report = match serde_path_to_error::deserialize(de) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("at `{}`: {}", e.path(), e.inner());
+            return reject(&agent, StatusCode::UNPROCESSABLE_ENTITY, "invalid_report", msg);
+        }
+    };
+    if let Err(msg) = report.validate() {
+        return reject(&agent, StatusCode::UNPROCESSABLE_ENTITY, "invalid_report", msg);
+    }
+    let outcome = agent.lock().ingest(&report, crate::now_secs());
+    match outcome {
+        Ingested::Counted { records, dropped_records } => {
+            agent.metrics.reports_accepted.inc();
+            agent.metrics.records_dropped.inc_by(dropped_records as u64);
+            (StatusCode::OK, Json(json!({"status": "counted", "records": records, "dropped_records": dropped_records})))
+                .into_response()
+        }
+        Ingested::Duplicate => {
+            agent.metrics.reports_duplicate.inc();
+            (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChainsBody {
+    window_seconds: u64,
+    chains: Vec<ChainView>,
+}
+
+async fn get_chains(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
+    let now = crate::now_secs();
+    let window = agent.config.window.as_secs();
+    let chains = agent.lock().views(&agent.config.chains, now, window);
+    Json(serde_json::to_value(ChainsBody { window_seconds: window, chains }).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    /// How many minutes back (default 60, at most the retention).
+    minutes: Option<u64>,
+}
+
+async fn get_history(
+    State(agent): State<Arc<Agent>>,
+    Path(chain): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let now_minute = crate::now_secs() / 60;
+    let max = agent.config.retention.as_secs() / 60;
+    let minutes = q.minutes.unwrap_or(60).min(max);
+    let from = now_minute.saturating_sub(minutes);
+    let mut rows = match agent.store.minutes(&chain, from, now_minute + 1) {
+        Ok(r) => r,
+        Err(e) => {
+            agent.metrics.store_errors.inc();
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "store", "message": e.to_string()})))
+                .into_response();
+        }
+    };
+    // Minutes not yet persisted come from memory and take precedence.
+    let recent = agent.lock().minutes(&chain, from, now_minute + 1);
+    for (m, agg) in recent {
+        match rows.iter_mut().find(|(rm, _)| *rm == m) {
+            Some(row) => row.1 = agg,
+            None => rows.push((m, agg)),
+        }
+    }
+    rows.sort_by_key(|(m, _)| *m);
+    let slo = agent.config.chains.get(&chain).map(|c| c.slo_ms);
+    let points: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(m, agg)| {
+            let s = stats_view(&agg.end_to_end, agg.end_to_end.requests, 60.0, slo);
+            json!({"minute_start": m * 60, "requests": agg.end_to_end.requests, "rps": s.rps,
+                   "error_rate": s.error_rate, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "slo_attainment": s.slo_attainment})
+        })
+        .collect();
+    Json(json!({"chain": chain, "resolution_seconds": 60, "points": points})).into_response()
+}
+
+async fn get_metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &agent.registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            out,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn get_ready(State(agent): State<Arc<Agent>>) -> Response {
+    if agent.metrics.ready.get() == 1 {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}

@@ -1,0 +1,296 @@
+//! The agent's YAML configuration. Chains and their objectives can be given
+//! the meshtune way (`chains:`) or in the DTA-SLO shape (`slos:` in seconds
+//! and `services:` with the chains each service serves); both may be mixed.
+//! Every error names the field path and, where it can, the line.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: line {line}: `{path}`: {message}")]
+    Parse { file: String, line: usize, path: String, message: String },
+    #[error("{file}{line}: `{path}`: {message}")]
+    Invalid { file: String, line: String, path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSpec {
+    /// Latency objective of the chain, end to end, in milliseconds.
+    pub slo_ms: f64,
+    /// Percentile the objective applies to (e.g. 99 for p99).
+    #[serde(default = "default_percentile")]
+    pub percentile: f64,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_percentile() -> f64 {
+    99.0
+}
+
+/// A service in the DTA-SLO shape: the chains it serves and its resource
+/// bounds (CPU in cores, memory in MiB).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub chains: Vec<String>,
+    pub min_cpu: Option<f64>,
+    pub max_cpu: Option<f64>,
+    pub min_memory: Option<f64>,
+    pub max_memory: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default)]
+    auth: AuthSpec,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_retention_days")]
+    retention_days: u64,
+    #[serde(default = "default_window_seconds")]
+    window_seconds: u64,
+    #[serde(default = "default_persist_interval_seconds")]
+    persist_interval_seconds: f64,
+    #[serde(default)]
+    chains: BTreeMap<String, ChainSpec>,
+    /// DTA-SLO: chain → objective in seconds.
+    #[serde(default)]
+    slos: BTreeMap<String, f64>,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceSpec>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9090))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/meshtune")
+}
+fn default_retention_days() -> u64 {
+    8
+}
+fn default_window_seconds() -> u64 {
+    60
+}
+fn default_persist_interval_seconds() -> f64 {
+    10.0
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    /// Bearer token reports must carry; `None` accepts any (logged loudly).
+    pub token: Option<String>,
+    pub data_dir: PathBuf,
+    pub retention: Duration,
+    pub window: Duration,
+    pub persist_interval: Duration,
+    pub chains: BTreeMap<String, ChainSpec>,
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// 1-based line of the first `key:` in `text` (best effort, for messages).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        let t = l.trim_start().trim_start_matches("- ");
+        t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))
+            || t.strip_prefix(&format!("\"{key}\"")).is_some_and(|r| r.trim_start().starts_with(':'))
+    })
+    .map(|i| i + 1)
+}
+
+fn valid_name(name: &str) -> bool {
+    meshtune_filter_core::naming::is_label_safe(name)
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map_or(0, |l| l.line());
+            let message = inner.to_string();
+            // serde_yaml_ng appends " at line N column M"; the prefix says it.
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            ConfigError::Parse { file: file.to_owned(), line, path, message }
+        })?;
+        let invalid = |path: String, key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: line_of(text, key).map(|l| format!(": line {l}")).unwrap_or_default(),
+            path,
+            message,
+        };
+
+        let mut chains = raw.chains.clone();
+        for (name, spec) in &raw.chains {
+            if !valid_name(name) {
+                return Err(invalid(format!("chains.{name}"), name, "chain names use letters, digits, `-` and `_` (at most 64)".into()));
+            }
+            if !(spec.slo_ms.is_finite() && spec.slo_ms > 0.0) {
+                return Err(invalid(format!("chains.{name}.slo_ms"), "slo_ms", "must be a positive number of milliseconds".into()));
+            }
+            if !(spec.percentile > 0.0 && spec.percentile <= 100.0) {
+                return Err(invalid(format!("chains.{name}.percentile"), "percentile", "must be in (0, 100]".into()));
+            }
+        }
+        for (name, seconds) in &raw.slos {
+            if !valid_name(name) {
+                return Err(invalid(format!("slos.{name}"), name, "chain names use letters, digits, `-` and `_` (at most 64)".into()));
+            }
+            if !(seconds.is_finite() && *seconds > 0.0) {
+                return Err(invalid(format!("slos.{name}"), name, "must be a positive number of seconds".into()));
+            }
+            let slo_ms = seconds * 1000.0;
+            match chains.get(name) {
+                Some(c) if (c.slo_ms - slo_ms).abs() > 1e-9 => {
+                    return Err(invalid(
+                        format!("slos.{name}"),
+                        name,
+                        format!("disagrees with chains.{name}.slo_ms ({} ms vs {} ms)", c.slo_ms, slo_ms),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    chains.insert(name.clone(), ChainSpec { slo_ms, percentile: default_percentile(), description: String::new() });
+                }
+            }
+        }
+        for (svc, spec) in &raw.services {
+            for (i, chain) in spec.chains.iter().enumerate() {
+                if !chains.contains_key(chain) {
+                    return Err(invalid(
+                        format!("services.{svc}.chains[{i}]"),
+                        svc,
+                        format!("chain `{chain}` has no objective in `chains` or `slos`"),
+                    ));
+                }
+            }
+            for (field, lo, hi) in [("cpu", spec.min_cpu, spec.max_cpu), ("memory", spec.min_memory, spec.max_memory)] {
+                if let (Some(lo), Some(hi)) = (lo, hi) {
+                    if lo > hi || lo < 0.0 {
+                        return Err(invalid(
+                            format!("services.{svc}.min_{field}"),
+                            &format!("min_{field}"),
+                            format!("must be ≥ 0 and ≤ max_{field}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if raw.window_seconds < 5 || raw.window_seconds > 3600 {
+            return Err(invalid("window_seconds".into(), "window_seconds", "must be between 5 and 3600".into()));
+        }
+        if raw.retention_days < 8 || raw.retention_days > 366 {
+            return Err(invalid("retention_days".into(), "retention_days", "must be between 8 and 366 (forecasting needs 8 days)".into()));
+        }
+        if !(raw.persist_interval_seconds >= 0.1 && raw.persist_interval_seconds <= 300.0) {
+            return Err(invalid("persist_interval_seconds".into(), "persist_interval_seconds", "must be between 0.1 and 300".into()));
+        }
+        let token = match (&raw.auth.token, &raw.auth.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("auth".into(), "auth", "give either `token` or `token_file`, not both".into()))
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                return Err(invalid("auth.token".into(), "token", "must not be empty".into()))
+            }
+            (Some(t), None) => Some(t.trim().to_owned()),
+            (None, Some(p)) => {
+                let t = std::fs::read_to_string(p).map_err(|e| {
+                    invalid("auth.token_file".into(), "token_file", format!("cannot read {}: {e}", p.display()))
+                })?;
+                if t.trim().is_empty() {
+                    return Err(invalid("auth.token_file".into(), "token_file", format!("{} is empty", p.display())));
+                }
+                Some(t.trim().to_owned())
+            }
+            (None, None) => None,
+        };
+        Ok(AgentConfig {
+            listen: raw.listen,
+            token,
+            data_dir: raw.data_dir,
+            retention: Duration::from_secs(raw.retention_days * 86_400),
+            window: Duration::from_secs(raw.window_seconds),
+            persist_interval: Duration::from_secs_f64(raw.persist_interval_seconds),
+            chains,
+            services: raw.services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, "agent.yaml")
+    }
+
+    #[test]
+    fn meshtune_and_dta_slo_shapes_merge() {
+        let cfg = parse(
+            "listen: 127.0.0.1:9191\nauth:\n  token: s3cret\nchains:\n  product:\n    slo_ms: 300\nslos:\n  ratings: 0.1\n  product: 0.3\nservices:\n  productpage:\n    chains: [product, ratings]\n    min_cpu: 0.1\n    max_cpu: 2\n    min_memory: 128\n    max_memory: 1024\n",
+        );
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => unreachable!("{e}"),
+        };
+        assert_eq!(cfg.chains.len(), 2);
+        assert_eq!(cfg.chains["ratings"].slo_ms, 100.0);
+        assert_eq!(cfg.chains["ratings"].percentile, 99.0);
+        assert_eq!(cfg.token.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.retention, Duration::from_secs(8 * 86_400));
+    }
+
+    #[test]
+    fn unknown_field_names_path_and_line() {
+        let err = parse("chains:\n  product:\n    slo_ms: 300\n    percentil: 99\n");
+        let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("agent.yaml: line 4"), "{msg}");
+        assert!(msg.contains("chains.product"), "{msg}");
+        assert!(msg.contains("percentil"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            ("chains:\n  product:\n    slo_ms: -1\n", "chains.product.slo_ms", "line 3"),
+            ("slos:\n  product: 0.3\nservices:\n  pp:\n    chains: [produkt]\n", "services.pp.chains[0]", "line 4"),
+            ("chains:\n  a:\n    slo_ms: 100\nslos:\n  a: 0.2\n", "slos.a", "line 2"),
+            ("window_seconds: 1\n", "window_seconds", "line 1"),
+            ("auth:\n  token: a\n  token_file: /x\n", "auth", "line 1"),
+        ];
+        for (text, path, line) in cases {
+            let msg = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(&format!("`{path}`")), "{path}: {msg}");
+            assert!(msg.contains(line), "{path}: {msg}");
+        }
+    }
+}

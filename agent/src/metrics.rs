@@ -1,0 +1,173 @@
+//! The agent's own Prometheus metrics. Counters about the agent are plain
+//! prometheus-client metrics; per-chain series are encoded at scrape time
+//! from the chain state, so a histogram of millions of requests costs one
+//! pass over its sketch rather than one observation per request.
+
+use crate::state::ChainState;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Counters and gauges about the agent itself.
+#[derive(Debug, Default, Clone)]
+pub struct AgentMetrics {
+    pub reports_accepted: Counter,
+    pub reports_duplicate: Counter,
+    pub reports_rejected: Family<ReasonLabel, Counter>,
+    pub records_dropped: Counter,
+    pub store_persists: Counter,
+    pub store_errors: Counter,
+    pub store_recovered: Counter,
+    pub store_entries_skipped: Counter,
+    pub ready: Gauge,
+}
+
+impl AgentMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("meshtune_reports_accepted", "Filter reports counted", self.reports_accepted.clone());
+        registry.register(
+            "meshtune_reports_duplicate",
+            "Filter reports already counted (replayed or duplicated sequence numbers)",
+            self.reports_duplicate.clone(),
+        );
+        registry.register(
+            "meshtune_reports_rejected",
+            "Filter reports rejected, by reason",
+            self.reports_rejected.clone(),
+        );
+        registry.register(
+            "meshtune_records_dropped",
+            "Report records dropped because the agent's chain cap was reached",
+            self.records_dropped.clone(),
+        );
+        registry.register("meshtune_store_persists", "Successful writes of the history store", self.store_persists.clone());
+        registry.register("meshtune_store_errors", "Failed writes or reads of the history store", self.store_errors.clone());
+        registry.register(
+            "meshtune_store_recovered",
+            "Unreadable stores moved aside at start-up",
+            self.store_recovered.clone(),
+        );
+        registry.register(
+            "meshtune_store_entries_skipped",
+            "Stored entries that could not be decoded at start-up",
+            self.store_entries_skipped.clone(),
+        );
+        registry.register("meshtune_ready", "1 once the store is loaded and the agent serves", self.ready.clone());
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.reports_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+}
+
+/// Histogram bucket bounds of `meshtune_chain_request_duration_seconds`.
+pub const BUCKETS_SECONDS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Encodes per-chain series from the chain state at scrape time.
+#[derive(Debug)]
+pub struct ChainCollector {
+    pub state: Arc<Mutex<ChainState>>,
+    pub slo_ms: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChainLabel {
+    chain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HopLabel {
+    chain: String,
+    service: String,
+}
+
+impl Collector for ChainCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let lifetime = match self.state.lock() {
+            Ok(st) => st.lifetime().clone(),
+            Err(poisoned) => poisoned.into_inner().lifetime().clone(),
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "meshtune_chain_request_duration_seconds",
+                "End-to-end latency of each chain, measured at its entry hop",
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for (chain, agg) in &lifetime {
+                let sk = &agg.end_to_end.latency;
+                let mut prev = 0;
+                let mut buckets: Vec<(f64, u64)> = BUCKETS_SECONDS
+                    .iter()
+                    .map(|b| {
+                        let le = sk.count_le((b * 1e9) as u64);
+                        let n = le.saturating_sub(prev);
+                        prev = le;
+                        (*b, n)
+                    })
+                    .collect();
+                buckets.push((f64::INFINITY, sk.count().saturating_sub(prev)));
+                let label = ChainLabel { chain: chain.clone() };
+                family.encode_family(&label)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sk.sum_ns as f64 / 1e9,
+                    sk.count(),
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        for (name, help, pick) in [
+            ("meshtune_chain_requests", "Requests of each chain, counted at its entry hop", 0u8),
+            ("meshtune_chain_errors", "Failed requests (5xx or local replies) of each chain at its entry hop", 1),
+        ] {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (chain, agg) in &lifetime {
+                let v = if pick == 0 { agg.end_to_end.requests } else { agg.end_to_end.errors };
+                let c: Counter = Counter::default();
+                c.inc_by(v);
+                c.encode(family.encode_family(&ChainLabel { chain: chain.clone() })?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "meshtune_hop_requests",
+                "Requests per chain and service, as measured by the service's own sidecar where it has one",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (chain, agg) in &lifetime {
+                for (service, hop) in &agg.hops {
+                    let c: Counter = Counter::default();
+                    c.inc_by(hop.preferred().0.requests);
+                    c.encode(family.encode_family(&HopLabel { chain: chain.clone(), service: service.clone() })?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "meshtune_chain_slo_seconds",
+                "Latency objective of each configured chain",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (chain, slo) in &self.slo_ms {
+                let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+                g.set(slo / 1000.0);
+                g.encode(family.encode_family(&ChainLabel { chain: chain.clone() })?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! The running agent: shared state, the persistence loop, start and stop.
+
+use crate::config::AgentConfig;
+use crate::metrics::{AgentMetrics, ChainCollector};
+use crate::state::ChainState;
+use crate::store::{Store, StoreError};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// State shared by the HTTP handlers and the background tasks.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub state: Arc<Mutex<ChainState>>,
+    pub metrics: AgentMetrics,
+    pub registry: Registry,
+    pub store: Store,
+}
+
+impl Agent {
+    /// Opens the store, restores history and registers metrics.
+    pub fn open(config: AgentConfig, now_secs: u64) -> Result<Arc<Agent>, StoreError> {
+        let metrics = AgentMetrics::default();
+        let (store, opened) = Store::open(&config.data_dir, now_secs)?;
+        if let Some((aside, why)) = &opened.moved_aside {
+            metrics.store_recovered.inc();
+            tracing::error!(
+                store = %store.path().display(),
+                moved_to = %aside.display(),
+                "the history store could not be read ({why}); it was moved aside and a new one started"
+            );
+        }
+        let mut state = ChainState::new(now_secs);
+        let from = (now_secs / 60).saturating_sub(crate::state::MEMORY_MINUTES);
+        match store.load(from) {
+            Ok(loaded) => {
+                if loaded.skipped > 0 {
+                    metrics.store_entries_skipped.inc_by(loaded.skipped as u64);
+                    tracing::warn!(skipped = loaded.skipped, "stored entries that could not be decoded were skipped");
+                }
+                tracing::info!(
+                    chains = loaded.lifetime.len(),
+                    minutes = loaded.minutes.len(),
+                    vms = loaded.vms.len(),
+                    "history restored from {}",
+                    store.path().display()
+                );
+                state.restore(loaded.minutes, loaded.lifetime, loaded.vms);
+            }
+            Err(e) => {
+                metrics.store_errors.inc();
+                return Err(e);
+            }
+        }
+        let state = Arc::new(Mutex::new(state));
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(ChainCollector {
+            state: state.clone(),
+            slo_ms: config.chains.iter().map(|(k, v)| (k.clone(), v.slo_ms)).collect(),
+        }));
+        metrics.ready.set(1);
+        Ok(Arc::new(Agent { config, state, metrics, registry, store }))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ChainState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Writes what changed since the last call; on failure the changes stay
+    /// pending for the next one.
+    pub fn persist(&self, now_secs: u64, prune: bool) {
+        let dirty = {
+            let mut st = self.lock();
+            st.expire(now_secs, self.config.window.as_secs());
+            st.take_dirty()
+        };
+        let retain = prune.then(|| (now_secs.saturating_sub(self.config.retention.as_secs())) / 60);
+        match self.store.persist(&dirty, retain) {
+            Ok(()) => {
+                self.metrics.store_persists.inc();
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!("persisting history failed, will retry: {e}");
+                self.lock().mark_dirty_again(dirty);
+            }
+        }
+    }
+
+    /// Serves the API on `listener` until `shutdown` turns true, persisting
+    /// every interval and once more on the way out.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        let persister = {
+            let agent = self.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(agent.config.persist_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut n: u64 = 0;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => break,
+                    }
+                    n += 1;
+                    let a = agent.clone();
+                    // Prune old minutes about every ten minutes of persists.
+                    let prune = n % (600 / agent.config.persist_interval.as_secs().max(1)).max(1) == 1;
+                    let _ = tokio::task::spawn_blocking(move || a.persist(crate::now_secs(), prune)).await;
+                }
+            })
+        };
+        let app = crate::api::router(self.clone());
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|v| *v).await;
+            })
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), persister).await;
+        let agent = self.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.persist(crate::now_secs(), false)).await;
+        tracing::info!("history flushed; agent stopped");
+        result
+    }
+}
