@@ -117,15 +117,30 @@ fn ms(ns: Option<f64>) -> Option<f64> {
     ns.map(|v| (v / 1e6 * 1000.0).round() / 1000.0)
 }
 
-pub fn stats_view(window: &Agg, lifetime_requests: u64, window_secs: f64, slo_ms: Option<f64>) -> StatsView {
+pub fn stats_view(
+    window: &Agg,
+    lifetime_requests: u64,
+    window_secs: f64,
+    slo_ms: Option<f64>,
+) -> StatsView {
     let n = window.requests;
     let attainment = match (slo_ms, n) {
-        (Some(slo), n) if n > 0 => Some(window.latency.count_le((slo * 1e6) as u64) as f64 / n as f64),
+        (Some(slo), n) if n > 0 => {
+            Some(window.latency.count_le((slo * 1e6) as u64) as f64 / n as f64)
+        }
         _ => None,
     };
     StatsView {
-        rps: if window_secs > 0.0 { n as f64 / window_secs } else { 0.0 },
-        error_rate: if n > 0 { window.errors as f64 / n as f64 } else { 0.0 },
+        rps: if window_secs > 0.0 {
+            n as f64 / window_secs
+        } else {
+            0.0
+        },
+        error_rate: if n > 0 {
+            window.errors as f64 / n as f64
+        } else {
+            0.0
+        },
         p50_ms: ms(window.latency.quantile(0.50)),
         p95_ms: ms(window.latency.quantile(0.95)),
         p99_ms: ms(window.latency.quantile(0.99)),

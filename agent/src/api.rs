@@ -35,14 +35,21 @@ fn reject(agent: &Agent, status: StatusCode, reason: &str, message: String) -> R
 }
 
 fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
-    let Some(expected) = &agent.config.token else { return true };
+    let Some(expected) = &agent.config.token else {
+        return true;
+    };
     let got = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     // Compare every byte so the time taken says nothing about the token.
-    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    got.len() == expected.len()
+        && got
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[derive(Deserialize)]
@@ -52,19 +59,34 @@ struct VersionProbe {
 
 async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
     if !authorized(&agent, &headers) {
-        return reject(&agent, StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into());
+        return reject(
+            &agent,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token".into(),
+        );
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_REPORT_BYTES) {
-        return reject(&agent, StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {MAX_REPORT_BYTES} bytes"));
+        return reject(
+            &agent,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body exceeds {MAX_REPORT_BYTES} bytes"),
+        );
     }
     let bytes: Bytes = match to_bytes(body, MAX_REPORT_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return reject(&agent, StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {MAX_REPORT_BYTES} bytes"))
+            return reject(
+                &agent,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("body exceeds {MAX_REPORT_BYTES} bytes"),
+            )
         }
     };
     let probe: VersionProbe = match serde_json::from_slice(&bytes) {
@@ -72,12 +94,16 @@ async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         Err(e) => return reject(&agent, StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
     };
     if probe.schema_version != Some(json!(SCHEMA_VERSION)) {
-        let got = probe.schema_version.map_or("none".to_string(), |v| v.to_string());
+        let got = probe
+            .schema_version
+            .map_or("none".to_string(), |v| v.to_string());
         return reject(
             &agent,
             StatusCode::BAD_REQUEST,
             "unsupported_schema_version",
-            format!("schema_version {got} is not supported; this agent reads version {SCHEMA_VERSION}"),
+            format!(
+                "schema_version {got} is not supported; this agent reads version {SCHEMA_VERSION}"
+            ),
         );
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
@@ -85,15 +111,28 @@ async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         Ok(r) => r,
         Err(e) => {
             let msg = format!("at `{}`: {}", e.path(), e.inner());
-            return reject(&agent, StatusCode::UNPROCESSABLE_ENTITY, "invalid_report", msg);
+            return reject(
+                &agent,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_report",
+                msg,
+            );
         }
     };
     if let Err(msg) = report.validate() {
-        return reject(&agent, StatusCode::UNPROCESSABLE_ENTITY, "invalid_report", msg);
+        return reject(
+            &agent,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_report",
+            msg,
+        );
     }
     let outcome = agent.lock().ingest(&report, crate::now_secs());
     match outcome {
-        Ingested::Counted { records, dropped_records } => {
+        Ingested::Counted {
+            records,
+            dropped_records,
+        } => {
             agent.metrics.reports_accepted.inc();
             agent.metrics.records_dropped.inc_by(dropped_records as u64);
             (StatusCode::OK, Json(json!({"status": "counted", "records": records, "dropped_records": dropped_records})))
@@ -116,7 +155,13 @@ async fn get_chains(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> 
     let now = crate::now_secs();
     let window = agent.config.window.as_secs();
     let chains = agent.lock().views(&agent.config.chains, now, window);
-    Json(serde_json::to_value(ChainsBody { window_seconds: window, chains }).unwrap_or_default())
+    Json(
+        serde_json::to_value(ChainsBody {
+            window_seconds: window,
+            chains,
+        })
+        .unwrap_or_default(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -138,7 +183,10 @@ async fn get_history(
         Ok(r) => r,
         Err(e) => {
             agent.metrics.store_errors.inc();
-            return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "store", "message": e.to_string()})))
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "store", "message": e.to_string()})),
+            )
                 .into_response();
         }
     };
@@ -167,7 +215,10 @@ async fn get_metrics(State(agent): State<Arc<Agent>>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &agent.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             out,
         )
             .into_response(),

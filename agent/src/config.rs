@@ -12,11 +12,24 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: line {line}: `{path}`: {message}")]
-    Parse { file: String, line: usize, path: String, message: String },
+    Parse {
+        file: String,
+        line: usize,
+        path: String,
+        message: String,
+    },
     #[error("{file}{line}: `{path}`: {message}")]
-    Invalid { file: String, line: String, path: String, message: String },
+    Invalid {
+        file: String,
+        line: String,
+        path: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -111,12 +124,15 @@ pub struct AgentConfig {
 
 /// 1-based line of the first `key:` in `text` (best effort, for messages).
 fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let t = l.trim_start().trim_start_matches("- ");
-        t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))
-            || t.strip_prefix(&format!("\"{key}\"")).is_some_and(|r| r.trim_start().starts_with(':'))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                || t.strip_prefix(&format!("\"{key}\""))
+                    .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -126,7 +142,10 @@ fn valid_name(name: &str) -> bool {
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::parse(&text, &file)
     }
 
@@ -138,12 +157,23 @@ impl AgentConfig {
             let line = inner.location().map_or(0, |l| l.line());
             let message = inner.to_string();
             // serde_yaml_ng appends " at line N column M"; the prefix says it.
-            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-            ConfigError::Parse { file: file.to_owned(), line, path, message }
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            ConfigError::Parse {
+                file: file.to_owned(),
+                line,
+                path,
+                message,
+            }
         })?;
         let invalid = |path: String, key: &str, message: String| ConfigError::Invalid {
             file: file.to_owned(),
-            line: line_of(text, key).map(|l| format!(": line {l}")).unwrap_or_default(),
+            line: line_of(text, key)
+                .map(|l| format!(": line {l}"))
+                .unwrap_or_default(),
             path,
             message,
         };
@@ -151,21 +181,41 @@ impl AgentConfig {
         let mut chains = raw.chains.clone();
         for (name, spec) in &raw.chains {
             if !valid_name(name) {
-                return Err(invalid(format!("chains.{name}"), name, "chain names use letters, digits, `-` and `_` (at most 64)".into()));
+                return Err(invalid(
+                    format!("chains.{name}"),
+                    name,
+                    "chain names use letters, digits, `-` and `_` (at most 64)".into(),
+                ));
             }
             if !(spec.slo_ms.is_finite() && spec.slo_ms > 0.0) {
-                return Err(invalid(format!("chains.{name}.slo_ms"), "slo_ms", "must be a positive number of milliseconds".into()));
+                return Err(invalid(
+                    format!("chains.{name}.slo_ms"),
+                    "slo_ms",
+                    "must be a positive number of milliseconds".into(),
+                ));
             }
             if !(spec.percentile > 0.0 && spec.percentile <= 100.0) {
-                return Err(invalid(format!("chains.{name}.percentile"), "percentile", "must be in (0, 100]".into()));
+                return Err(invalid(
+                    format!("chains.{name}.percentile"),
+                    "percentile",
+                    "must be in (0, 100]".into(),
+                ));
             }
         }
         for (name, seconds) in &raw.slos {
             if !valid_name(name) {
-                return Err(invalid(format!("slos.{name}"), name, "chain names use letters, digits, `-` and `_` (at most 64)".into()));
+                return Err(invalid(
+                    format!("slos.{name}"),
+                    name,
+                    "chain names use letters, digits, `-` and `_` (at most 64)".into(),
+                ));
             }
             if !(seconds.is_finite() && *seconds > 0.0) {
-                return Err(invalid(format!("slos.{name}"), name, "must be a positive number of seconds".into()));
+                return Err(invalid(
+                    format!("slos.{name}"),
+                    name,
+                    "must be a positive number of seconds".into(),
+                ));
             }
             let slo_ms = seconds * 1000.0;
             match chains.get(name) {
@@ -173,12 +223,22 @@ impl AgentConfig {
                     return Err(invalid(
                         format!("slos.{name}"),
                         name,
-                        format!("disagrees with chains.{name}.slo_ms ({} ms vs {} ms)", c.slo_ms, slo_ms),
+                        format!(
+                            "disagrees with chains.{name}.slo_ms ({} ms vs {} ms)",
+                            c.slo_ms, slo_ms
+                        ),
                     ))
                 }
                 Some(_) => {}
                 None => {
-                    chains.insert(name.clone(), ChainSpec { slo_ms, percentile: default_percentile(), description: String::new() });
+                    chains.insert(
+                        name.clone(),
+                        ChainSpec {
+                            slo_ms,
+                            percentile: default_percentile(),
+                            description: String::new(),
+                        },
+                    );
                 }
             }
         }
@@ -192,7 +252,10 @@ impl AgentConfig {
                     ));
                 }
             }
-            for (field, lo, hi) in [("cpu", spec.min_cpu, spec.max_cpu), ("memory", spec.min_memory, spec.max_memory)] {
+            for (field, lo, hi) in [
+                ("cpu", spec.min_cpu, spec.max_cpu),
+                ("memory", spec.min_memory, spec.max_memory),
+            ] {
                 if let (Some(lo), Some(hi)) = (lo, hi) {
                     if lo > hi || lo < 0.0 {
                         return Err(invalid(
@@ -205,28 +268,56 @@ impl AgentConfig {
             }
         }
         if raw.window_seconds < 5 || raw.window_seconds > 3600 {
-            return Err(invalid("window_seconds".into(), "window_seconds", "must be between 5 and 3600".into()));
+            return Err(invalid(
+                "window_seconds".into(),
+                "window_seconds",
+                "must be between 5 and 3600".into(),
+            ));
         }
         if raw.retention_days < 8 || raw.retention_days > 366 {
-            return Err(invalid("retention_days".into(), "retention_days", "must be between 8 and 366 (forecasting needs 8 days)".into()));
+            return Err(invalid(
+                "retention_days".into(),
+                "retention_days",
+                "must be between 8 and 366 (forecasting needs 8 days)".into(),
+            ));
         }
         if !(raw.persist_interval_seconds >= 0.1 && raw.persist_interval_seconds <= 300.0) {
-            return Err(invalid("persist_interval_seconds".into(), "persist_interval_seconds", "must be between 0.1 and 300".into()));
+            return Err(invalid(
+                "persist_interval_seconds".into(),
+                "persist_interval_seconds",
+                "must be between 0.1 and 300".into(),
+            ));
         }
         let token = match (&raw.auth.token, &raw.auth.token_file) {
             (Some(_), Some(_)) => {
-                return Err(invalid("auth".into(), "auth", "give either `token` or `token_file`, not both".into()))
+                return Err(invalid(
+                    "auth".into(),
+                    "auth",
+                    "give either `token` or `token_file`, not both".into(),
+                ))
             }
             (Some(t), None) if t.trim().is_empty() => {
-                return Err(invalid("auth.token".into(), "token", "must not be empty".into()))
+                return Err(invalid(
+                    "auth.token".into(),
+                    "token",
+                    "must not be empty".into(),
+                ))
             }
             (Some(t), None) => Some(t.trim().to_owned()),
             (None, Some(p)) => {
                 let t = std::fs::read_to_string(p).map_err(|e| {
-                    invalid("auth.token_file".into(), "token_file", format!("cannot read {}: {e}", p.display()))
+                    invalid(
+                        "auth.token_file".into(),
+                        "token_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
                 })?;
                 if t.trim().is_empty() {
-                    return Err(invalid("auth.token_file".into(), "token_file", format!("{} is empty", p.display())));
+                    return Err(invalid(
+                        "auth.token_file".into(),
+                        "token_file",
+                        format!("{} is empty", p.display()),
+                    ));
                 }
                 Some(t.trim().to_owned())
             }
@@ -281,9 +372,21 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_field() {
         let cases = [
-            ("chains:\n  product:\n    slo_ms: -1\n", "chains.product.slo_ms", "line 3"),
-            ("slos:\n  product: 0.3\nservices:\n  pp:\n    chains: [produkt]\n", "services.pp.chains[0]", "line 4"),
-            ("chains:\n  a:\n    slo_ms: 100\nslos:\n  a: 0.2\n", "slos.a", "line 2"),
+            (
+                "chains:\n  product:\n    slo_ms: -1\n",
+                "chains.product.slo_ms",
+                "line 3",
+            ),
+            (
+                "slos:\n  product: 0.3\nservices:\n  pp:\n    chains: [produkt]\n",
+                "services.pp.chains[0]",
+                "line 4",
+            ),
+            (
+                "chains:\n  a:\n    slo_ms: 100\nslos:\n  a: 0.2\n",
+                "slos.a",
+                "line 2",
+            ),
             ("window_seconds: 1\n", "window_seconds", "line 1"),
             ("auth:\n  token: a\n  token_file: /x\n", "auth", "line 1"),
         ];

@@ -46,7 +46,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHTUNE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MESHTUNE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -63,7 +64,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, listen, data_dir } => {
+        Command::Run {
+            config,
+            listen,
+            data_dir,
+        } => {
             let mut cfg = AgentConfig::load(&config)?;
             if let Some(l) = listen {
                 cfg.listen = l;
@@ -88,13 +93,17 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!("meshtune-agent listening on http://{}", listener.local_addr()?);
+    tracing::info!(
+        "meshtune-agent listening on http://{}",
+        listener.local_addr()?
+    );
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

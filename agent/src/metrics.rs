@@ -34,7 +34,11 @@ pub struct AgentMetrics {
 
 impl AgentMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("meshtune_reports_accepted", "Filter reports counted", self.reports_accepted.clone());
+        registry.register(
+            "meshtune_reports_accepted",
+            "Filter reports counted",
+            self.reports_accepted.clone(),
+        );
         registry.register(
             "meshtune_reports_duplicate",
             "Filter reports already counted (replayed or duplicated sequence numbers)",
@@ -50,8 +54,16 @@ impl AgentMetrics {
             "Report records dropped because the agent's chain cap was reached",
             self.records_dropped.clone(),
         );
-        registry.register("meshtune_store_persists", "Successful writes of the history store", self.store_persists.clone());
-        registry.register("meshtune_store_errors", "Failed writes or reads of the history store", self.store_errors.clone());
+        registry.register(
+            "meshtune_store_persists",
+            "Successful writes of the history store",
+            self.store_persists.clone(),
+        );
+        registry.register(
+            "meshtune_store_errors",
+            "Failed writes or reads of the history store",
+            self.store_errors.clone(),
+        );
         registry.register(
             "meshtune_store_recovered",
             "Unreadable stores moved aside at start-up",
@@ -62,17 +74,26 @@ impl AgentMetrics {
             "Stored entries that could not be decoded at start-up",
             self.store_entries_skipped.clone(),
         );
-        registry.register("meshtune_ready", "1 once the store is loaded and the agent serves", self.ready.clone());
+        registry.register(
+            "meshtune_ready",
+            "1 once the store is loaded and the agent serves",
+            self.ready.clone(),
+        );
     }
 
     pub fn reject(&self, reason: &str) {
-        self.reports_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.reports_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 }
 
 /// Histogram bucket bounds of `meshtune_chain_request_duration_seconds`.
-pub const BUCKETS_SECONDS: [f64; 16] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+pub const BUCKETS_SECONDS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// Encodes per-chain series from the chain state at scrape time.
 #[derive(Debug)]
@@ -118,26 +139,48 @@ impl Collector for ChainCollector {
                     })
                     .collect();
                 buckets.push((f64::INFINITY, sk.count().saturating_sub(prev)));
-                let label = ChainLabel { chain: chain.clone() };
-                family.encode_family(&label)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sk.sum_ns as f64 / 1e9,
-                    sk.count(),
-                    &buckets,
-                    None,
-                )?;
+                let label = ChainLabel {
+                    chain: chain.clone(),
+                };
+                family
+                    .encode_family(&label)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sk.sum_ns as f64 / 1e9,
+                        sk.count(),
+                        &buckets,
+                        None,
+                    )?;
             }
         }
         for (name, help, pick) in [
-            ("meshtune_chain_requests", "Requests of each chain, counted at its entry hop", 0u8),
-            ("meshtune_chain_errors", "Failed requests (5xx or local replies) of each chain at its entry hop", 1),
+            (
+                "meshtune_chain_requests",
+                "Requests of each chain, counted at its entry hop",
+                0u8,
+            ),
+            (
+                "meshtune_chain_errors",
+                "Failed requests (5xx or local replies) of each chain at its entry hop",
+                1,
+            ),
         ] {
-            let mut family =
-                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
             for (chain, agg) in &lifetime {
-                let v = if pick == 0 { agg.end_to_end.requests } else { agg.end_to_end.errors };
+                let v = if pick == 0 {
+                    agg.end_to_end.requests
+                } else {
+                    agg.end_to_end.errors
+                };
                 let c: Counter = Counter::default();
                 c.inc_by(v);
-                c.encode(family.encode_family(&ChainLabel { chain: chain.clone() })?)?;
+                c.encode(family.encode_family(&ChainLabel {
+                    chain: chain.clone(),
+                })?)?;
             }
         }
         {
@@ -151,7 +194,10 @@ impl Collector for ChainCollector {
                 for (service, hop) in &agg.hops {
                     let c: Counter = Counter::default();
                     c.inc_by(hop.preferred().0.requests);
-                    c.encode(family.encode_family(&HopLabel { chain: chain.clone(), service: service.clone() })?)?;
+                    c.encode(family.encode_family(&HopLabel {
+                        chain: chain.clone(),
+                        service: service.clone(),
+                    })?)?;
                 }
             }
         }
@@ -165,7 +211,9 @@ impl Collector for ChainCollector {
             for (chain, slo) in &self.slo_ms {
                 let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
                 g.set(slo / 1000.0);
-                g.encode(family.encode_family(&ChainLabel { chain: chain.clone() })?)?;
+                g.encode(family.encode_family(&ChainLabel {
+                    chain: chain.clone(),
+                })?)?;
             }
         }
         Ok(())

@@ -38,7 +38,10 @@ impl Agent {
             Ok(loaded) => {
                 if loaded.skipped > 0 {
                     metrics.store_entries_skipped.inc_by(loaded.skipped as u64);
-                    tracing::warn!(skipped = loaded.skipped, "stored entries that could not be decoded were skipped");
+                    tracing::warn!(
+                        skipped = loaded.skipped,
+                        "stored entries that could not be decoded were skipped"
+                    );
                 }
                 tracing::info!(
                     chains = loaded.lifetime.len(),
@@ -59,10 +62,20 @@ impl Agent {
         metrics.register(&mut registry);
         registry.register_collector(Box::new(ChainCollector {
             state: state.clone(),
-            slo_ms: config.chains.iter().map(|(k, v)| (k.clone(), v.slo_ms)).collect(),
+            slo_ms: config
+                .chains
+                .iter()
+                .map(|(k, v)| (k.clone(), v.slo_ms))
+                .collect(),
         }));
         metrics.ready.set(1);
-        Ok(Arc::new(Agent { config, state, metrics, registry, store }))
+        Ok(Arc::new(Agent {
+            config,
+            state,
+            metrics,
+            registry,
+            store,
+        }))
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ChainState> {
@@ -95,7 +108,11 @@ impl Agent {
 
     /// Serves the API on `listener` until `shutdown` turns true, persisting
     /// every interval and once more on the way out.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
         let persister = {
             let agent = self.clone();
             let mut stop = shutdown.clone();
@@ -111,8 +128,11 @@ impl Agent {
                     n += 1;
                     let a = agent.clone();
                     // Prune old minutes about every ten minutes of persists.
-                    let prune = n % (600 / agent.config.persist_interval.as_secs().max(1)).max(1) == 1;
-                    let _ = tokio::task::spawn_blocking(move || a.persist(crate::now_secs(), prune)).await;
+                    let prune =
+                        n % (600 / agent.config.persist_interval.as_secs().max(1)).max(1) == 1;
+                    let _ =
+                        tokio::task::spawn_blocking(move || a.persist(crate::now_secs(), prune))
+                            .await;
                 }
             })
         };

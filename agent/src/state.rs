@@ -56,7 +56,10 @@ impl SeqWindow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingested {
-    Counted { records: usize, dropped_records: usize },
+    Counted {
+        records: usize,
+        dropped_records: usize,
+    },
     Duplicate,
 }
 
@@ -84,7 +87,10 @@ pub struct ChainState {
 
 impl ChainState {
     pub fn new(now_secs: u64) -> Self {
-        ChainState { started_secs: now_secs, ..Default::default() }
+        ChainState {
+            started_secs: now_secs,
+            ..Default::default()
+        }
     }
 
     /// Restores what the store held.
@@ -126,22 +132,33 @@ impl ChainState {
             let key = (r.chain.clone(), minute);
             self.minutes.entry(key.clone()).or_default().add_record(r);
             self.dirty_minutes.insert(key);
-            self.lifetime.entry(r.chain.clone()).or_default().add_record(r);
+            self.lifetime
+                .entry(r.chain.clone())
+                .or_default()
+                .add_record(r);
             self.dirty_lifetime.insert(r.chain.clone());
             counted += 1;
         }
-        Ingested::Counted { records: counted, dropped_records: dropped }
+        Ingested::Counted {
+            records: counted,
+            dropped_records: dropped,
+        }
     }
 
     /// Drops slots outside the window, minutes older than the in-memory
     /// horizon that are already persisted, and VMs silent for a day.
     pub fn expire(&mut self, now_secs: u64, window_secs: u64) {
-        while self.slots.front().is_some_and(|(s, _)| s + SLOT_SECS + window_secs <= now_secs) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|(s, _)| s + SLOT_SECS + window_secs <= now_secs)
+        {
             self.slots.pop_front();
         }
         let horizon = (now_secs / 60).saturating_sub(MEMORY_MINUTES);
         let dirty = &self.dirty_minutes;
-        self.minutes.retain(|k, _| k.1 >= horizon || dirty.contains(k));
+        self.minutes
+            .retain(|k, _| k.1 >= horizon || dirty.contains(k));
         let day_ago = (now_secs / 60).saturating_sub(24 * 60);
         let gone: Vec<String> = self
             .vms
@@ -171,12 +188,19 @@ impl ChainState {
             .into_iter()
             .filter_map(|k| self.vms.get(&k).map(|v| (k, *v)))
             .collect();
-        Dirty { minutes, lifetime, vms, forgotten_vms: std::mem::take(&mut self.forgotten_vms) }
+        Dirty {
+            minutes,
+            lifetime,
+            vms,
+            forgotten_vms: std::mem::take(&mut self.forgotten_vms),
+        }
     }
 
     pub fn mark_dirty_again(&mut self, d: Dirty) {
-        self.dirty_minutes.extend(d.minutes.into_iter().map(|(k, _)| k));
-        self.dirty_lifetime.extend(d.lifetime.into_iter().map(|(k, _)| k));
+        self.dirty_minutes
+            .extend(d.minutes.into_iter().map(|(k, _)| k));
+        self.dirty_lifetime
+            .extend(d.lifetime.into_iter().map(|(k, _)| k));
         self.dirty_vms.extend(d.vms.into_iter().map(|(k, _)| k));
         self.forgotten_vms.extend(d.forgotten_vms);
     }
@@ -191,7 +215,9 @@ impl ChainState {
                 }
             }
         }
-        let covered = window_secs.min(now_secs.saturating_sub(self.started_secs)).max(1);
+        let covered = window_secs
+            .min(now_secs.saturating_sub(self.started_secs))
+            .max(1);
         (out, covered as f64)
     }
 
@@ -209,7 +235,12 @@ impl ChainState {
 
     /// The `/v1/chains` view: configured chains first-class, plus any chain
     /// that reported data.
-    pub fn views(&self, specs: &BTreeMap<String, ChainSpec>, now_secs: u64, window_secs: u64) -> Vec<ChainView> {
+    pub fn views(
+        &self,
+        specs: &BTreeMap<String, ChainSpec>,
+        now_secs: u64,
+        window_secs: u64,
+    ) -> Vec<ChainView> {
         let (window, covered) = self.window(now_secs, window_secs);
         let names: BTreeSet<&String> = specs.keys().chain(self.lifetime.keys()).collect();
         let empty = ChainAgg::default();
@@ -236,7 +267,12 @@ impl ChainState {
                         HopView {
                             service: svc.clone(),
                             direction,
-                            stats: stats_view(&pick(&win_hop), pick(&life_hop).requests, covered, None),
+                            stats: stats_view(
+                                &pick(&win_hop),
+                                pick(&life_hop).requests,
+                                covered,
+                                None,
+                            ),
                         }
                     })
                     .collect();
@@ -257,7 +293,13 @@ mod tests {
     use meshtune_filter_core::wire::{FilterCounters, Source};
     use meshtune_filter_core::{Direction, HopRecord, Sketch};
 
-    fn record(chain: &str, service: &str, direction: Direction, entry: bool, values: &[u64]) -> HopRecord {
+    fn record(
+        chain: &str,
+        service: &str,
+        direction: Direction,
+        entry: bool,
+        values: &[u64],
+    ) -> HopRecord {
         let mut latency = Sketch::new();
         values.iter().for_each(|v| latency.record(*v));
         HopRecord {
@@ -274,7 +316,12 @@ mod tests {
     fn report(vm: &str, seq: u64, records: Vec<HopRecord>) -> Report {
         Report {
             schema_version: 1,
-            source: Source { vm_id: vm.into(), node: String::new(), pod: String::new(), namespace: String::new() },
+            source: Source {
+                vm_id: vm.into(),
+                node: String::new(),
+                pod: String::new(),
+                namespace: String::new(),
+            },
             seq,
             interval_ms: 5000,
             records,
@@ -300,10 +347,42 @@ mod tests {
     #[test]
     fn merges_vms_and_ignores_replays() {
         let mut st = ChainState::new(1000);
-        let a = report("vm-a", 1, vec![record("product", "productpage", Direction::Inbound, true, &[1_000_000, 2_000_000])]);
-        let b = report("vm-b", 1, vec![record("product", "productpage", Direction::Inbound, true, &[3_000_000])]);
-        assert_eq!(st.ingest(&a, 1001), Ingested::Counted { records: 1, dropped_records: 0 });
-        assert_eq!(st.ingest(&b, 1002), Ingested::Counted { records: 1, dropped_records: 0 });
+        let a = report(
+            "vm-a",
+            1,
+            vec![record(
+                "product",
+                "productpage",
+                Direction::Inbound,
+                true,
+                &[1_000_000, 2_000_000],
+            )],
+        );
+        let b = report(
+            "vm-b",
+            1,
+            vec![record(
+                "product",
+                "productpage",
+                Direction::Inbound,
+                true,
+                &[3_000_000],
+            )],
+        );
+        assert_eq!(
+            st.ingest(&a, 1001),
+            Ingested::Counted {
+                records: 1,
+                dropped_records: 0
+            }
+        );
+        assert_eq!(
+            st.ingest(&b, 1002),
+            Ingested::Counted {
+                records: 1,
+                dropped_records: 0
+            }
+        );
         assert_eq!(st.ingest(&a, 1003), Ingested::Duplicate);
         assert_eq!(st.lifetime()["product"].end_to_end.requests, 3);
         let views = st.views(&BTreeMap::new(), 1004, 60);
@@ -315,8 +394,22 @@ mod tests {
     #[test]
     fn window_slides_and_lifetime_stays() {
         let mut st = ChainState::new(0);
-        st.ingest(&report("vm", 1, vec![record("c", "s", Direction::Inbound, true, &[5; 10])]), 100);
-        st.ingest(&report("vm", 2, vec![record("c", "s", Direction::Inbound, true, &[5; 4])]), 150);
+        st.ingest(
+            &report(
+                "vm",
+                1,
+                vec![record("c", "s", Direction::Inbound, true, &[5; 10])],
+            ),
+            100,
+        );
+        st.ingest(
+            &report(
+                "vm",
+                2,
+                vec![record("c", "s", Direction::Inbound, true, &[5; 4])],
+            ),
+            150,
+        );
         let (w, covered) = st.window(155, 30);
         assert_eq!(w["c"].end_to_end.requests, 4);
         assert_eq!(covered, 30.0);
@@ -329,17 +422,49 @@ mod tests {
     #[test]
     fn views_carry_slo_attainment_and_hops() {
         let mut specs = BTreeMap::new();
-        specs.insert("product".to_string(), ChainSpec { slo_ms: 10.0, percentile: 99.0, description: String::new() });
-        specs.insert("idle".to_string(), ChainSpec { slo_ms: 10.0, percentile: 99.0, description: String::new() });
+        specs.insert(
+            "product".to_string(),
+            ChainSpec {
+                slo_ms: 10.0,
+                percentile: 99.0,
+                description: String::new(),
+            },
+        );
+        specs.insert(
+            "idle".to_string(),
+            ChainSpec {
+                slo_ms: 10.0,
+                percentile: 99.0,
+                description: String::new(),
+            },
+        );
         let mut st = ChainState::new(0);
         st.ingest(
             &report(
                 "vm",
                 1,
                 vec![
-                    record("product", "productpage", Direction::Inbound, true, &[5_000_000, 5_000_000, 5_000_000, 50_000_000]),
-                    record("product", "reviews", Direction::Outbound, false, &[2_000_000; 4]),
-                    record("product", "reviews", Direction::Inbound, false, &[1_000_000; 4]),
+                    record(
+                        "product",
+                        "productpage",
+                        Direction::Inbound,
+                        true,
+                        &[5_000_000, 5_000_000, 5_000_000, 50_000_000],
+                    ),
+                    record(
+                        "product",
+                        "reviews",
+                        Direction::Outbound,
+                        false,
+                        &[2_000_000; 4],
+                    ),
+                    record(
+                        "product",
+                        "reviews",
+                        Direction::Inbound,
+                        false,
+                        &[1_000_000; 4],
+                    ),
                 ],
             ),
             100,
@@ -347,18 +472,30 @@ mod tests {
         let views = st.views(&specs, 110, 60);
         let idle = views.iter().find(|v| v.chain == "idle");
         assert!(idle.is_some_and(|v| v.stats.requests == 0 && v.stats.slo_attainment.is_none()));
-        let Some(p) = views.iter().find(|v| v.chain == "product") else { unreachable!() };
+        let Some(p) = views.iter().find(|v| v.chain == "product") else {
+            unreachable!()
+        };
         assert_eq!(p.stats.slo_attainment, Some(0.75));
         assert_eq!(p.hops.len(), 2);
         let reviews = &p.hops[1];
-        assert_eq!((reviews.service.as_str(), reviews.direction), ("reviews", Direction::Inbound));
+        assert_eq!(
+            (reviews.service.as_str(), reviews.direction),
+            ("reviews", Direction::Inbound)
+        );
         assert_eq!(reviews.stats.p50_ms, Some(1.0));
     }
 
     #[test]
     fn dirty_changes_are_taken_once_and_can_be_returned() {
         let mut st = ChainState::new(0);
-        st.ingest(&report("vm", 1, vec![record("c", "s", Direction::Inbound, true, &[5])]), 60);
+        st.ingest(
+            &report(
+                "vm",
+                1,
+                vec![record("c", "s", Direction::Inbound, true, &[5])],
+            ),
+            60,
+        );
         let d = st.take_dirty();
         assert_eq!((d.minutes.len(), d.lifetime.len(), d.vms.len()), (1, 1, 1));
         assert!(st.take_dirty().minutes.is_empty());

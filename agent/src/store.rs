@@ -16,11 +16,17 @@ pub const STORE_FILE: &str = "meshtune.redb";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create data directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store {path}: {message}")]
     Db { path: PathBuf, message: String },
     #[error("cannot move the unreadable store {path} aside: {source}")]
-    MoveAside { path: PathBuf, source: std::io::Error },
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Store {
@@ -47,26 +53,41 @@ pub struct Loaded {
 
 impl Store {
     fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Db { path: self.path.clone(), message: e.to_string() }
+        StoreError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 
     /// Opens (or creates) the store in `dir`. A file that is not a readable
     /// store is renamed to `meshtune.redb.corrupt-<unix seconds>` and a new
     /// one is started; the caller reports it.
     pub fn open(dir: &Path, now_secs: u64) -> Result<(Store, Opened), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let path = dir.join(STORE_FILE);
         let mut opened = Opened::default();
-        let db = match Database::create(&path).map_err(redb::Error::from).and_then(check_tables) {
+        let db = match Database::create(&path)
+            .map_err(redb::Error::from)
+            .and_then(check_tables)
+        {
             Ok(db) => db,
             Err(e) => {
                 let aside = dir.join(format!("{STORE_FILE}.corrupt-{now_secs}"));
-                std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside { path: path.clone(), source })?;
+                std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside {
+                    path: path.clone(),
+                    source,
+                })?;
                 opened.moved_aside = Some((aside, e.to_string()));
                 Database::create(&path)
                     .map_err(redb::Error::from)
                     .and_then(check_tables)
-                    .map_err(|e| StoreError::Db { path: path.clone(), message: e.to_string() })?
+                    .map_err(|e| StoreError::Db {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?
             }
         };
         Ok((Store { db, path }, opened))
@@ -119,20 +140,27 @@ impl Store {
             let mut minutes = tx.open_table(MINUTES).map_err(|e| self.db_err(e))?;
             for ((chain, minute), agg) in &d.minutes {
                 let bytes = serde_json::to_vec(agg).map_err(|e| self.db_err(e))?;
-                minutes.insert((chain.as_str(), *minute), bytes.as_slice()).map_err(|e| self.db_err(e))?;
+                minutes
+                    .insert((chain.as_str(), *minute), bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             if let Some(from) = retain_from_minute {
-                minutes.retain(|(_, m), _| m >= from).map_err(|e| self.db_err(e))?;
+                minutes
+                    .retain(|(_, m), _| m >= from)
+                    .map_err(|e| self.db_err(e))?;
             }
             let mut lifetime = tx.open_table(LIFETIME).map_err(|e| self.db_err(e))?;
             for (chain, agg) in &d.lifetime {
                 let bytes = serde_json::to_vec(agg).map_err(|e| self.db_err(e))?;
-                lifetime.insert(chain.as_str(), bytes.as_slice()).map_err(|e| self.db_err(e))?;
+                lifetime
+                    .insert(chain.as_str(), bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             let mut vms = tx.open_table(VMS).map_err(|e| self.db_err(e))?;
             for (vm, w) in &d.vms {
                 let bytes = serde_json::to_vec(w).map_err(|e| self.db_err(e))?;
-                vms.insert(vm.as_str(), bytes.as_slice()).map_err(|e| self.db_err(e))?;
+                vms.insert(vm.as_str(), bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             for vm in &d.forgotten_vms {
                 vms.remove(vm.as_str()).map_err(|e| self.db_err(e))?;
@@ -142,11 +170,19 @@ impl Store {
     }
 
     /// Minutes of `chain` in `[from, to)` from disk.
-    pub fn minutes(&self, chain: &str, from: u64, to: u64) -> Result<Vec<(u64, ChainAgg)>, StoreError> {
+    pub fn minutes(
+        &self,
+        chain: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, ChainAgg)>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(MINUTES).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
-        for item in table.range((chain, from)..(chain, to)).map_err(|e| self.db_err(e))? {
+        for item in table
+            .range((chain, from)..(chain, to))
+            .map_err(|e| self.db_err(e))?
+        {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             if let Ok(agg) = serde_json::from_slice(v.value()) {
                 out.push((k.value().1, agg));
@@ -178,9 +214,19 @@ mod tests {
         let mut agg = ChainAgg::default();
         agg.end_to_end.requests = 7;
         let dirty = Dirty {
-            minutes: vec![(("c".into(), 10), agg.clone()), (("c".into(), 2), agg.clone())],
+            minutes: vec![
+                (("c".into(), 10), agg.clone()),
+                (("c".into(), 2), agg.clone()),
+            ],
             lifetime: vec![("c".into(), agg.clone())],
-            vms: vec![("vm".into(), SeqWindow { max: 3, mask: 1, last_minute: 10 })],
+            vms: vec![(
+                "vm".into(),
+                SeqWindow {
+                    max: 3,
+                    mask: 1,
+                    last_minute: 10,
+                },
+            )],
             forgotten_vms: vec![],
         };
         assert!(store.persist(&dirty, Some(5)).is_ok());
@@ -190,12 +236,21 @@ mod tests {
         assert_eq!(loaded.vms[0].1.max, 3);
         drop(store);
 
-        std::fs::write(dir.path().join(STORE_FILE), b"this is not a redb file at all, not even close").unwrap_or_default();
+        std::fs::write(
+            dir.path().join(STORE_FILE),
+            b"this is not a redb file at all, not even close",
+        )
+        .unwrap_or_default();
         let (store, opened) = Store::open(dir.path(), 99).unwrap_or_else(|e| unreachable!("{e}"));
-        let Some((aside, why)) = opened.moved_aside else { unreachable!("expected the file to be moved aside") };
+        let Some((aside, why)) = opened.moved_aside else {
+            unreachable!("expected the file to be moved aside")
+        };
         assert!(aside.ends_with("meshtune.redb.corrupt-99"), "{aside:?}");
         assert!(!why.is_empty());
         assert!(aside.exists());
-        assert!(store.load(0).map(|l| l.lifetime.is_empty()).unwrap_or(false));
+        assert!(store
+            .load(0)
+            .map(|l| l.lifetime.is_empty())
+            .unwrap_or(false));
     }
 }

@@ -26,7 +26,12 @@ extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> Status;
-    fn proxy_get_property(path: *const u8, path_size: usize, out: *mut *mut u8, out_size: *mut usize) -> Status;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        out: *mut *mut u8,
+        out_size: *mut usize,
+    ) -> Status;
     fn proxy_get_buffer_bytes(
         buffer: BufferType,
         start: usize,
@@ -34,7 +39,12 @@ extern "C" {
         out: *mut *mut u8,
         out_size: *mut usize,
     ) -> Status;
-    fn proxy_define_metric(kind: MetricType, name: *const u8, name_size: usize, out: *mut u32) -> Status;
+    fn proxy_define_metric(
+        kind: MetricType,
+        name: *const u8,
+        name_size: usize,
+        out: *mut u32,
+    ) -> Status;
     fn proxy_increment_metric(id: u32, offset: i64) -> Status;
     fn proxy_record_metric(id: u32, value: u64) -> Status;
 }
@@ -82,7 +92,15 @@ pub fn header_str(map: MapType, key: &str) -> Option<String> {
 pub fn set_header(map: MapType, key: &str, value: &str) -> bool {
     // SAFETY: valid slices.
     matches!(
-        unsafe { proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len()) },
+        unsafe {
+            proxy_replace_header_map_value(
+                map,
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        },
         Status::Ok
     )
 }
@@ -91,14 +109,17 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     let serialized = path.join("\0");
     let (mut ptr, mut size) = (null_mut(), 0usize);
     // SAFETY: valid path slice; the host answers with an owned buffer.
-    match unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut ptr, &mut size) } {
+    match unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut ptr, &mut size) }
+    {
         Status::Ok if !ptr.is_null() => unsafe { take(ptr, size) },
         _ => None,
     }
 }
 
 pub fn property_str(path: &[&str]) -> Option<String> {
-    property(path).and_then(|b| String::from_utf8(b).ok()).filter(|s| !s.is_empty())
+    property(path)
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
 }
 
 /// An integer property (Envoy encodes them as 8 little-endian bytes).
@@ -111,7 +132,15 @@ pub fn property_i64(path: &[&str]) -> Option<i64> {
 pub fn plugin_configuration() -> Vec<u8> {
     let (mut ptr, mut size) = (null_mut(), 0usize);
     // SAFETY: the host answers with an owned buffer.
-    match unsafe { proxy_get_buffer_bytes(BufferType::PluginConfiguration, 0, usize::MAX, &mut ptr, &mut size) } {
+    match unsafe {
+        proxy_get_buffer_bytes(
+            BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+            &mut ptr,
+            &mut size,
+        )
+    } {
         Status::Ok => unsafe { take(ptr, size) }.unwrap_or_default(),
         _ => Vec::new(),
     }

@@ -22,19 +22,31 @@ pub struct Hop {
     request_id: Option<String>,
 }
 
-use crate::host::{header, header_str, log, now_ns, property_i64 as int_property, property_str as string_property, set_header};
+use crate::host::{
+    header, header_str, log, now_ns, property_i64 as int_property, property_str as string_property,
+    set_header,
+};
 
 impl Hop {
     pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
-        Hop { shared, chain: String::new(), entry: false, start_ns: 0, status: 0, done: false, request_id: None }
+        Hop {
+            shared,
+            chain: String::new(),
+            entry: false,
+            start_ns: 0,
+            status: 0,
+            done: false,
+            request_id: None,
+        }
     }
-
 
     fn is_error(&self) -> bool {
         match self.status {
             0 => true,
             500.. => true,
-            400..=499 => string_property(&["response", "code_details"]).is_some_and(|d| d != "via_upstream"),
+            400..=499 => {
+                string_property(&["response", "code_details"]).is_some_and(|d| d != "via_upstream")
+            }
             _ => false,
         }
     }
@@ -58,11 +70,22 @@ impl Hop {
                     .or_else(|| string_property(&["cluster_name"]))
                     .unwrap_or_default();
                 let name = service_from_cluster(&cluster);
-                if name.is_empty() { "unrouted".to_owned() } else { sanitize(name) }
+                if name.is_empty() {
+                    "unrouted".to_owned()
+                } else {
+                    sanitize(name)
+                }
             }
             _ => state.inbound_service.clone(),
         };
-        match state.aggregator.record(&self.chain, &service, direction, self.entry, duration, error) {
+        match state.aggregator.record(
+            &self.chain,
+            &service,
+            direction,
+            self.entry,
+            duration,
+            error,
+        ) {
             RecordOutcome::Recorded { key, new } => {
                 if new {
                     let metrics = HopMetrics::define(&self.chain, &service, direction);
@@ -94,14 +117,15 @@ impl Hop {
         }
         Some(duration)
     }
-
 }
 
 impl Context for Hop {}
 
 impl HttpContext for Hop {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         self.start_ns = now_ns();
         let state = shared.borrow();
         let chain_header = state.config.chain_header.as_str();
@@ -111,12 +135,17 @@ impl HttpContext for Hop {
         match header(MapType::HttpRequestHeaders, chain_header) {
             Some(v) => {
                 let v = String::from_utf8_lossy(&v);
-                self.chain = if is_label_safe(&v) { v.into_owned() } else { sanitize(&v) };
+                self.chain = if is_label_safe(&v) {
+                    v.into_owned()
+                } else {
+                    sanitize(&v)
+                };
             }
             None => {
                 let get = |k| header_str(MapType::HttpRequestHeaders, k).unwrap_or_default();
                 let (host, path, method) = (get(":authority"), get(":path"), get(":method"));
-                let chain = rules::assign(&state.config.rules, &host, &path, &method).unwrap_or(OTHER_CHAIN);
+                let chain = rules::assign(&state.config.rules, &host, &path, &method)
+                    .unwrap_or(OTHER_CHAIN);
                 self.chain = chain.to_owned();
                 self.entry = true;
                 set_header(MapType::HttpRequestHeaders, chain_header, chain);

@@ -3,8 +3,8 @@
 //! (`tag=.=value;.;`), so the `stats_tags` extractors `chain`, `service` and
 //! `direction` turn them into Prometheus labels on `/stats/prometheus`.
 
-use meshtune_filter_core::Direction;
 use crate::host;
+use meshtune_filter_core::Direction;
 use proxy_wasm::types::MetricType;
 
 /// Ids of the per-hop metrics of one aggregator key.
@@ -21,11 +21,20 @@ fn define(kind: MetricType, name: &str) -> Option<u32> {
 
 impl HopMetrics {
     pub fn define(chain: &str, service: &str, direction: Direction) -> Self {
-        let tags = format!("chain=.={chain};.;service=.={service};.;direction=.={};.;", direction.as_str());
+        let tags = format!(
+            "chain=.={chain};.;service=.={service};.;direction=.={};.;",
+            direction.as_str()
+        );
         HopMetrics {
-            requests: define(MetricType::Counter, &format!("{tags}meshtune_requests_total")),
+            requests: define(
+                MetricType::Counter,
+                &format!("{tags}meshtune_requests_total"),
+            ),
             errors: define(MetricType::Counter, &format!("{tags}meshtune_errors_total")),
-            duration_ms: define(MetricType::Histogram, &format!("{tags}meshtune_request_duration_milliseconds")),
+            duration_ms: define(
+                MetricType::Histogram,
+                &format!("{tags}meshtune_request_duration_milliseconds"),
+            ),
         }
     }
 

@@ -49,7 +49,12 @@ impl Root {
     pub fn new() -> Self {
         Root {
             shared: None,
-            source: Source { vm_id: String::new(), node: String::new(), pod: String::new(), namespace: String::new() },
+            source: Source {
+                vm_id: String::new(),
+                node: String::new(),
+                pod: String::new(),
+                namespace: String::new(),
+            },
             in_flight: Vec::new(),
             last_report_ns: 0,
             filter_metrics: FilterMetrics::define(),
@@ -62,11 +67,16 @@ impl Root {
 
     fn identify(&mut self) {
         let node_meta = |key: &str| {
-            string_property(&["xds", "node", "metadata", key]).or_else(|| string_property(&["node", "metadata", key]))
+            string_property(&["xds", "node", "metadata", key])
+                .or_else(|| string_property(&["node", "metadata", key]))
         };
         let pod = node_meta("NAME").unwrap_or_default();
         self.source = Source {
-            vm_id: format!("{}-{:016x}", if pod.is_empty() { "vm" } else { &pod }, random_u64()),
+            vm_id: format!(
+                "{}-{:016x}",
+                if pod.is_empty() { "vm" } else { &pod },
+                random_u64()
+            ),
             node: node_meta("NODE_NAME")
                 .or_else(|| string_property(&["xds", "node", "id"]))
                 .or_else(|| string_property(&["node", "id"]))
@@ -93,7 +103,9 @@ impl Root {
 
     /// Sends what was recorded since the last report, if anything.
     fn flush(&mut self) {
-        let Some(shared) = self.shared.clone() else { return };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
         let now = self.now_ns();
         let interval_ms = now.saturating_sub(self.last_report_ns) / 1_000_000;
         self.last_report_ns = now;
@@ -103,7 +115,9 @@ impl Root {
             let _ = state.aggregator.take_report(&self.source, interval_ms);
             return;
         };
-        let Some(report) = state.aggregator.take_report(&self.source, interval_ms) else { return };
+        let Some(report) = state.aggregator.take_report(&self.source, interval_ms) else {
+            return;
+        };
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             state.aggregator.note_dropped_report();
             FilterMetrics::bump(self.filter_metrics.reports_dropped);
@@ -130,14 +144,23 @@ impl Root {
             Err(status) => {
                 state.aggregator.note_dropped_report();
                 FilterMetrics::bump(self.filter_metrics.reports_dropped);
-                log(LogLevel::Debug, &format!("meshtune: report not dispatched: {status:?}"));
+                log(
+                    LogLevel::Debug,
+                    &format!("meshtune: report not dispatched: {status:?}"),
+                );
             }
         }
     }
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
         self.in_flight.retain(|t| *t != token);
         let status = crate::host::header_str(MapType::HttpCallResponseHeaders, ":status")
             .and_then(|s| s.parse::<u16>().ok())
@@ -149,7 +172,10 @@ impl Context for Root {
             if let Some(shared) = &self.shared {
                 shared.borrow_mut().aggregator.note_dropped_report();
             }
-            log(LogLevel::Debug, &format!("meshtune: agent answered {status}; report dropped"));
+            log(
+                LogLevel::Debug,
+                &format!("meshtune: agent answered {status}; report dropped"),
+            );
         }
     }
 
@@ -166,7 +192,11 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = if size == 0 { Vec::new() } else { crate::host::plugin_configuration() };
+        let bytes = if size == 0 {
+            Vec::new()
+        } else {
+            crate::host::plugin_configuration()
+        };
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
                 self.identify();
@@ -187,7 +217,10 @@ impl RootContext for Root {
                 // Fail open: keep traffic flowing untouched and say why.
                 self.shared = None;
                 FilterMetrics::bump(self.filter_metrics.config_errors);
-                log(LogLevel::Error, &format!("meshtune: {e}; the filter passes traffic through unchanged"));
+                log(
+                    LogLevel::Error,
+                    &format!("meshtune: {e}; the filter passes traffic through unchanged"),
+                );
             }
         }
         true

@@ -47,7 +47,12 @@ pub struct Aggregator {
     next_seq: u64,
 }
 
-fn intern(names: &mut Vec<String>, ids: &mut HashMap<String, u16>, cap: usize, name: &str) -> Option<u16> {
+fn intern(
+    names: &mut Vec<String>,
+    ids: &mut HashMap<String, u16>,
+    cap: usize,
+    name: &str,
+) -> Option<u16> {
     if let Some(id) = ids.get(name) {
         return Some(*id);
     }
@@ -88,14 +93,31 @@ impl Aggregator {
         duration_ns: u64,
         error: bool,
     ) -> RecordOutcome {
-        let ids = intern(&mut self.chains, &mut self.chain_ids, self.max_chains, chain).and_then(|c| {
-            intern(&mut self.services, &mut self.service_ids, self.max_services, service).map(|s| (c, s))
+        let ids = intern(
+            &mut self.chains,
+            &mut self.chain_ids,
+            self.max_chains,
+            chain,
+        )
+        .and_then(|c| {
+            intern(
+                &mut self.services,
+                &mut self.service_ids,
+                self.max_services,
+                service,
+            )
+            .map(|s| (c, s))
         });
         let Some((chain, service)) = ids else {
             self.counters.overflow_requests += 1;
             return RecordOutcome::Overflow;
         };
-        let key = Key { chain, service, direction, entry };
+        let key = Key {
+            chain,
+            service,
+            direction,
+            entry,
+        };
         let (id, new) = match self.key_ids.get(&key) {
             Some(id) => (*id, false),
             None => {
@@ -149,9 +171,10 @@ impl Aggregator {
                 continue;
             }
             let Some(k) = self.keys.get(i) else { continue };
-            let (Some(chain), Some(service)) =
-                (self.chains.get(usize::from(k.chain)), self.services.get(usize::from(k.service)))
-            else {
+            let (Some(chain), Some(service)) = (
+                self.chains.get(usize::from(k.chain)),
+                self.services.get(usize::from(k.service)),
+            ) else {
                 continue;
             };
             records.push(HopRecord {
@@ -184,22 +207,53 @@ mod tests {
     use super::*;
 
     fn source() -> Source {
-        Source { vm_id: "vm-1".into(), node: "n".into(), pod: "p".into(), namespace: "default".into() }
+        Source {
+            vm_id: "vm-1".into(),
+            node: "n".into(),
+            pod: "p".into(),
+            namespace: "default".into(),
+        }
     }
 
     #[test]
     fn records_per_key_and_reports_then_resets() {
         let mut a = Aggregator::new(4, 4);
-        let r1 = a.record("product", "reviews", Direction::Outbound, false, 1_000_000, false);
-        let r2 = a.record("product", "reviews", Direction::Outbound, false, 3_000_000, true);
-        let r3 = a.record("product", "productpage", Direction::Inbound, true, 9_000_000, false);
+        let r1 = a.record(
+            "product",
+            "reviews",
+            Direction::Outbound,
+            false,
+            1_000_000,
+            false,
+        );
+        let r2 = a.record(
+            "product",
+            "reviews",
+            Direction::Outbound,
+            false,
+            3_000_000,
+            true,
+        );
+        let r3 = a.record(
+            "product",
+            "productpage",
+            Direction::Inbound,
+            true,
+            9_000_000,
+            false,
+        );
         assert_eq!(r1, RecordOutcome::Recorded { key: 0, new: true });
         assert_eq!(r2, RecordOutcome::Recorded { key: 0, new: false });
         assert_eq!(r3, RecordOutcome::Recorded { key: 1, new: true });
-        assert_eq!(a.key_names(1), Some(("product", "productpage", Direction::Inbound, true)));
+        assert_eq!(
+            a.key_names(1),
+            Some(("product", "productpage", Direction::Inbound, true))
+        );
 
         let rep = a.take_report(&source(), 5000);
-        let Some(rep) = rep else { unreachable!("a report was expected") };
+        let Some(rep) = rep else {
+            unreachable!("a report was expected")
+        };
         assert_eq!(rep.seq, 1);
         assert_eq!(rep.schema_version, SCHEMA_VERSION);
         assert_eq!(rep.records.len(), 2);
@@ -210,7 +264,9 @@ mod tests {
         // Nothing new: no report, and the sequence does not advance.
         assert!(a.take_report(&source(), 5000).is_none());
         a.record("product", "reviews", Direction::Outbound, false, 5, false);
-        let Some(rep) = a.take_report(&source(), 5000) else { unreachable!() };
+        let Some(rep) = a.take_report(&source(), 5000) else {
+            unreachable!()
+        };
         assert_eq!(rep.seq, 2);
         assert_eq!(rep.records.len(), 1);
         assert_eq!(rep.records[0].latency.count(), 1);
@@ -219,13 +275,30 @@ mod tests {
     #[test]
     fn caps_count_overflow_and_keep_existing_keys() {
         let mut a = Aggregator::new(2, 1);
-        assert!(matches!(a.record("a", "s", Direction::Inbound, true, 1, false), RecordOutcome::Recorded { .. }));
-        assert!(matches!(a.record("b", "s", Direction::Inbound, true, 1, false), RecordOutcome::Recorded { .. }));
-        assert_eq!(a.record("c", "s", Direction::Inbound, true, 1, false), RecordOutcome::Overflow);
-        assert_eq!(a.record("a", "t", Direction::Inbound, true, 1, false), RecordOutcome::Overflow);
-        assert!(matches!(a.record("a", "s", Direction::Inbound, true, 1, false), RecordOutcome::Recorded { .. }));
+        assert!(matches!(
+            a.record("a", "s", Direction::Inbound, true, 1, false),
+            RecordOutcome::Recorded { .. }
+        ));
+        assert!(matches!(
+            a.record("b", "s", Direction::Inbound, true, 1, false),
+            RecordOutcome::Recorded { .. }
+        ));
+        assert_eq!(
+            a.record("c", "s", Direction::Inbound, true, 1, false),
+            RecordOutcome::Overflow
+        );
+        assert_eq!(
+            a.record("a", "t", Direction::Inbound, true, 1, false),
+            RecordOutcome::Overflow
+        );
+        assert!(matches!(
+            a.record("a", "s", Direction::Inbound, true, 1, false),
+            RecordOutcome::Recorded { .. }
+        ));
         assert_eq!(a.counters().overflow_requests, 2);
-        let Some(rep) = a.take_report(&source(), 1) else { unreachable!() };
+        let Some(rep) = a.take_report(&source(), 1) else {
+            unreachable!()
+        };
         assert_eq!(rep.counters.overflow_requests, 2);
         assert_eq!(rep.records.iter().map(|r| r.requests).sum::<u64>(), 3);
     }
@@ -234,7 +307,9 @@ mod tests {
     fn report_validation_catches_inconsistent_counts() {
         let mut a = Aggregator::new(2, 2);
         a.record("a", "s", Direction::Inbound, true, 10, false);
-        let Some(mut rep) = a.take_report(&source(), 1) else { unreachable!() };
+        let Some(mut rep) = a.take_report(&source(), 1) else {
+            unreachable!()
+        };
         rep.records[0].requests = 5;
         assert!(rep.validate().is_err());
     }

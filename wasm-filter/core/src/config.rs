@@ -19,7 +19,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Where and how reports reach the node agent.
@@ -115,7 +118,10 @@ impl FilterConfig {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let cfg: FilterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::Parse { path, message: e.into_inner().to_string() }
+            ConfigError::Parse {
+                path,
+                message: e.into_inner().to_string(),
+            }
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -124,9 +130,14 @@ impl FilterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let h = &self.chain_header;
         if h.is_empty()
-            || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(invalid("chain_header", "must be a lowercase HTTP header name"));
+            return Err(invalid(
+                "chain_header",
+                "must be a lowercase HTTP header name",
+            ));
         }
         if !(1..=4096).contains(&self.max_chains) {
             return Err(invalid("max_chains", "must be between 1 and 4096"));
@@ -135,14 +146,21 @@ impl FilterConfig {
             return Err(invalid("max_upstreams", "must be between 1 and 4096"));
         }
         if !(100..=600_000).contains(&self.report_interval_ms) {
-            return Err(invalid("report_interval_ms", "must be between 100 and 600000"));
+            return Err(invalid(
+                "report_interval_ms",
+                "must be between 100 and 600000",
+            ));
         }
         for (i, rule) in self.rules.iter().enumerate() {
-            rule.validate().map_err(|(f, m)| invalid(format!("rules[{i}].{f}"), m))?;
+            rule.validate()
+                .map_err(|(f, m)| invalid(format!("rules[{i}].{f}"), m))?;
         }
         if let Some(agent) = &self.agent {
             if agent.cluster.is_empty() {
-                return Err(invalid("agent.cluster", "must name the agent's Envoy cluster"));
+                return Err(invalid(
+                    "agent.cluster",
+                    "must name the agent's Envoy cluster",
+                ));
             }
             if !agent.path.starts_with('/') {
                 return Err(invalid("agent.path", "must start with `/`"));
@@ -153,7 +171,10 @@ impl FilterConfig {
         }
         if let Some(s) = &self.service {
             if !is_label_safe(s) {
-                return Err(invalid("service", "use letters, digits, `-` and `_` (at most 64)"));
+                return Err(invalid(
+                    "service",
+                    "use letters, digits, `-` and `_` (at most 64)",
+                ));
             }
         }
         Ok(())
@@ -198,7 +219,9 @@ mod tests {
             other => unreachable!("expected a parse error, got {other:?}"),
         }
         let err = FilterConfig::parse(br#"{"report_interval_ms":"fast"}"#);
-        assert!(matches!(err, Err(ConfigError::Parse { ref path, .. }) if path == "report_interval_ms"));
+        assert!(
+            matches!(err, Err(ConfigError::Parse { ref path, .. }) if path == "report_interval_ms")
+        );
     }
 
     #[test]

@@ -28,7 +28,13 @@ pub fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
         .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() {
         out.push_str("unknown");
@@ -42,8 +48,14 @@ mod tests {
 
     #[test]
     fn istio_cluster_names_give_the_service() {
-        assert_eq!(service_from_cluster("outbound|9080||reviews.default.svc.cluster.local"), "reviews");
-        assert_eq!(service_from_cluster("outbound|9080|v2|reviews.bookinfo.svc.cluster.local"), "reviews");
+        assert_eq!(
+            service_from_cluster("outbound|9080||reviews.default.svc.cluster.local"),
+            "reviews"
+        );
+        assert_eq!(
+            service_from_cluster("outbound|9080|v2|reviews.bookinfo.svc.cluster.local"),
+            "reviews"
+        );
         assert_eq!(service_from_cluster("inbound|9080||"), "inbound|9080||");
         assert_eq!(service_from_cluster("plain"), "plain");
     }

@@ -26,7 +26,8 @@ impl ChainRule {
         if matches!(&self.path_prefix, Some(p) if !p.starts_with('/')) {
             return Err(("path_prefix", "must start with `/`"));
         }
-        if matches!(&self.method, Some(m) if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+        if matches!(&self.method, Some(m) if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+        {
             return Err(("method", "must be an upper-case HTTP method"));
         }
         if matches!(&self.host, Some(h) if h.is_empty()) {
@@ -37,10 +38,19 @@ impl ChainRule {
 
     pub fn matches(&self, host: &str, path: &str, method: &str) -> bool {
         let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
         });
-        self.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host))
-            && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        self.host
+            .as_deref()
+            .is_none_or(|h| h.eq_ignore_ascii_case(host))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
             && self.method.as_deref().is_none_or(|m| m == method)
     }
 }
@@ -57,7 +67,12 @@ pub fn assign<'a>(rules: &'a [ChainRule], host: &str, path: &str, method: &str) 
 mod tests {
     use super::*;
 
-    fn rule(chain: &str, host: Option<&str>, prefix: Option<&str>, method: Option<&str>) -> ChainRule {
+    fn rule(
+        chain: &str,
+        host: Option<&str>,
+        prefix: Option<&str>,
+        method: Option<&str>,
+    ) -> ChainRule {
         ChainRule {
             chain: chain.into(),
             host: host.map(Into::into),
@@ -73,9 +88,18 @@ mod tests {
             rule("product", Some("bookinfo.example"), Some("/"), None),
             rule("any-post", None, None, Some("POST")),
         ];
-        assert_eq!(assign(&rules, "x", "/api/v1/ratings/1", "GET"), Some("ratings"));
-        assert_eq!(assign(&rules, "x", "/api/v1/ratings/1", "POST"), Some("any-post"));
-        assert_eq!(assign(&rules, "BookInfo.example:8080", "/productpage", "GET"), Some("product"));
+        assert_eq!(
+            assign(&rules, "x", "/api/v1/ratings/1", "GET"),
+            Some("ratings")
+        );
+        assert_eq!(
+            assign(&rules, "x", "/api/v1/ratings/1", "POST"),
+            Some("any-post")
+        );
+        assert_eq!(
+            assign(&rules, "BookInfo.example:8080", "/productpage", "GET"),
+            Some("product")
+        );
         assert_eq!(assign(&rules, "other.example", "/productpage", "GET"), None);
     }
 

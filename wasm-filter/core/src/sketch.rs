@@ -214,7 +214,9 @@ mod tests {
 
     /// A small deterministic generator so the tests need no crate.
     fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
@@ -271,7 +273,11 @@ mod tests {
         let (mut a, mut b, mut all) = (Sketch::new(), Sketch::new(), Sketch::new());
         for i in 0..5000 {
             let v = lcg(&mut seed) % 10_000_000 + 1;
-            if i % 3 == 0 { a.record(v) } else { b.record(v) }
+            if i % 3 == 0 {
+                a.record(v)
+            } else {
+                b.record(v)
+            }
             all.record(v);
         }
         let mut merged = a.clone();
@@ -306,7 +312,11 @@ mod tests {
 
     #[test]
     fn validate_rejects_out_of_range_buckets() {
-        let sk = Sketch { offset: u16::MAX, counts: vec![1, 1], ..Sketch::default() };
+        let sk = Sketch {
+            offset: u16::MAX,
+            counts: vec![1, 1],
+            ..Sketch::default()
+        };
         assert!(sk.validate().is_err());
     }
 }

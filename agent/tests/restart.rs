@@ -1,0 +1,197 @@
+//! The agent binary across restarts: `kill -9` loses at most the last
+//! persistence interval and counts nothing twice; SIGTERM flushes; an
+//! unreadable store is moved aside and reported.
+
+use meshtune_filter_core::wire::{FilterCounters, Source};
+use meshtune_filter_core::{Direction, HopRecord, Report, Sketch};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 exchange, enough for the agent's API.
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: agent\r\nauthorization: Bearer tok\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn start(dir: &Path, port: u16) -> Child {
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nauth:\n  token: tok\ndata_dir: {}\npersist_interval_seconds: 0.2\nchains:\n  product:\n    slo_ms: 100\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_meshtune-agent"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(
+                dir.join(format!("agent-{}.log", Instant::now().elapsed().as_nanos())),
+            )
+            .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if http(port, "GET", "/readyz", b"").is_some_and(|(s, _)| s == 200) {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("agent did not become ready on port {port}");
+}
+
+fn report(vm: &str, seq: u64, n: u64) -> Vec<u8> {
+    let mut latency = Sketch::new();
+    (0..n).for_each(|i| latency.record(1_000_000 + i));
+    serde_json::to_vec(&Report {
+        schema_version: 1,
+        source: Source {
+            vm_id: vm.into(),
+            node: String::new(),
+            pod: String::new(),
+            namespace: String::new(),
+        },
+        seq,
+        interval_ms: 1000,
+        records: vec![HopRecord {
+            chain: "product".into(),
+            service: "productpage".into(),
+            direction: Direction::Inbound,
+            entry: true,
+            requests: n,
+            errors: 0,
+            latency,
+        }],
+        counters: FilterCounters::default(),
+    })
+    .unwrap()
+}
+
+fn product_requests(port: u16) -> u64 {
+    let (_, body) = http(port, "GET", "/v1/chains", b"").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chain"] == "product")
+        .unwrap()["requests"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn kill_9_loses_at_most_the_last_interval_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start(dir.path(), port);
+    for seq in 1..=5 {
+        assert_eq!(
+            http(port, "POST", "/v1/reports", &report("vm-a", seq, 10))
+                .unwrap()
+                .0,
+            200
+        );
+    }
+    // Past one persistence interval (0.2 s) everything above is on disk.
+    std::thread::sleep(Duration::from_millis(800));
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+
+    let mut agent = start(dir.path(), port);
+    assert_eq!(product_requests(port), 50);
+    // Replays of counted reports are recognised after the restart.
+    for seq in 1..=5 {
+        let (status, body) = http(port, "POST", "/v1/reports", &report("vm-a", seq, 10)).unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("duplicate"), "{body}");
+    }
+    assert_eq!(
+        http(port, "POST", "/v1/reports", &report("vm-a", 6, 7))
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(product_requests(port), 57);
+
+    // SIGTERM flushes at once, whatever the interval.
+    sigterm(&agent);
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "agent exit: {status:?}");
+    let mut agent = start(dir.path(), port);
+    assert_eq!(product_requests(port), 57);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn an_unreadable_store_is_moved_aside_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/meshtune.redb"), vec![0xAB; 4096]).unwrap();
+    let port = free_port();
+    let mut agent = start(dir.path(), port);
+    let aside: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("meshtune.redb.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the bad file is kept for inspection");
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), vec![0xAB; 4096]);
+    let (_, metrics) = http(port, "GET", "/metrics", b"").unwrap();
+    assert!(
+        metrics.contains("meshtune_store_recovered_total 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        http(port, "POST", "/v1/reports", &report("vm", 1, 3))
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(product_requests(port), 3);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
