@@ -60,6 +60,9 @@ pub struct FilterMetrics {
     pub reports_dropped: Option<u32>,
     pub overflow_requests: Option<u32>,
     pub config_errors: Option<u32>,
+    /// Linear memory of a VM that serves requests (the main thread's VM,
+    /// which serves none, does not overwrite it).
+    pub vm_memory_bytes: Option<u32>,
 }
 
 impl FilterMetrics {
@@ -69,6 +72,7 @@ impl FilterMetrics {
             reports_dropped: define(MetricType::Counter, "meshtune_reports_dropped_total"),
             overflow_requests: define(MetricType::Counter, "meshtune_overflow_requests_total"),
             config_errors: define(MetricType::Counter, "meshtune_config_errors_total"),
+            vm_memory_bytes: define(MetricType::Gauge, "meshtune_vm_memory_bytes"),
         }
     }
 
@@ -76,5 +80,23 @@ impl FilterMetrics {
         if let Some(id) = id {
             host::increment_metric(id, 1);
         }
+    }
+}
+
+/// Size of this VM's linear memory in bytes.
+pub fn vm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) as u64 * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
+pub fn set_gauge(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        host::record_metric(id, value);
     }
 }

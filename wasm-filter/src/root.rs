@@ -227,6 +227,16 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        let serves = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.borrow().aggregator.has_keys());
+        if serves {
+            crate::metrics::set_gauge(
+                self.filter_metrics.vm_memory_bytes,
+                crate::metrics::vm_memory_bytes(),
+            );
+        }
         self.flush();
     }
 

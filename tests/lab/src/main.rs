@@ -1,0 +1,240 @@
+//! `meshtune-lab`: run a local mesh of real Envoy sidecars with the meshtune
+//! filter and agent (`up`), or benchmark the filter (`bench filter`).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshtune_lab::mesh::{chain, Mesh, MeshOptions, CHAINS};
+use meshtune_lab::{bench, load, prometheus, trace};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Local meshes of real Envoy 1.40 sidecars running the meshtune filter.
+#[derive(Parser)]
+#[command(name = "meshtune-lab", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the Bookinfo-shaped mesh (productpage → details, reviews →
+    /// ratings; productpage → ratings), the agent and, when installed, a
+    /// Prometheus server; drive load from a real trace and show the live
+    /// per-chain view.
+    Up {
+        /// How long to run, in seconds (0: until Ctrl-C).
+        #[arg(long, default_value_t = 120)]
+        duration: u64,
+        /// `timestamp,requests` CSV; default: the WorldCup98 trace in ../shared/data/traces.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Trace minute to start from (default: a match day of WorldCup98).
+        #[arg(long, default_value_t = 80_000)]
+        offset: usize,
+        /// Requests per second at the trace's busiest minute in the window.
+        #[arg(long, default_value_t = 60.0)]
+        peak_rps: f64,
+        /// Real seconds per trace minute.
+        #[arg(long, default_value_t = 1.0)]
+        seconds_per_minute: f64,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Envoy without wasm vs a no-op wasm filter vs meshtune, alternating on
+    /// the same upstream: requests/s and proxy CPU µs per request.
+    Filter {
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHTUNE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Bench {
+            which:
+                BenchCommand::Filter {
+                    rounds,
+                    requests,
+                    concurrency,
+                },
+        } => rt.block_on(bench::filter(bench::BenchOptions {
+            rounds,
+            requests,
+            concurrency,
+        })),
+        Command::Up {
+            duration,
+            trace,
+            offset,
+            peak_rps,
+            seconds_per_minute,
+        } => rt.block_on(up(duration, trace, offset, peak_rps, seconds_per_minute)),
+    }
+}
+
+fn fmt_ms(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+fn print_view(chains: &serde_json::Value, elapsed: u64, rate: f64) {
+    println!("\n[{elapsed:>4} s] offered load {rate:.0} req/s");
+    println!(
+        "{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}",
+        "chain", "rps", "p50 ms", "p95 ms", "p99 ms", "slo ms", "in slo", "requests"
+    );
+    for (name, _, _) in CHAINS {
+        let Some(c) = chain(chains, name) else {
+            continue;
+        };
+        println!(
+            "{:<14} {:>7.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            name,
+            c["rps"].as_f64().unwrap_or(0.0),
+            fmt_ms(&c["p50_ms"]),
+            fmt_ms(&c["p95_ms"]),
+            fmt_ms(&c["p99_ms"]),
+            fmt_ms(&c["slo_ms"]),
+            c["slo_attainment"]
+                .as_f64()
+                .map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
+            c["requests"]
+        );
+        for h in c["hops"].as_array().into_iter().flatten() {
+            println!(
+                "  └ {:<10} {:>7.1} {:>8} {:>8} {:>8}",
+                h["service"].as_str().unwrap_or("?"),
+                h["rps"].as_f64().unwrap_or(0.0),
+                fmt_ms(&h["p50_ms"]),
+                fmt_ms(&h["p95_ms"]),
+                fmt_ms(&h["p99_ms"])
+            );
+        }
+    }
+}
+
+async fn up(
+    duration: u64,
+    trace_path: Option<PathBuf>,
+    offset: usize,
+    peak: f64,
+    spm: f64,
+) -> anyhow::Result<()> {
+    let path = trace_path.unwrap_or_else(|| trace::traces_dir().join("worldcup98_1min.csv"));
+    let counts = trace::read_counts(&path)?;
+    let steps = if duration == 0 {
+        counts.len()
+    } else {
+        ((duration as f64 / spm).ceil() as usize).max(1)
+    };
+    let offset = offset.min(counts.len().saturating_sub(steps));
+    let rates = trace::scaled(&counts, offset, steps, peak);
+    println!("meshtune-lab: starting 4 services with Envoy sidecars, the filter and the agent ...");
+    let mesh = Mesh::start(MeshOptions {
+        agent_window_secs: 30,
+        ..MeshOptions::default()
+    })
+    .await?;
+    let prom = match prometheus::Prometheus::start(&[(
+        "meshtune-agent".into(),
+        format!("127.0.0.1:{}", mesh.agent_port),
+    )]) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!("(no Prometheus server: {e})");
+            None
+        }
+    };
+    println!(
+        "load: {} from minute {offset}, {steps} minutes at {spm} s each, peak {peak} req/s",
+        path.display()
+    );
+    println!(
+        "entry (productpage sidecar):  http://127.0.0.1:{}/productpage",
+        mesh.entry_port
+    );
+    println!(
+        "agent chains view:            http://127.0.0.1:{}/v1/chains",
+        mesh.agent_port
+    );
+    println!(
+        "agent metrics:                http://127.0.0.1:{}/metrics",
+        mesh.agent_port
+    );
+    for (name, e) in &mesh.envoys {
+        println!(
+            "sidecar {name:<12} stats:   http://127.0.0.1:{}/stats/prometheus",
+            e.admin_port
+        );
+    }
+    if let Some(p) = &prom {
+        println!("prometheus:                   http://127.0.0.1:{}/graph?g0.expr=meshtune_chain_requests_total", p.port);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let entry = mesh.entry_port;
+    let rates_for_load = rates.clone();
+    let loader = tokio::spawn(async move {
+        load::open_loop(
+            entry,
+            &rates_for_load,
+            Duration::from_secs_f64(spm),
+            &[("/productpage", 7), ("/api/v1/ratings/0", 3)],
+            &stop_rx,
+        )
+        .await
+    });
+    let started = std::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => { let _ = stop_tx.send(true); break; }
+        }
+        let elapsed = started.elapsed().as_secs();
+        let idx = ((elapsed as f64 / spm) as usize).min(rates.len().saturating_sub(1));
+        if let Some(chains) = mesh.chains_json() {
+            print_view(&chains, elapsed, rates.get(idx).copied().unwrap_or(0.0));
+        }
+        if loader.is_finished() {
+            break;
+        }
+    }
+    let (sent, ok) = loader.await.context("load task")?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if let Some(chains) = mesh.chains_json() {
+        print_view(&chains, started.elapsed().as_secs(), 0.0);
+    }
+    println!("\nsent {sent} requests, {ok} succeeded");
+    if let Some(p) = &prom {
+        if let Ok(r) = p.query("sum by (chain) (meshtune_chain_requests_total)") {
+            for s in r {
+                println!(
+                    "prometheus: meshtune_chain_requests_total{{chain={}}} = {}",
+                    s["metric"]["chain"], s["value"][1]
+                );
+            }
+        }
+    }
+    Ok(())
+}

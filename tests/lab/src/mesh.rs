@@ -1,0 +1,215 @@
+//! A local mesh: the Bookinfo-shaped services, one real Envoy sidecar per
+//! service running the meshtune filter, and the node agent.
+
+use crate::envoy::{
+    find_envoy, find_wasm, Envoy, FilterKind, SidecarSpec, Upstream, AGENT_CLUSTER,
+};
+use crate::services::{self, ServiceSpec};
+use anyhow::Context;
+use meshtune_agent::{Agent, AgentConfig};
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const NAMESPACE: &str = "bookinfo";
+pub const TOKEN: &str = "lab-token";
+
+/// The chains of the lab and their objectives (ms).
+pub const CHAINS: [(&str, &str, f64); 2] = [
+    ("product-page", "/productpage", 60.0),
+    ("ratings-api", "/api/v1/ratings", 20.0),
+];
+
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    pub report_interval_ms: u64,
+    pub debug_log_durations: bool,
+    pub envoy_concurrency: u32,
+    pub agent_window_secs: u64,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            report_interval_ms: 1000,
+            debug_log_durations: false,
+            envoy_concurrency: 2,
+            agent_window_secs: 60,
+        }
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The filter's plugin configuration, as a `WasmPlugin.pluginConfig` renders.
+pub fn filter_config(opts: &MeshOptions) -> String {
+    let rules: Vec<serde_json::Value> = CHAINS
+        .iter()
+        .map(|(c, p, _)| serde_json::json!({"chain": c, "path_prefix": p}))
+        .collect();
+    serde_json::json!({
+        "rules": rules,
+        "report_interval_ms": opts.report_interval_ms,
+        "agent": {"cluster": AGENT_CLUSTER, "token": TOKEN, "timeout_ms": 1000},
+        "debug_log_durations": opts.debug_log_durations,
+    })
+    .to_string()
+}
+
+/// The agent configuration of the lab, in the DTA-SLO shape plus meshtune's.
+pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, window_secs: u64) -> String {
+    let mut y = format!(
+        "listen: 127.0.0.1:{port}\nauth:\n  token: {TOKEN}\ndata_dir: {}\nwindow_seconds: {window_secs}\npersist_interval_seconds: 2\nchains:\n",
+        data_dir.display()
+    );
+    for (c, _, slo) in CHAINS {
+        y.push_str(&format!("  {c}:\n    slo_ms: {slo}\n    percentile: 99\n"));
+    }
+    y.push_str(
+        "services:\n  productpage:\n    chains: [product-page, ratings-api]\n    min_cpu: 0.1\n    max_cpu: 2\n    min_memory: 128\n    max_memory: 1024\n  details:\n    chains: [product-page]\n  reviews:\n    chains: [product-page]\n  ratings:\n    chains: [product-page, ratings-api]\n",
+    );
+    y
+}
+
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub envoys: BTreeMap<String, Envoy>,
+    /// Where clients enter: productpage's inbound listener.
+    pub entry_port: u16,
+    pub agent_port: u16,
+    pub agent: Arc<Agent>,
+    agent_stop: watch::Sender<bool>,
+    agent_task: Option<JoinHandle<std::io::Result<()>>>,
+    services: Vec<JoinHandle<()>>,
+}
+
+impl Mesh {
+    pub async fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
+        let envoy = find_envoy()?;
+        let wasm = find_wasm("meshtune_filter.wasm")?;
+        let dir = tempfile::Builder::new().prefix("meshtune-lab-").tempdir()?;
+
+        // The agent, in-process.
+        let agent_port = free_port()?;
+        let yaml = agent_config_yaml(
+            agent_port,
+            &dir.path().join("agent-data"),
+            opts.agent_window_secs,
+        );
+        std::fs::write(dir.path().join("agent.yaml"), &yaml)?;
+        let cfg = AgentConfig::parse(&yaml, "agent.yaml")?;
+        let agent = Agent::open(cfg, meshtune_agent::now_secs())?;
+        let listener = TcpListener::bind(("127.0.0.1", agent_port))
+            .await
+            .context("binding the agent port")?;
+        let (agent_stop, rx) = watch::channel(false);
+        let agent_task = Some(tokio::spawn(agent.clone().serve(listener, rx)));
+
+        // Ports: each service has an app port and a sidecar (inbound, outbound, admin).
+        let specs: Vec<ServiceSpec> = services::bookinfo();
+        let mut inbound = BTreeMap::new();
+        for s in &specs {
+            inbound.insert(s.name, free_port()?);
+        }
+        let config_json = filter_config(&opts);
+        let mut envoys = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for s in specs {
+            let app = TcpListener::bind("127.0.0.1:0").await?;
+            let app_port = app.local_addr()?.port();
+            let downstream: Vec<&str> = {
+                let mut d: Vec<&str> = s
+                    .routes
+                    .iter()
+                    .flat_map(|r| r.calls.iter().map(|c| c.service))
+                    .collect();
+                d.sort_unstable();
+                d.dedup();
+                d
+            };
+            let outbound_port = if downstream.is_empty() {
+                None
+            } else {
+                Some(free_port()?)
+            };
+            let sidecar = SidecarSpec {
+                service: s.name.to_owned(),
+                namespace: NAMESPACE.to_owned(),
+                admin_port: free_port()?,
+                inbound_port: inbound[s.name],
+                app_port,
+                outbound_port,
+                upstreams: downstream
+                    .iter()
+                    .map(|d| Upstream {
+                        service: (*d).to_owned(),
+                        port: inbound[d],
+                    })
+                    .collect(),
+                agent_port: Some(agent_port),
+                filter: FilterKind::Wasm {
+                    path: wasm.clone(),
+                    config_json: config_json.clone(),
+                },
+                concurrency: opts.envoy_concurrency,
+                extra_inbound_filters: vec![],
+            };
+            let name = s.name.to_owned();
+            tasks.push(services::spawn(s, app, outbound_port));
+            let (envoy_bin, dir_path, boot) =
+                (envoy.clone(), dir.path().to_owned(), sidecar.bootstrap());
+            let (conc, admin) = (sidecar.concurrency, sidecar.admin_port);
+            let n = name.clone();
+            let e = tokio::task::spawn_blocking(move || {
+                Envoy::start(&envoy_bin, &dir_path, &n, &boot, conc, admin)
+            })
+            .await??;
+            envoys.insert(name, e);
+        }
+        Ok(Mesh {
+            entry_port: inbound["productpage"],
+            dir,
+            envoys,
+            agent_port,
+            agent,
+            agent_stop,
+            agent_task,
+            services: tasks,
+        })
+    }
+
+    /// Stops the agent (its port closes); the sidecars keep running.
+    pub async fn stop_agent(&mut self) {
+        let _ = self.agent_stop.send(true);
+        if let Some(t) = self.agent_task.take() {
+            let _ = t.await;
+        }
+    }
+
+    pub fn chains_json(&self) -> Option<serde_json::Value> {
+        crate::http::get_blocking(self.agent_port, "/v1/chains")
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.agent_stop.send(true);
+        for t in &self.services {
+            t.abort();
+        }
+    }
+}
+
+/// Field of chain `name` in a `/v1/chains` answer.
+pub fn chain<'a>(chains: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    chains["chains"]
+        .as_array()?
+        .iter()
+        .find(|c| c["chain"] == name)
+}
