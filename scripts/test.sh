@@ -23,4 +23,13 @@ cargo build --release --locked --target wasm32-wasip1 -p meshtune-filter -p mesh
 ls -l "$CARGO_TARGET_DIR/wasm32-wasip1/release/"meshtune_*.wasm
 step "tests"
 # One test at a time: the end-to-end tests each run a mesh of Envoy sidecars.
-cargo test --workspace --locked -- --test-threads=1
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked -- --test-threads=1 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
