@@ -19,6 +19,7 @@ extern "C" {
         out: *mut *mut u8,
         out_size: *mut usize,
     ) -> Status;
+    fn proxy_get_header_map_pairs(map: MapType, out: *mut *mut u8, out_size: *mut usize) -> Status;
     fn proxy_replace_header_map_value(
         map: MapType,
         key: *const u8,
@@ -80,6 +81,18 @@ pub fn header(map: MapType, key: &str) -> Option<Vec<u8>> {
     let (mut ptr, mut size) = (null_mut(), 0usize);
     // SAFETY: valid key slice; the host answers with an owned buffer.
     match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut ptr, &mut size) } {
+        Status::Ok => unsafe { take(ptr, size) },
+        _ => None,
+    }
+}
+
+/// All headers of `map` in one host call, serialized as the ABI defines:
+/// a u32 count, then (key length, value length) u32 pairs, then each key and
+/// value followed by a NUL byte.
+pub fn header_pairs(map: MapType) -> Option<Vec<u8>> {
+    let (mut ptr, mut size) = (null_mut(), 0usize);
+    // SAFETY: the host answers with an owned buffer.
+    match unsafe { proxy_get_header_map_pairs(map, &mut ptr, &mut size) } {
         Status::Ok => unsafe { take(ptr, size) },
         _ => None,
     }

@@ -2,8 +2,11 @@
 
 use crate::metrics::{FilterMetrics, HopMetrics};
 use crate::root::Shared;
+use meshtune_filter_core::abi::parse_pairs;
 use meshtune_filter_core::config::OTHER_CHAIN;
-use meshtune_filter_core::naming::{is_label_safe, sanitize, service_from_cluster};
+use meshtune_filter_core::naming::{
+    classify_cluster, is_label_safe, sanitize, service_from_cluster, ClusterKind,
+};
 use meshtune_filter_core::rules;
 use meshtune_filter_core::{Direction, RecordOutcome};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -23,8 +26,8 @@ pub struct Hop {
 }
 
 use crate::host::{
-    header, header_str, log, now_ns, property_i64 as int_property, property_str as string_property,
-    set_header,
+    header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
+    property_str as string_property, set_header,
 };
 
 impl Hop {
@@ -59,24 +62,24 @@ impl Hop {
         self.done = true;
         let shared = self.shared.clone()?;
         let duration = now_ns().saturating_sub(self.start_ns);
-        let direction = int_property(&["xds", "listener_direction"])
-            .or_else(|| int_property(&["listener_direction"]))
-            .map_or(Direction::Unspecified, Direction::from_envoy);
         let error = self.is_error();
+        // One property read gives direction and service under Istio's
+        // cluster naming; other names fall back to the listener direction.
+        let cluster = string_property(&["xds", "cluster_name"]).unwrap_or_default();
         let mut state = shared.borrow_mut();
-        let service = match direction {
-            Direction::Outbound => {
-                let cluster = string_property(&["xds", "cluster_name"])
-                    .or_else(|| string_property(&["cluster_name"]))
-                    .unwrap_or_default();
-                let name = service_from_cluster(&cluster);
-                if name.is_empty() {
-                    "unrouted".to_owned()
-                } else {
-                    sanitize(name)
-                }
+        let (direction, service) = match classify_cluster(&cluster) {
+            ClusterKind::Inbound => (Direction::Inbound, state.inbound_service.clone()),
+            ClusterKind::Outbound(svc) => (Direction::Outbound, sanitize(svc)),
+            ClusterKind::Other => {
+                let direction = int_property(&["xds", "listener_direction"])
+                    .map_or(Direction::Unspecified, Direction::from_envoy);
+                let service = match direction {
+                    Direction::Outbound if cluster.is_empty() => "unrouted".to_owned(),
+                    Direction::Outbound => sanitize(service_from_cluster(&cluster)),
+                    _ => state.inbound_service.clone(),
+                };
+                (direction, service)
             }
-            _ => state.inbound_service.clone(),
         };
         match state.aggregator.record(
             &self.chain,
@@ -94,7 +97,7 @@ impl Hop {
                     }
                 }
                 if let Some(m) = state.hop_metrics.get(key) {
-                    m.observe(duration, error);
+                    m.observe(duration);
                 }
             }
             RecordOutcome::Overflow => FilterMetrics::bump(state.filter_metrics.overflow_requests),
@@ -119,6 +122,15 @@ impl Hop {
     }
 }
 
+impl Hop {
+    /// Makes this hop the chain's entry and forwards the chain downstream.
+    fn assign(&mut self, chain_header: &str, chain: &str) {
+        self.chain = chain.to_owned();
+        self.entry = true;
+        set_header(MapType::HttpRequestHeaders, chain_header, chain);
+    }
+}
+
 impl Context for Hop {}
 
 impl HttpContext for Hop {
@@ -132,23 +144,46 @@ impl HttpContext for Hop {
         if state.config.debug_log_durations {
             self.request_id = header_str(MapType::HttpRequestHeaders, "x-request-id");
         }
-        match header(MapType::HttpRequestHeaders, chain_header) {
-            Some(v) => {
-                let v = String::from_utf8_lossy(&v);
-                self.chain = if is_label_safe(&v) {
-                    v.into_owned()
-                } else {
-                    sanitize(&v)
-                };
+        let needs = state.rule_needs;
+        if needs.host || needs.path || needs.method {
+            // Rules need request headers: one host call fetches them all.
+            let buf = header_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
+            let (mut chain, mut host, mut path, mut method) = (None, "", "", "");
+            for (k, v) in parse_pairs(&buf) {
+                let v = std::str::from_utf8(v).unwrap_or("");
+                match k {
+                    b":authority" => host = v,
+                    b":path" => path = v,
+                    b":method" => method = v,
+                    k if k == chain_header.as_bytes() => chain = Some(v),
+                    _ => {}
+                }
             }
-            None => {
-                let get = |k| header_str(MapType::HttpRequestHeaders, k).unwrap_or_default();
-                let (host, path, method) = (get(":authority"), get(":path"), get(":method"));
-                let chain = rules::assign(&state.config.rules, &host, &path, &method)
-                    .unwrap_or(OTHER_CHAIN);
-                self.chain = chain.to_owned();
-                self.entry = true;
-                set_header(MapType::HttpRequestHeaders, chain_header, chain);
+            match chain {
+                Some(v) => {
+                    self.chain = if is_label_safe(v) {
+                        v.to_owned()
+                    } else {
+                        sanitize(v)
+                    }
+                }
+                None => {
+                    let chain = rules::assign(&state.config.rules, host, path, method)
+                        .unwrap_or(OTHER_CHAIN);
+                    self.assign(chain_header, chain);
+                }
+            }
+        } else {
+            match header(MapType::HttpRequestHeaders, chain_header) {
+                Some(v) => {
+                    let v = String::from_utf8_lossy(&v);
+                    self.chain = if is_label_safe(&v) {
+                        v.into_owned()
+                    } else {
+                        sanitize(&v)
+                    };
+                }
+                None => self.assign(chain_header, OTHER_CHAIN),
             }
         }
         Action::Continue

@@ -38,15 +38,20 @@ impl HopMetrics {
         }
     }
 
-    pub fn observe(&self, duration_ns: u64, error: bool) {
+    /// Adds a batch of requests and errors to the counters (once per tick:
+    /// a host call per request would cost more than the rest of the filter).
+    pub fn add_counts(&self, requests: u64, errors: u64) {
         if let Some(id) = self.requests {
-            host::increment_metric(id, 1);
+            host::increment_metric(id, requests as i64);
         }
-        if error {
+        if errors > 0 {
             if let Some(id) = self.errors {
-                host::increment_metric(id, 1);
+                host::increment_metric(id, errors as i64);
             }
         }
+    }
+
+    pub fn observe(&self, duration_ns: u64) {
         if let Some(id) = self.duration_ms {
             host::record_metric(id, duration_ns / 1_000_000);
         }

@@ -26,6 +26,8 @@ pub struct Shared {
     pub filter_metrics: FilterMetrics,
     /// Service name used for inbound hops.
     pub inbound_service: String,
+    /// Request headers the chain rules read.
+    pub rule_needs: meshtune_filter_core::rules::RuleNeeds,
 }
 
 pub struct Root {
@@ -110,6 +112,11 @@ impl Root {
         let interval_ms = now.saturating_sub(self.last_report_ns) / 1_000_000;
         self.last_report_ns = now;
         let mut state = shared.borrow_mut();
+        for (key, requests, errors) in state.aggregator.pending_counts() {
+            if let Some(m) = state.hop_metrics.get(key) {
+                m.add_counts(requests, errors);
+            }
+        }
         let Some(agent) = state.config.agent.clone() else {
             // No agent configured: stats only; keep the sketches from growing.
             let _ = state.aggregator.take_report(&self.source, interval_ms);
@@ -201,6 +208,7 @@ impl RootContext for Root {
             Ok(config) => {
                 self.identify();
                 let service = Self::inbound_service(&config);
+                let rule_needs = meshtune_filter_core::rules::needs(&config.rules);
                 let interval = Duration::from_millis(config.report_interval_ms);
                 let shared = Shared {
                     aggregator: Aggregator::new(config.max_chains, config.max_upstreams),
@@ -208,6 +216,7 @@ impl RootContext for Root {
                     hop_metrics: Vec::new(),
                     filter_metrics: self.filter_metrics,
                     inbound_service: service,
+                    rule_needs,
                 };
                 self.shared = Some(Rc::new(RefCell::new(shared)));
                 self.last_report_ns = self.now_ns();

@@ -155,6 +155,16 @@ impl Aggregator {
         &self.counters
     }
 
+    /// Requests and errors per key since the last report, for counters
+    /// published in batches rather than per request.
+    pub fn pending_counts(&self) -> impl Iterator<Item = (KeyId, u64, u64)> + '_ {
+        self.stats
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.requests > 0)
+            .map(|(i, s)| (i, s.requests, s.errors))
+    }
+
     /// True once any request was recorded by this VM.
     pub fn has_keys(&self) -> bool {
         !self.keys.is_empty()

@@ -3,6 +3,7 @@
 //! `wasm-filter/` wires these pieces to proxy-wasm calls, so every rule can be
 //! tested natively.
 
+pub mod abi;
 pub mod aggregator;
 pub mod config;
 pub mod naming;

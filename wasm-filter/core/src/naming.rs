@@ -13,6 +13,32 @@ pub fn service_from_cluster(cluster: &str) -> &str {
     }
 }
 
+/// What an Istio cluster name says about a hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterKind<'a> {
+    /// `inbound|PORT||`: the local service, server side.
+    Inbound,
+    /// `outbound|PORT|SUBSET|HOST`: a call to the service named by `HOST`.
+    Outbound(&'a str),
+    /// Not Istio's naming: the listener direction has to tell.
+    Other,
+}
+
+/// Classifies a cluster name with Istio's naming, so one property read
+/// gives both the direction and the service of a hop.
+pub fn classify_cluster(cluster: &str) -> ClusterKind<'_> {
+    if cluster.starts_with("inbound|") {
+        return ClusterKind::Inbound;
+    }
+    if cluster.starts_with("outbound|") {
+        let svc = service_from_cluster(cluster);
+        if svc != cluster && !svc.is_empty() {
+            return ClusterKind::Outbound(svc);
+        }
+    }
+    ClusterKind::Other
+}
+
 /// True for names that are safe inside an Envoy stat name and a Prometheus
 /// label value without escaping: ASCII letters, digits, `-` and `_`.
 pub fn is_label_safe(name: &str) -> bool {
@@ -58,6 +84,17 @@ mod tests {
         );
         assert_eq!(service_from_cluster("inbound|9080||"), "inbound|9080||");
         assert_eq!(service_from_cluster("plain"), "plain");
+    }
+
+    #[test]
+    fn cluster_kinds() {
+        assert_eq!(classify_cluster("inbound|9080||"), ClusterKind::Inbound);
+        assert_eq!(
+            classify_cluster("outbound|9080||ratings.default.svc.cluster.local"),
+            ClusterKind::Outbound("ratings")
+        );
+        assert_eq!(classify_cluster("outbound|9080||"), ClusterKind::Other);
+        assert_eq!(classify_cluster("my_cluster"), ClusterKind::Other);
     }
 
     #[test]

@@ -55,6 +55,22 @@ impl ChainRule {
     }
 }
 
+/// Which request headers the rules look at, so the filter reads no other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleNeeds {
+    pub host: bool,
+    pub path: bool,
+    pub method: bool,
+}
+
+pub fn needs(rules: &[ChainRule]) -> RuleNeeds {
+    rules.iter().fold(RuleNeeds::default(), |n, r| RuleNeeds {
+        host: n.host || r.host.is_some(),
+        path: n.path || r.path_prefix.is_some(),
+        method: n.method || r.method.is_some(),
+    })
+}
+
 /// The chain of the first matching rule, or `None`.
 pub fn assign<'a>(rules: &'a [ChainRule], host: &str, path: &str, method: &str) -> Option<&'a str> {
     rules
@@ -101,6 +117,23 @@ mod tests {
             Some("product")
         );
         assert_eq!(assign(&rules, "other.example", "/productpage", "GET"), None);
+    }
+
+    #[test]
+    fn needs_lists_only_the_headers_rules_use() {
+        let rules = vec![
+            rule("a", None, Some("/x"), None),
+            rule("b", None, None, Some("GET")),
+        ];
+        assert_eq!(
+            needs(&rules),
+            RuleNeeds {
+                host: false,
+                path: true,
+                method: true
+            }
+        );
+        assert_eq!(needs(&[]), RuleNeeds::default());
     }
 
     #[test]
