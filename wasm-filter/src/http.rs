@@ -5,7 +5,8 @@ use crate::root::Shared;
 use meshtune_filter_core::abi::parse_pairs;
 use meshtune_filter_core::config::OTHER_CHAIN;
 use meshtune_filter_core::naming::{
-    classify_cluster, is_label_safe, sanitize, service_from_cluster, ClusterKind,
+    classify_cluster, is_label_safe, sanitize, service_from_authority, service_from_cluster,
+    ClusterKind,
 };
 use meshtune_filter_core::rules;
 use meshtune_filter_core::{Direction, RecordOutcome};
@@ -23,6 +24,8 @@ pub struct Hop {
     done: bool,
     /// `x-request-id`, kept only when durations are logged for debugging.
     request_id: Option<String>,
+    /// Service named by `:authority`, read on plugins configured outbound.
+    upstream: String,
 }
 
 use crate::host::{
@@ -40,6 +43,7 @@ impl Hop {
             status: 0,
             done: false,
             request_id: None,
+            upstream: String::new(),
         }
     }
 
@@ -63,23 +67,14 @@ impl Hop {
         let shared = self.shared.clone()?;
         let duration = now_ns().saturating_sub(self.start_ns);
         let error = self.is_error();
-        // One property read gives direction and service under Istio's
-        // cluster naming; other names fall back to the listener direction.
-        let cluster = string_property(&["xds", "cluster_name"]).unwrap_or_default();
         let mut state = shared.borrow_mut();
-        let (direction, service) = match classify_cluster(&cluster) {
-            ClusterKind::Inbound => (Direction::Inbound, state.inbound_service.clone()),
-            ClusterKind::Outbound(svc) => (Direction::Outbound, sanitize(svc)),
-            ClusterKind::Other => {
-                let direction = int_property(&["xds", "listener_direction"])
-                    .map_or(Direction::Unspecified, Direction::from_envoy);
-                let service = match direction {
-                    Direction::Outbound if cluster.is_empty() => "unrouted".to_owned(),
-                    Direction::Outbound => sanitize(service_from_cluster(&cluster)),
-                    _ => state.inbound_service.clone(),
-                };
-                (direction, service)
+        let (direction, service) = match state.config.direction {
+            // Installed per side: no property read at all.
+            Some(Direction::Inbound) => (Direction::Inbound, state.inbound_service.clone()),
+            Some(Direction::Outbound) if !self.upstream.is_empty() => {
+                (Direction::Outbound, std::mem::take(&mut self.upstream))
             }
+            _ => hop_from_cluster(&state.inbound_service),
         };
         match state.aggregator.record(
             &self.chain,
@@ -122,6 +117,34 @@ impl Hop {
     }
 }
 
+/// Direction and service of a hop from its cluster name (one property read
+/// under Istio's naming), else from the listener direction.
+fn hop_from_cluster(inbound_service: &str) -> (Direction, String) {
+    let cluster = string_property(&["xds", "cluster_name"]).unwrap_or_default();
+    match classify_cluster(&cluster) {
+        ClusterKind::Inbound => (Direction::Inbound, inbound_service.to_owned()),
+        ClusterKind::Outbound(svc) => (Direction::Outbound, sanitize(svc)),
+        ClusterKind::Other => {
+            let direction = int_property(&["xds", "listener_direction"])
+                .map_or(Direction::Unspecified, Direction::from_envoy);
+            let service = match direction {
+                Direction::Outbound if cluster.is_empty() => "unrouted".to_owned(),
+                Direction::Outbound => sanitize(service_from_cluster(&cluster)),
+                _ => inbound_service.to_owned(),
+            };
+            (direction, service)
+        }
+    }
+}
+
+fn sanitize_nonempty(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        sanitize(name)
+    }
+}
+
 impl Hop {
     /// Makes this hop the chain's entry and forwards the chain downstream.
     fn assign(&mut self, chain_header: &str, chain: &str) {
@@ -145,8 +168,10 @@ impl HttpContext for Hop {
             self.request_id = header_str(MapType::HttpRequestHeaders, "x-request-id");
         }
         let needs = state.rule_needs;
-        if needs.host || needs.path || needs.method {
-            // Rules need request headers: one host call fetches them all.
+        let outbound = state.config.direction == Some(Direction::Outbound);
+        if needs.host || needs.path || needs.method || outbound {
+            // Rules (or the upstream's name) need request headers: one host
+            // call fetches them all.
             let buf = header_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
             let (mut chain, mut host, mut path, mut method) = (None, "", "", "");
             for (k, v) in parse_pairs(&buf) {
@@ -158,6 +183,9 @@ impl HttpContext for Hop {
                     k if k == chain_header.as_bytes() => chain = Some(v),
                     _ => {}
                 }
+            }
+            if outbound {
+                self.upstream = sanitize_nonempty(service_from_authority(host));
             }
             match chain {
                 Some(v) => {

@@ -66,7 +66,28 @@ pub fn find_wasm(file: &str) -> anyhow::Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub enum FilterKind {
     None,
-    Wasm { path: PathBuf, config_json: String },
+    /// One `WasmPlugin` (`meshtune`) on both sides, the same configuration.
+    Wasm {
+        path: PathBuf,
+        config_json: String,
+    },
+    /// One `WasmPlugin` per side, as recommended: `meshtune-inbound`
+    /// (`match: [{mode: SERVER}]`) and `meshtune-outbound` (`CLIENT`), whose
+    /// configurations add `"direction"`.
+    WasmPerSide {
+        path: PathBuf,
+        config_json: String,
+    },
+}
+
+/// `config_json` with `"direction": dir` added.
+fn with_direction(config_json: &str, dir: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config_json).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("direction".into(), serde_json::json!(dir));
+    }
+    v.to_string()
 }
 
 /// A route of an outbound listener: calls for `service` go to `port`.
@@ -132,14 +153,14 @@ fn hcm(
 /// The wasm filter as Istio renders a `WasmPlugin` named `meshtune` in
 /// namespace `ns`: filter name `ns.meshtune`, root id = plugin name,
 /// configuration a `StringValue` of JSON, V8, no `vm_id`, fail open.
-pub fn wasm_filter(ns: &str, path: &Path, config_json: &str) -> serde_json::Value {
+pub fn wasm_filter(ns: &str, plugin: &str, path: &Path, config_json: &str) -> serde_json::Value {
     serde_json::json!({
-        "name": format!("{ns}.meshtune"),
+        "name": format!("{ns}.{plugin}"),
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": format!("{ns}.meshtune"),
-                "root_id": "meshtune",
+                "name": format!("{ns}.{plugin}"),
+                "root_id": plugin,
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config_json},
                 "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": path.display().to_string()}}},
                 "fail_open": true
@@ -150,10 +171,19 @@ pub fn wasm_filter(ns: &str, path: &Path, config_json: &str) -> serde_json::Valu
 
 impl SidecarSpec {
     pub fn bootstrap(&self) -> serde_json::Value {
-        let filters = |extra: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        let filters = |extra: &[serde_json::Value], side: &str| -> Vec<serde_json::Value> {
             let mut v = extra.to_vec();
-            if let FilterKind::Wasm { path, config_json } = &self.filter {
-                v.push(wasm_filter(&self.namespace, path, config_json));
+            match &self.filter {
+                FilterKind::None => {}
+                FilterKind::Wasm { path, config_json } => {
+                    v.push(wasm_filter(&self.namespace, "meshtune", path, config_json))
+                }
+                FilterKind::WasmPerSide { path, config_json } => v.push(wasm_filter(
+                    &self.namespace,
+                    &format!("meshtune-{side}"),
+                    path,
+                    &with_direction(config_json, side),
+                )),
             }
             v
         };
@@ -166,7 +196,7 @@ impl SidecarSpec {
                 "inbound_0.0.0.0_9080",
                 serde_json::json!([{"name": "inbound", "domains": ["*"],
                     "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "30s"}}]}]),
-                filters(&self.extra_inbound_filters),
+                filters(&self.extra_inbound_filters, "inbound"),
             )]}]
         })];
         let mut clusters = vec![cluster(inbound_cluster, self.app_port)];
@@ -185,7 +215,7 @@ impl SidecarSpec {
                 "name": "virtualOutbound",
                 "traffic_direction": "OUTBOUND",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [hcm("outbound_0.0.0.0_9080", serde_json::json!(vhosts), filters(&[]))]}]
+                "filter_chains": [{"filters": [hcm("outbound_0.0.0.0_9080", serde_json::json!(vhosts), filters(&[], "outbound"))]}]
             }));
         }
         if let Some(port) = self.agent_port {

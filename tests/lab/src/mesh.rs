@@ -29,6 +29,8 @@ pub struct MeshOptions {
     pub debug_log_durations: bool,
     pub envoy_concurrency: u32,
     pub agent_window_secs: u64,
+    /// One plugin per side (recommended) or one plugin on both sides.
+    pub per_side_plugins: bool,
 }
 
 impl Default for MeshOptions {
@@ -38,6 +40,7 @@ impl Default for MeshOptions {
             debug_log_durations: false,
             envoy_concurrency: 2,
             agent_window_secs: 60,
+            per_side_plugins: true,
         }
     }
 }
@@ -92,7 +95,12 @@ impl Mesh {
     pub async fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
         let envoy = find_envoy()?;
         let wasm = find_wasm("meshtune_filter.wasm")?;
-        let dir = tempfile::Builder::new().prefix("meshtune-lab-").tempdir()?;
+        let mut dir = tempfile::Builder::new().prefix("meshtune-lab-").tempdir()?;
+        // MESHTUNE_LAB_KEEP=1 keeps the Envoy configs and logs for a look afterwards.
+        if std::env::var_os("MESHTUNE_LAB_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("lab files kept in {}", dir.path().display());
+        }
 
         // The agent, in-process.
         let agent_port = free_port()?;

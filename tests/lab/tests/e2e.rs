@@ -77,6 +77,7 @@ async fn chain_latency_is_measured_in_envoy_merged_by_the_agent_and_scraped_by_p
         debug_log_durations: true,
         envoy_concurrency: 2,
         agent_window_secs: 600,
+        per_side_plugins: true,
     };
     let mesh = Mesh::start(opts)
         .await
@@ -258,21 +259,43 @@ async fn chain_latency_is_measured_in_envoy_merged_by_the_agent_and_scraped_by_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_agent_mid_load_fails_no_request_and_drops_are_counted() {
+    // One plugin on both sides this time: hops are told apart by cluster name.
     let opts = MeshOptions {
         report_interval_ms: 200,
         debug_log_durations: false,
         envoy_concurrency: 2,
         agent_window_secs: 60,
+        per_side_plugins: false,
     };
     let mut mesh = Mesh::start(opts)
         .await
         .unwrap_or_else(|e| panic!("starting the mesh: {e:#}"));
     let port = mesh.entry_port;
     let first = closed_loop(port, vec!["/productpage".into(); 300], 4, "before").await;
-    wait_for(20, "the agent to receive reports", || {
-        let c = mesh.chains_json()?;
-        (chain(&c, PRODUCT)?["requests"].as_u64()? > 0).then_some(())
-    })
+    wait_for(
+        20,
+        "the agent to count every hop of the first batch",
+        || {
+            let c = mesh.chains_json()?;
+            let p = chain(&c, PRODUCT)?;
+            let hops: Vec<(String, String, u64)> = p["hops"]
+                .as_array()?
+                .iter()
+                .map(|h| {
+                    (
+                        h["service"].as_str().unwrap_or("").to_owned(),
+                        h["direction"].as_str().unwrap_or("").to_owned(),
+                        h["requests"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            let want: Vec<(String, String, u64)> = ["details", "productpage", "ratings", "reviews"]
+                .iter()
+                .map(|s| (s.to_string(), "inbound".to_string(), 300))
+                .collect();
+            (p["requests"] == 300 && hops == want).then_some(())
+        },
+    )
     .await;
     let load = tokio::spawn(closed_loop(
         port,

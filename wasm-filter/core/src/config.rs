@@ -74,6 +74,12 @@ pub struct FilterConfig {
     /// node metadata (canonical service label, `app` label, workload name).
     #[serde(default)]
     pub service: Option<String>,
+    /// The side of the sidecar this plugin runs on, when it is installed
+    /// once per side (a `WasmPlugin` with `match: [{mode: SERVER}]` and one
+    /// with `CLIENT`): `inbound` or `outbound`. Knowing it saves a property
+    /// read per request; absent, each request's cluster name tells.
+    #[serde(default)]
+    pub direction: Option<crate::wire::Direction>,
     /// Logs every recorded hop duration (with `x-request-id`) at info
     /// level: for tests and debugging only, it is one log line per request.
     #[serde(default)]
@@ -104,6 +110,7 @@ impl Default for FilterConfig {
             agent: None,
             service: None,
             debug_log_durations: false,
+            direction: None,
         }
     }
 }
@@ -169,6 +176,12 @@ impl FilterConfig {
                 return Err(invalid("agent.timeout_ms", "must be between 1 and 60000"));
             }
         }
+        if self.direction == Some(crate::wire::Direction::Unspecified) {
+            return Err(invalid(
+                "direction",
+                "must be `inbound` or `outbound` (or absent)",
+            ));
+        }
         if let Some(s) = &self.service {
             if !is_label_safe(s) {
                 return Err(invalid(
@@ -226,13 +239,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (br#"{"report_interval_ms":5}"#, "report_interval_ms"),
             (br#"{"max_chains":0}"#, "max_chains"),
             (br#"{"chain_header":"X Chain"}"#, "chain_header"),
             (br#"{"agent":{"cluster":""}}"#, "agent.cluster"),
             (br#"{"rules":[{"chain":"a;b"}]}"#, "rules[0].chain"),
             (br#"{"service":"a.b"}"#, "service"),
+            (br#"{"direction":"unspecified"}"#, "direction"),
         ];
         for (json, field) in cases {
             match FilterConfig::parse(json) {

@@ -39,6 +39,21 @@ pub fn classify_cluster(cluster: &str) -> ClusterKind<'_> {
     ClusterKind::Other
 }
 
+/// The service an `:authority` addresses: the first DNS label, without
+/// port (`reviews:9080`, `reviews.bookinfo.svc.cluster.local` → `reviews`).
+/// Istio sidecars route by this host, so on outbound hops it names the
+/// upstream service without a property read.
+pub fn service_from_authority(authority: &str) -> &str {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            authority
+        }
+    });
+    host.split('.').next().unwrap_or(host)
+}
+
 /// True for names that are safe inside an Envoy stat name and a Prometheus
 /// label value without escaping: ASCII letters, digits, `-` and `_`.
 pub fn is_label_safe(name: &str) -> bool {
@@ -84,6 +99,17 @@ mod tests {
         );
         assert_eq!(service_from_cluster("inbound|9080||"), "inbound|9080||");
         assert_eq!(service_from_cluster("plain"), "plain");
+    }
+
+    #[test]
+    fn authority_names_the_service() {
+        assert_eq!(service_from_authority("reviews:9080"), "reviews");
+        assert_eq!(
+            service_from_authority("ratings.bookinfo.svc.cluster.local"),
+            "ratings"
+        );
+        assert_eq!(service_from_authority("details"), "details");
+        assert_eq!(service_from_authority(""), "");
     }
 
     #[test]
