@@ -20,10 +20,20 @@ fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 exchange, enough for the agent's API.
 fn http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    http_with_token(port, method, path, body, "tok")
+}
+
+fn http_with_token(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: agent\r\nauthorization: Bearer tok\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: agent\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).ok()?;
@@ -194,6 +204,66 @@ fn an_unreadable_store_is_moved_aside_and_reported() {
         200
     );
     assert_eq!(product_requests(port), 3);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+#[test]
+fn every_rejection_reason_over_a_real_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start(dir.path(), port);
+    let good = report("vm", 1, 2);
+    let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
+        (good.clone(), "nope", 401, "unauthorized"),
+        (b"{oops".to_vec(), "tok", 400, "bad_json"),
+        (
+            br#"{"schema_version": 9}"#.to_vec(),
+            "tok",
+            400,
+            "unsupported_schema_version",
+        ),
+        (
+            br#"{"schema_version": 1, "records": 3}"#.to_vec(),
+            "tok",
+            422,
+            "invalid_report",
+        ),
+    ];
+    for (body, token, status, reason) in cases {
+        let (got, text) = http_with_token(port, "POST", "/v1/reports", &body, token).unwrap();
+        assert_eq!(got, status, "{reason}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"], reason);
+    }
+    // Oversize: the declared length alone is refused, before any body is read.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST /v1/reports HTTP/1.1\r\nhost: agent\r\nauthorization: Bearer tok\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        (1 << 20) + 1
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("\"too_large\""), "{out}");
+    assert_eq!(product_requests(port), 0, "rejected reports change nothing");
+    let (_, metrics) = http(port, "GET", "/metrics", b"").unwrap();
+    for reason in [
+        "unauthorized",
+        "bad_json",
+        "unsupported_schema_version",
+        "too_large",
+        "invalid_report",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "meshtune_reports_rejected_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
     agent.kill().unwrap();
     agent.wait().unwrap();
 }

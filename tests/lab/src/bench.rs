@@ -61,6 +61,13 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         ),
         (
             "meshtune",
+            FilterKind::WasmPerSide {
+                path: meshtune.clone(),
+                config_json: filter_config(&mesh_opts),
+            },
+        ),
+        (
+            "mt-1plugin",
             FilterKind::Wasm {
                 path: meshtune,
                 config_json: filter_config(&mesh_opts),
@@ -164,6 +171,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
+    println!("(meshtune: one plugin per side, as installed; mt-1plugin: one plugin on both sides, reading each request's cluster name)");
     println!(
         "meshtune filter VM linear memory: {:.1} KiB per worker VM",
         vm_mem / 1024.0
