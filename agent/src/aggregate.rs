@@ -10,6 +10,13 @@ pub struct Agg {
     pub requests: u64,
     pub errors: u64,
     pub latency: Sketch,
+    /// Requests the filters shed (503) or stopped at a spent deadline (504).
+    #[serde(default)]
+    pub shed: u64,
+    #[serde(default)]
+    pub deadline_exceeded: u64,
+    #[serde(default)]
+    pub retries: u64,
 }
 
 impl Agg {
@@ -17,12 +24,18 @@ impl Agg {
         self.requests += r.requests;
         self.errors += r.errors;
         self.latency.merge(&r.latency);
+        self.shed += r.shed;
+        self.deadline_exceeded += r.deadline_exceeded;
+        self.retries += r.retries;
     }
 
     pub fn merge(&mut self, other: &Agg) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.latency.merge(&other.latency);
+        self.shed += other.shed;
+        self.deadline_exceeded += other.deadline_exceeded;
+        self.retries += other.retries;
     }
 }
 
@@ -92,6 +105,10 @@ pub struct StatsView {
     pub slo_ms: Option<f64>,
     /// Share of the window's requests that finished within `slo_ms`.
     pub slo_attainment: Option<f64>,
+    /// Requests shed by a concurrency limit, and stopped at a spent
+    /// deadline, within the window.
+    pub shed: u64,
+    pub deadline_exceeded: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,5 +165,7 @@ pub fn stats_view(
         window_requests: n,
         slo_ms,
         slo_attainment: attainment,
+        shed: window.shed,
+        deadline_exceeded: window.deadline_exceeded,
     }
 }

@@ -21,6 +21,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/reports", post(post_report))
         .route("/v1/chains", get(get_chains))
+        .route("/v1/policy", get(get_policy))
         .route("/v1/chains/{chain}/history", get(get_history))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -143,6 +144,25 @@ async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
             (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The policy for the filters (they fetch it when they have no report to send).
+async fn get_policy(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    if !authorized(&agent, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "unauthorized", "message": "missing or wrong bearer token"})),
+        )
+            .into_response();
+    }
+    Json(json!({"policy": agent.current_policy(now_ms())})).into_response()
 }
 
 #[derive(Serialize)]

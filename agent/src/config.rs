@@ -42,6 +42,9 @@ pub struct ChainSpec {
     pub percentile: f64,
     #[serde(default)]
     pub description: String,
+    /// Priority class: when an upstream saturates, `low` is shed first.
+    #[serde(default)]
+    pub priority: meshtune_filter_core::control::Priority,
 }
 
 fn default_percentile() -> f64 {
@@ -90,6 +93,43 @@ struct RawConfig {
     slos: BTreeMap<String, f64>,
     #[serde(default)]
     services: BTreeMap<String, ServiceSpec>,
+    #[serde(default)]
+    policy: PolicySpec,
+}
+
+/// How the agent steers the filters' data-path control.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Send policies to the filters (they fall back to their static defaults otherwise).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a policy holds in a filter before it falls back.
+    #[serde(default = "default_policy_ttl")]
+    pub ttl_seconds: u64,
+    /// A hop's timeout cap is its observed share of the chain's latency times this.
+    #[serde(default = "default_hop_headroom")]
+    pub hop_headroom: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_policy_ttl() -> u64 {
+    30
+}
+fn default_hop_headroom() -> f64 {
+    2.0
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        PolicySpec {
+            enabled: true,
+            ttl_seconds: default_policy_ttl(),
+            hop_headroom: default_hop_headroom(),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -120,6 +160,7 @@ pub struct AgentConfig {
     pub persist_interval: Duration,
     pub chains: BTreeMap<String, ChainSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    pub policy: PolicySpec,
 }
 
 /// 1-based line of the first `key:` in `text` (best effort, for messages).
@@ -237,6 +278,7 @@ impl AgentConfig {
                             slo_ms,
                             percentile: default_percentile(),
                             description: String::new(),
+                            priority: Default::default(),
                         },
                     );
                 }
@@ -288,6 +330,20 @@ impl AgentConfig {
                 "must be between 0.1 and 300".into(),
             ));
         }
+        if !(1..=3600).contains(&raw.policy.ttl_seconds) {
+            return Err(invalid(
+                "policy.ttl_seconds".into(),
+                "ttl_seconds",
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if !(raw.policy.hop_headroom >= 1.0 && raw.policy.hop_headroom <= 100.0) {
+            return Err(invalid(
+                "policy.hop_headroom".into(),
+                "hop_headroom",
+                "must be between 1 and 100".into(),
+            ));
+        }
         let token = match (&raw.auth.token, &raw.auth.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -332,6 +388,7 @@ impl AgentConfig {
             persist_interval: Duration::from_secs_f64(raw.persist_interval_seconds),
             chains,
             services: raw.services,
+            policy: raw.policy,
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -30,6 +30,7 @@ pub struct AgentMetrics {
     pub store_recovered: Counter,
     pub store_entries_skipped: Counter,
     pub ready: Gauge,
+    pub policy_version: Gauge,
 }
 
 impl AgentMetrics {

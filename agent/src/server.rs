@@ -10,8 +10,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// How often the policy is recomputed.
+pub const POLICY_REFRESH_MS: u64 = 5_000;
+
 /// State shared by the HTTP handlers and the background tasks.
 pub struct Agent {
+    /// The policy last computed and when (Unix ms); recomputed at most every
+    /// few seconds, not per report.
+    pub policy: Mutex<Option<(meshtune_filter_core::control::Policy, u64)>>,
     pub config: AgentConfig,
     pub state: Arc<Mutex<ChainState>>,
     pub metrics: AgentMetrics,
@@ -70,6 +76,7 @@ impl Agent {
         }));
         metrics.ready.set(1);
         Ok(Arc::new(Agent {
+            policy: Mutex::new(None),
             config,
             state,
             metrics,
@@ -83,6 +90,34 @@ impl Agent {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// The policy for the filters, recomputed from the window when older
+    /// than [`POLICY_REFRESH_MS`]; `None` when policies are switched off.
+    pub fn current_policy(&self, now_ms: u64) -> Option<meshtune_filter_core::control::Policy> {
+        if !self.config.policy.enabled {
+            return None;
+        }
+        let mut cached = match self.policy.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((p, at)) = cached.as_ref() {
+            if now_ms < at + POLICY_REFRESH_MS {
+                return Some(p.clone());
+            }
+        }
+        let (window, _) = self
+            .lock()
+            .window(now_ms / 1000, self.config.window.as_secs());
+        // Versions follow the clock so they keep growing across restarts.
+        let version = cached
+            .as_ref()
+            .map_or(now_ms, |(p, _)| now_ms.max(p.version + 1));
+        let p = crate::policy::compute(&self.config.chains, &window, &self.config.policy, version);
+        self.metrics.policy_version.set(version as i64);
+        *cached = Some((p.clone(), now_ms));
+        Some(p)
     }
 
     /// Writes what changed since the last call; on failure the changes stay

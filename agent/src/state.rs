@@ -310,6 +310,9 @@ mod tests {
             requests: values.len() as u64,
             errors: 0,
             latency,
+            shed: 0,
+            deadline_exceeded: 0,
+            retries: 0,
         }
     }
 
@@ -326,6 +329,7 @@ mod tests {
             interval_ms: 5000,
             records,
             counters: FilterCounters::default(),
+            policy_version: 0,
         }
     }
 
@@ -428,6 +432,7 @@ mod tests {
                 slo_ms: 10.0,
                 percentile: 99.0,
                 description: String::new(),
+                priority: Default::default(),
             },
         );
         specs.insert(
@@ -436,6 +441,7 @@ mod tests {
                 slo_ms: 10.0,
                 percentile: 99.0,
                 description: String::new(),
+                priority: Default::default(),
             },
         );
         let mut st = ChainState::new(0);

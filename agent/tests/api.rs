@@ -25,7 +25,7 @@ fn report(vm: &str, seq: u64, chain: &str, values_ms: &[u64]) -> Report {
         latency.record(v * 1_000_000);
     }
     Report {
-        schema_version: 1,
+        schema_version: meshtune_filter_core::SCHEMA_VERSION,
         source: Source {
             vm_id: vm.into(),
             node: "node-1".into(),
@@ -42,8 +42,12 @@ fn report(vm: &str, seq: u64, chain: &str, values_ms: &[u64]) -> Report {
             requests: values_ms.len() as u64,
             errors: 1,
             latency,
+            shed: 0,
+            deadline_exceeded: 0,
+            retries: 0,
         }],
         counters: FilterCounters::default(),
+        policy_version: 0,
     }
 }
 
@@ -104,7 +108,7 @@ async fn each_rejection_reason_is_a_4xx_with_a_json_body_and_is_counted() {
             "bad_json",
         ),
         (
-            post(r#"{"schema_version": 2, "anything": 1}"#, Some("t0ken")),
+            post(r#"{"schema_version": 99, "anything": 1}"#, Some("t0ken")),
             StatusCode::BAD_REQUEST,
             "unsupported_schema_version",
         ),
@@ -114,7 +118,7 @@ async fn each_rejection_reason_is_a_4xx_with_a_json_body_and_is_counted() {
             "too_large",
         ),
         (
-            post(r#"{"schema_version": 1, "seq": 1}"#, Some("t0ken")),
+            post(r#"{"schema_version": 2, "seq": 1}"#, Some("t0ken")),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_report",
         ),

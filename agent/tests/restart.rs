@@ -86,7 +86,7 @@ fn report(vm: &str, seq: u64, n: u64) -> Vec<u8> {
     let mut latency = Sketch::new();
     (0..n).for_each(|i| latency.record(1_000_000 + i));
     serde_json::to_vec(&Report {
-        schema_version: 1,
+        schema_version: meshtune_filter_core::SCHEMA_VERSION,
         source: Source {
             vm_id: vm.into(),
             node: String::new(),
@@ -103,8 +103,12 @@ fn report(vm: &str, seq: u64, n: u64) -> Vec<u8> {
             requests: n,
             errors: 0,
             latency,
+            shed: 0,
+            deadline_exceeded: 0,
+            retries: 0,
         }],
         counters: FilterCounters::default(),
+        policy_version: 0,
     })
     .unwrap()
 }
@@ -224,7 +228,7 @@ fn every_rejection_reason_over_a_real_socket() {
             "unsupported_schema_version",
         ),
         (
-            br#"{"schema_version": 1, "records": 3}"#.to_vec(),
+            br#"{"schema_version": 2, "records": 3}"#.to_vec(),
             "tok",
             422,
             "invalid_report",

@@ -40,6 +40,16 @@ extern "C" {
         out: *mut *mut u8,
         out_size: *mut usize,
     ) -> Status;
+    fn proxy_send_local_response(
+        status_code: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
     fn proxy_define_metric(
         kind: MetricType,
         name: *const u8,
@@ -150,6 +160,51 @@ pub fn plugin_configuration() -> Vec<u8> {
             BufferType::PluginConfiguration,
             0,
             usize::MAX,
+            &mut ptr,
+            &mut size,
+        )
+    } {
+        Status::Ok => unsafe { take(ptr, size) }.unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Answers the stream locally; `details` shows in Envoy's
+/// `%RESPONSE_CODE_DETAILS%`.
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> bool {
+    let map = meshtune_filter_core::abi::serialize_pairs(headers);
+    // SAFETY: valid slices for the duration of the call.
+    matches!(
+        unsafe {
+            proxy_send_local_response(
+                status,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                map.as_ptr(),
+                map.len(),
+                -1,
+            )
+        },
+        Status::Ok
+    )
+}
+
+/// The body of an HTTP call's response (up to 1 MiB).
+pub fn http_call_response_body() -> Vec<u8> {
+    let (mut ptr, mut size) = (null_mut(), 0usize);
+    // SAFETY: the host answers with an owned buffer.
+    match unsafe {
+        proxy_get_buffer_bytes(
+            BufferType::HttpCallResponseBody,
+            0,
+            1 << 20,
             &mut ptr,
             &mut size,
         )

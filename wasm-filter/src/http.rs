@@ -1,15 +1,22 @@
-//! One HTTP stream: assign or read the chain, time the hop, record it.
+//! One HTTP stream: assign or read the chain, apply the chain's policy
+//! (deadline, concurrency, retries), time the hop, record it.
 
+use crate::host::{
+    header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
+    property_str as string_property, send_local_response, set_header,
+};
 use crate::metrics::{FilterMetrics, HopMetrics};
 use crate::root::Shared;
 use meshtune_filter_core::abi::parse_pairs;
 use meshtune_filter_core::config::OTHER_CHAIN;
+use meshtune_filter_core::control::deadline::{self, parse_deadline, TIMEOUT_HEADER};
+use meshtune_filter_core::control::{Admission, DeadlineDecision, RetryBudget};
 use meshtune_filter_core::naming::{
     classify_cluster, is_label_safe, sanitize, service_from_authority, service_from_cluster,
     ClusterKind,
 };
 use meshtune_filter_core::rules;
-use meshtune_filter_core::{Direction, RecordOutcome};
+use meshtune_filter_core::{Direction, LocalReply, RecordOutcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
 use std::cell::RefCell;
@@ -26,95 +33,25 @@ pub struct Hop {
     request_id: Option<String>,
     /// Service named by `:authority`, read on plugins configured outbound.
     upstream: String,
+    /// Direction and service once known (early when control needs them).
+    hop: Option<(Direction, String)>,
+    /// Set when the filter answered the request itself.
+    local: Option<LocalReply>,
+    /// Counted in flight by the concurrency limit.
+    admitted: bool,
+    retries_granted: u32,
 }
 
-use crate::host::{
-    header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
-    property_str as string_property, set_header,
-};
-
-impl Hop {
-    pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
-        Hop {
-            shared,
-            chain: String::new(),
-            entry: false,
-            start_ns: 0,
-            status: 0,
-            done: false,
-            request_id: None,
-            upstream: String::new(),
-        }
-    }
-
-    fn is_error(&self) -> bool {
-        match self.status {
-            0 => true,
-            500.. => true,
-            400..=499 => {
-                string_property(&["response", "code_details"]).is_some_and(|d| d != "via_upstream")
-            }
-            _ => false,
-        }
-    }
-
-    /// Records the hop once; returns the duration recorded.
-    fn finish(&mut self) -> Option<u64> {
-        if self.done || self.start_ns == 0 {
-            return None;
-        }
-        self.done = true;
-        let shared = self.shared.clone()?;
-        let duration = now_ns().saturating_sub(self.start_ns);
-        let error = self.is_error();
-        let mut state = shared.borrow_mut();
-        let (direction, service) = match state.config.direction {
-            // Installed per side: no property read at all.
-            Some(Direction::Inbound) => (Direction::Inbound, state.inbound_service.clone()),
-            Some(Direction::Outbound) if !self.upstream.is_empty() => {
-                (Direction::Outbound, std::mem::take(&mut self.upstream))
-            }
-            _ => hop_from_cluster(&state.inbound_service),
-        };
-        match state.aggregator.record(
-            &self.chain,
-            &service,
-            direction,
-            self.entry,
-            duration,
-            error,
-        ) {
-            RecordOutcome::Recorded { key, new } => {
-                if new {
-                    let metrics = HopMetrics::define(&self.chain, &service, direction);
-                    if state.hop_metrics.len() == key {
-                        state.hop_metrics.push(metrics);
-                    }
-                }
-                if let Some(m) = state.hop_metrics.get(key) {
-                    m.observe(duration);
-                }
-            }
-            RecordOutcome::Overflow => FilterMetrics::bump(state.filter_metrics.overflow_requests),
-        }
-        if state.config.debug_log_durations {
-            // One line per hop so a test can compare the recorded sketch with
-            // the exact durations measured at the same point.
-            log(
-                LogLevel::Info,
-                &format!(
-                    "meshtune-debug hop chain={} service={} direction={} entry={} request_id={} duration_ns={}",
-                    self.chain,
-                    service,
-                    direction.as_str(),
-                    self.entry,
-                    self.request_id.as_deref().unwrap_or("-"),
-                    duration
-                ),
-            );
-        }
-        Some(duration)
-    }
+/// What the request headers say, read in one host call where possible.
+#[derive(Default)]
+struct RequestView {
+    chain: Option<String>,
+    host: String,
+    path: String,
+    method: String,
+    deadline_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    request_id: Option<String>,
 }
 
 /// Direction and service of a hop from its cluster name (one property read
@@ -137,15 +74,327 @@ fn hop_from_cluster(inbound_service: &str) -> (Direction, String) {
     }
 }
 
-fn sanitize_nonempty(name: &str) -> String {
-    if name.is_empty() {
-        String::new()
+fn label(v: &str) -> String {
+    if is_label_safe(v) {
+        v.to_owned()
     } else {
-        sanitize(name)
+        sanitize(v)
     }
 }
 
 impl Hop {
+    pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
+        Hop {
+            shared,
+            chain: String::new(),
+            entry: false,
+            start_ns: 0,
+            status: 0,
+            done: false,
+            request_id: None,
+            upstream: String::new(),
+            hop: None,
+            local: None,
+            admitted: false,
+            retries_granted: 0,
+        }
+    }
+
+    fn is_error(&self) -> bool {
+        match self.status {
+            0 => true,
+            500.. => true,
+            400..=499 => {
+                string_property(&["response", "code_details"]).is_some_and(|d| d != "via_upstream")
+            }
+            _ => false,
+        }
+    }
+
+    fn read_request(&self, state: &Shared) -> RequestView {
+        let cfg = &state.config;
+        let needs = state.rule_needs;
+        let outbound = cfg.direction == Some(Direction::Outbound);
+        if !(needs.host || needs.path || needs.method || outbound || cfg.control.is_some()) {
+            // Only the chain header matters: read just it.
+            let chain = header(MapType::HttpRequestHeaders, &cfg.chain_header)
+                .map(|v| label(&String::from_utf8_lossy(&v)));
+            let request_id = cfg
+                .debug_log_durations
+                .then(|| header_str(MapType::HttpRequestHeaders, "x-request-id"))
+                .flatten();
+            return RequestView {
+                chain,
+                request_id,
+                ..RequestView::default()
+            };
+        }
+        // One host call fetches every request header.
+        let buf = header_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
+        let deadline_header = cfg.control.as_ref().map(|c| c.deadline_header.as_bytes());
+        let mut view = RequestView::default();
+        for (k, v) in parse_pairs(&buf) {
+            let text = || std::str::from_utf8(v).unwrap_or("").to_owned();
+            match k {
+                b":authority" => view.host = text(),
+                b":path" => view.path = text(),
+                b":method" => view.method = text(),
+                b"x-request-id" if cfg.debug_log_durations => view.request_id = Some(text()),
+                b"x-envoy-upstream-rq-timeout-ms" => view.timeout_ms = parse_deadline(v),
+                k if k == cfg.chain_header.as_bytes() => view.chain = Some(label(&text())),
+                k if Some(k) == deadline_header => view.deadline_ms = parse_deadline(v),
+                _ => {}
+            }
+        }
+        view
+    }
+
+    /// Answers the request here; the borrow of the shared state must be
+    /// released before, since Envoy runs the response callbacks for it.
+    fn reply(&mut self, kind: LocalReply, service: &str) -> Action {
+        self.local = Some(kind);
+        let (status, details, body, headers): (u32, &str, String, Vec<(&str, &str)>) = match kind {
+            LocalReply::DeadlineExceeded => (
+                504,
+                "meshtune_deadline_exceeded",
+                format!(
+                    "meshtune: the latency budget of chain {} was spent before calling {service}\n",
+                    self.chain
+                ),
+                vec![("x-meshtune-reason", "deadline_exceeded")],
+            ),
+            LocalReply::Shed => (
+                503,
+                "meshtune_concurrency_limited",
+                format!(
+                    "meshtune: {service} is at its concurrency limit; chain {} was shed\n",
+                    self.chain
+                ),
+                vec![("retry-after", "1"), ("x-meshtune-reason", "shed")],
+            ),
+        };
+        if send_local_response(status, details, &body, &headers) {
+            Action::Pause
+        } else {
+            // Could not answer: forward after all (fail open).
+            self.local = None;
+            Action::Continue
+        }
+    }
+
+    /// Deadline, concurrency and retry decisions for this request; `Some`
+    /// when the filter must answer it instead of forwarding.
+    fn control(&mut self, shared: &Rc<RefCell<Shared>>, view: &RequestView) -> Option<LocalReply> {
+        let now_ms = self.start_ns / 1_000_000;
+        let (direction, service) = {
+            let state = shared.borrow();
+            match (state.config.direction, &self.upstream) {
+                (Some(Direction::Inbound), _) => {
+                    (Direction::Inbound, state.inbound_service.clone())
+                }
+                (Some(Direction::Outbound), up) if !up.is_empty() => {
+                    (Direction::Outbound, up.clone())
+                }
+                _ => hop_from_cluster(&state.inbound_service),
+            }
+        };
+        self.hop = Some((direction, service.clone()));
+        let mut state = shared.borrow_mut();
+        let ctl = state.control.as_mut()?;
+        let policy = ctl.policy.chain(&self.chain, now_ms).cloned();
+        let mut deadline_ms = view.deadline_ms;
+        if self.entry {
+            if let Some(p) = &policy {
+                let d = now_ms + p.budget_ms;
+                deadline_ms = Some(deadline_ms.map_or(d, |x| x.min(d)));
+            }
+        }
+        if let (true, Some(d)) = (self.entry, deadline_ms) {
+            set_header(
+                MapType::HttpRequestHeaders,
+                &ctl.config.deadline_header,
+                &d.to_string(),
+            );
+        }
+        let cap = policy
+            .as_ref()
+            .and_then(|p| p.hop_budget_ms.get(&service).copied());
+        let decision = deadline::decide(
+            deadline_ms,
+            now_ms,
+            ctl.config.hop_reserve_ms,
+            cap,
+            view.timeout_ms,
+        );
+        if let DeadlineDecision::Forward {
+            timeout_ms: Some(t),
+        } = decision
+        {
+            set_header(MapType::HttpRequestHeaders, TIMEOUT_HEADER, &t.to_string());
+        }
+        if let DeadlineDecision::Expired { .. } = decision {
+            return Some(LocalReply::DeadlineExceeded);
+        }
+        {
+            let priority = policy.as_ref().map(|p| p.priority).unwrap_or_default();
+            match direction {
+                Direction::Inbound => {
+                    if let Some(limit) = ctl.limit.as_mut() {
+                        match limit.try_acquire(priority) {
+                            Admission::Admit => self.admitted = true,
+                            Admission::Shed => return Some(LocalReply::Shed),
+                        }
+                    }
+                }
+                Direction::Outbound => {
+                    if let Some(cfg) = ctl.config.retry_budget.clone() {
+                        let budget = ctl
+                            .retry
+                            .entry(service.clone())
+                            .or_insert_with(|| RetryBudget::new(cfg));
+                        let granted = budget.on_request(now_ms / 1000);
+                        set_header(
+                            MapType::HttpRequestHeaders,
+                            "x-envoy-max-retries",
+                            &granted.to_string(),
+                        );
+                        if granted > 0 {
+                            set_header(
+                                MapType::HttpRequestHeaders,
+                                "x-envoy-retry-on",
+                                &budget.config().retry_on,
+                            );
+                        }
+                        self.retries_granted = granted;
+                    }
+                }
+                Direction::Unspecified => {}
+            }
+        }
+        None
+    }
+
+    /// Records the hop once; returns the duration recorded.
+    fn finish(&mut self) -> Option<u64> {
+        if self.done || self.start_ns == 0 {
+            return None;
+        }
+        self.done = true;
+        let shared = self.shared.clone()?;
+        let now = now_ns();
+        let duration = now.saturating_sub(self.start_ns);
+        let (direction, service) = match self.hop.take() {
+            Some(h) => h,
+            None => {
+                let state = shared.borrow();
+                match state.config.direction {
+                    // Installed per side: no property read at all.
+                    Some(Direction::Inbound) => (Direction::Inbound, state.inbound_service.clone()),
+                    Some(Direction::Outbound) if !self.upstream.is_empty() => {
+                        (Direction::Outbound, std::mem::take(&mut self.upstream))
+                    }
+                    _ => hop_from_cluster(&state.inbound_service),
+                }
+            }
+        };
+        if let Some(kind) = self.local {
+            let mut state = shared.borrow_mut();
+            let outcome =
+                state
+                    .aggregator
+                    .record_local(&self.chain, &service, direction, self.entry, kind);
+            Self::after_record(&mut state, outcome, &self.chain, &service, direction, None);
+            return None;
+        }
+        let error = self.is_error();
+        let attempts = (self.retries_granted > 0)
+            .then(|| header_str(MapType::HttpResponseHeaders, "x-envoy-attempt-count"))
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut state = shared.borrow_mut();
+        if let Some(ctl) = state.control.as_mut() {
+            if self.admitted {
+                if let Some(limit) = ctl.limit.as_mut() {
+                    if self.status == 0 {
+                        limit.release_without_sample();
+                    } else {
+                        limit.release(duration);
+                    }
+                }
+            }
+        }
+        let outcome = state.aggregator.record(
+            &self.chain,
+            &service,
+            direction,
+            self.entry,
+            duration,
+            error,
+        );
+        if self.retries_granted > 0 {
+            let used = RetryBudget::retries_used(self.retries_granted, attempts, error);
+            if let Some(b) = state
+                .control
+                .as_mut()
+                .and_then(|c| c.retry.get_mut(&service))
+            {
+                b.on_retries(used, now / 1_000_000_000);
+            }
+            if let RecordOutcome::Recorded { key, .. } = outcome {
+                state.aggregator.add_retries(key, used);
+            }
+        }
+        Self::after_record(
+            &mut state,
+            outcome,
+            &self.chain,
+            &service,
+            direction,
+            Some(duration),
+        );
+        if state.config.debug_log_durations {
+            // One line per hop so a test can compare the recorded sketch with
+            // the exact durations measured at the same point.
+            log(
+                LogLevel::Info,
+                &format!(
+                    "meshtune-debug hop chain={} service={} direction={} entry={} request_id={} duration_ns={}",
+                    self.chain,
+                    service,
+                    direction.as_str(),
+                    self.entry,
+                    self.request_id.as_deref().unwrap_or("-"),
+                    duration
+                ),
+            );
+        }
+        Some(duration)
+    }
+
+    /// Defines the key's Envoy metrics the first time and samples the histogram.
+    fn after_record(
+        state: &mut Shared,
+        outcome: RecordOutcome,
+        chain: &str,
+        service: &str,
+        direction: Direction,
+        duration: Option<u64>,
+    ) {
+        match outcome {
+            RecordOutcome::Recorded { key, new } => {
+                if new && state.hop_metrics.len() == key {
+                    state
+                        .hop_metrics
+                        .push(HopMetrics::define(chain, service, direction));
+                }
+                if let (Some(m), Some(d)) = (state.hop_metrics.get(key), duration) {
+                    m.observe(d);
+                }
+            }
+            RecordOutcome::Overflow => FilterMetrics::bump(state.filter_metrics.overflow_requests),
+        }
+    }
+
     /// Makes this hop the chain's entry and forwards the chain downstream.
     fn assign(&mut self, chain_header: &str, chain: &str) {
         self.chain = chain.to_owned();
@@ -162,59 +411,53 @@ impl HttpContext for Hop {
             return Action::Continue;
         };
         self.start_ns = now_ns();
-        let state = shared.borrow();
-        let chain_header = state.config.chain_header.as_str();
-        if state.config.debug_log_durations {
-            self.request_id = header_str(MapType::HttpRequestHeaders, "x-request-id");
+        let (view, chain_header, rules_chain, controlled) = {
+            let state = shared.borrow();
+            let view = self.read_request(&state);
+            let chain = match &view.chain {
+                Some(_) => None,
+                None => Some(
+                    rules::assign(&state.config.rules, &view.host, &view.path, &view.method)
+                        .unwrap_or(OTHER_CHAIN)
+                        .to_owned(),
+                ),
+            };
+            if state.config.direction == Some(Direction::Outbound) {
+                let up = service_from_authority(&view.host);
+                self.upstream = if up.is_empty() {
+                    String::new()
+                } else {
+                    sanitize(up)
+                };
+            }
+            (
+                view,
+                state.config.chain_header.clone(),
+                chain,
+                state.control.is_some(),
+            )
+        };
+        self.request_id = view.request_id.clone();
+        match (&view.chain, rules_chain) {
+            (Some(c), _) => self.chain = c.clone(),
+            (None, Some(c)) => self.assign(&chain_header, &c),
+            (None, None) => self.assign(&chain_header, OTHER_CHAIN),
         }
-        let needs = state.rule_needs;
-        let outbound = state.config.direction == Some(Direction::Outbound);
-        if needs.host || needs.path || needs.method || outbound {
-            // Rules (or the upstream's name) need request headers: one host
-            // call fetches them all.
-            let buf = header_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
-            let (mut chain, mut host, mut path, mut method) = (None, "", "", "");
-            for (k, v) in parse_pairs(&buf) {
-                let v = std::str::from_utf8(v).unwrap_or("");
-                match k {
-                    b":authority" => host = v,
-                    b":path" => path = v,
-                    b":method" => method = v,
-                    k if k == chain_header.as_bytes() => chain = Some(v),
-                    _ => {}
-                }
-            }
-            if outbound {
-                self.upstream = sanitize_nonempty(service_from_authority(host));
-            }
-            match chain {
-                Some(v) => {
-                    self.chain = if is_label_safe(v) {
-                        v.to_owned()
-                    } else {
-                        sanitize(v)
-                    }
-                }
-                None => {
-                    let chain = rules::assign(&state.config.rules, host, path, method)
-                        .unwrap_or(OTHER_CHAIN);
-                    self.assign(chain_header, chain);
-                }
-            }
-        } else {
-            match header(MapType::HttpRequestHeaders, chain_header) {
-                Some(v) => {
-                    let v = String::from_utf8_lossy(&v);
-                    self.chain = if is_label_safe(&v) {
-                        v.into_owned()
-                    } else {
-                        sanitize(&v)
-                    };
-                }
-                None => self.assign(chain_header, OTHER_CHAIN),
-            }
+        if !controlled {
+            return Action::Continue;
         }
-        Action::Continue
+        // Decided under the state's borrow, answered after it is released.
+        match self.control(&shared, &view) {
+            Some(kind) => {
+                let service = self
+                    .hop
+                    .as_ref()
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                self.reply(kind, &service)
+            }
+            None => Action::Continue,
+        }
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -226,18 +469,13 @@ impl HttpContext for Hop {
             .unwrap_or(0);
         if end_of_stream {
             self.finish();
-            return Action::Continue;
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, _size: usize, end_of_stream: bool) -> Action {
-        if self.shared.is_none() {
-            return Action::Continue;
-        }
-        if end_of_stream {
+        if self.shared.is_some() && end_of_stream {
             self.finish();
-            return Action::Continue;
         }
         Action::Continue
     }

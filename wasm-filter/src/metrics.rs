@@ -13,6 +13,9 @@ pub struct HopMetrics {
     requests: Option<u32>,
     errors: Option<u32>,
     duration_ms: Option<u32>,
+    shed: Option<u32>,
+    deadline_exceeded: Option<u32>,
+    retries: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -35,18 +38,30 @@ impl HopMetrics {
                 MetricType::Histogram,
                 &format!("{tags}meshtune_request_duration_milliseconds"),
             ),
+            shed: define(MetricType::Counter, &format!("{tags}meshtune_shed_total")),
+            deadline_exceeded: define(
+                MetricType::Counter,
+                &format!("{tags}meshtune_deadline_exceeded_total"),
+            ),
+            retries: define(
+                MetricType::Counter,
+                &format!("{tags}meshtune_retries_total"),
+            ),
         }
     }
 
     /// Adds a batch of requests and errors to the counters (once per tick:
     /// a host call per request would cost more than the rest of the filter).
-    pub fn add_counts(&self, requests: u64, errors: u64) {
-        if let Some(id) = self.requests {
-            host::increment_metric(id, requests as i64);
-        }
-        if errors > 0 {
-            if let Some(id) = self.errors {
-                host::increment_metric(id, errors as i64);
+    pub fn add_counts(&self, c: &meshtune_filter_core::PendingCounts) {
+        for (id, n) in [
+            (self.requests, c.requests),
+            (self.errors, c.errors),
+            (self.shed, c.shed),
+            (self.deadline_exceeded, c.deadline_exceeded),
+            (self.retries, c.retries),
+        ] {
+            if let (Some(id), true) = (id, n > 0) {
+                host::increment_metric(id, n as i64);
             }
         }
     }
@@ -68,6 +83,10 @@ pub struct FilterMetrics {
     /// Linear memory of a VM that serves requests (the main thread's VM,
     /// which serves none, does not overwrite it).
     pub vm_memory_bytes: Option<u32>,
+    pub policy_version: Option<u32>,
+    pub policy_rejected: Option<u32>,
+    /// Concurrency limit of a worker VM's inbound upstream.
+    pub concurrency_limit: Option<u32>,
 }
 
 impl FilterMetrics {
@@ -78,6 +97,9 @@ impl FilterMetrics {
             overflow_requests: define(MetricType::Counter, "meshtune_overflow_requests_total"),
             config_errors: define(MetricType::Counter, "meshtune_config_errors_total"),
             vm_memory_bytes: define(MetricType::Gauge, "meshtune_vm_memory_bytes"),
+            policy_version: define(MetricType::Gauge, "meshtune_policy_version"),
+            policy_rejected: define(MetricType::Counter, "meshtune_policy_rejected_total"),
+            concurrency_limit: define(MetricType::Gauge, "meshtune_concurrency_limit"),
         }
     }
 

@@ -3,6 +3,9 @@
 
 use crate::http::Hop;
 use crate::metrics::{FilterMetrics, HopMetrics};
+use meshtune_filter_core::config::ControlConfig;
+use meshtune_filter_core::control::policy::{policy_in_answer, PolicyState};
+use meshtune_filter_core::control::{AdaptiveLimit, RetryBudget};
 use meshtune_filter_core::naming::sanitize;
 use meshtune_filter_core::wire::Source;
 use meshtune_filter_core::{Aggregator, FilterConfig};
@@ -10,6 +13,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
@@ -28,12 +32,41 @@ pub struct Shared {
     pub inbound_service: String,
     /// Request headers the chain rules read.
     pub rule_needs: meshtune_filter_core::rules::RuleNeeds,
+    /// Data-path control, when configured.
+    pub control: Option<ControlState>,
+}
+
+/// Per-VM control state: the policy in force, the inbound concurrency limit
+/// and one retry budget per upstream service.
+pub struct ControlState {
+    pub config: ControlConfig,
+    pub policy: PolicyState,
+    pub limit: Option<AdaptiveLimit>,
+    pub retry: HashMap<String, RetryBudget>,
+}
+
+impl ControlState {
+    fn new(config: ControlConfig) -> Self {
+        ControlState {
+            policy: PolicyState::new(config.chains.clone()),
+            limit: config.concurrency.clone().map(AdaptiveLimit::new),
+            retry: HashMap::new(),
+            config,
+        }
+    }
+}
+
+/// What an HTTP call to the agent was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Report,
+    PolicyFetch,
 }
 
 pub struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
     source: Source,
-    in_flight: Vec<u32>,
+    in_flight: Vec<(u32, Call)>,
     last_report_ns: u64,
     filter_metrics: FilterMetrics,
 }
@@ -103,59 +136,116 @@ impl Root {
         sanitize(found.as_deref().unwrap_or("unknown"))
     }
 
-    /// Sends what was recorded since the last report, if anything.
+    /// Publishes batched counters and sends what was recorded since the
+    /// last report, if anything; fetches the policy when none was sent and
+    /// the policy in force is getting old.
     fn flush(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
         let now = self.now_ns();
+        let now_ms = now / 1_000_000;
         let interval_ms = now.saturating_sub(self.last_report_ns) / 1_000_000;
         self.last_report_ns = now;
         let mut state = shared.borrow_mut();
-        for (key, requests, errors) in state.aggregator.pending_counts() {
+        let state = &mut *state;
+        for (key, counts) in state.aggregator.pending_counts() {
             if let Some(m) = state.hop_metrics.get(key) {
-                m.add_counts(requests, errors);
+                m.add_counts(&counts);
             }
         }
+        let policy_version = state
+            .control
+            .as_ref()
+            .map_or(0, |c| c.policy.version(now_ms));
+        let report = state
+            .aggregator
+            .take_report(&self.source, interval_ms, policy_version);
         let Some(agent) = state.config.agent.clone() else {
-            // No agent configured: stats only; keep the sketches from growing.
-            let _ = state.aggregator.take_report(&self.source, interval_ms);
+            // No agent configured: stats only (the report just reset the sketches).
             return;
         };
-        let Some(report) = state.aggregator.take_report(&self.source, interval_ms) else {
-            return;
+        let wants_policy = state
+            .control
+            .as_ref()
+            .is_some_and(|c| c.policy.wants_refresh(now_ms));
+        let (method, path, body, kind) = match report {
+            Some(report) => match serde_json::to_vec(&report) {
+                Ok(body) => ("POST", agent.path.as_str(), Some(body), Call::Report),
+                Err(_) => {
+                    state.aggregator.note_dropped_report();
+                    FilterMetrics::bump(self.filter_metrics.reports_dropped);
+                    return;
+                }
+            },
+            None if wants_policy
+                && !self.in_flight.iter().any(|(_, k)| *k == Call::PolicyFetch) =>
+            {
+                let path = state
+                    .control
+                    .as_ref()
+                    .map_or("/v1/policy", |c| c.config.policy_path.as_str());
+                ("GET", path, None, Call::PolicyFetch)
+            }
+            None => return,
         };
         if self.in_flight.len() >= MAX_IN_FLIGHT {
-            state.aggregator.note_dropped_report();
-            FilterMetrics::bump(self.filter_metrics.reports_dropped);
+            if kind == Call::Report {
+                state.aggregator.note_dropped_report();
+                FilterMetrics::bump(self.filter_metrics.reports_dropped);
+            }
             return;
         }
-        let Ok(body) = serde_json::to_vec(&report) else {
-            state.aggregator.note_dropped_report();
-            FilterMetrics::bump(self.filter_metrics.reports_dropped);
-            return;
-        };
         let auth = format!("Bearer {}", agent.token);
         let mut headers = vec![
-            (":method", "POST"),
-            (":path", agent.path.as_str()),
+            (":method", method),
+            (":path", path),
             (":authority", agent.authority.as_str()),
-            ("content-type", "application/json"),
         ];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
         if !agent.token.is_empty() {
             headers.push(("authorization", auth.as_str()));
         }
         let timeout = Duration::from_millis(agent.timeout_ms);
-        match self.dispatch_http_call(&agent.cluster, headers, Some(&body), vec![], timeout) {
-            Ok(token) => self.in_flight.push(token),
+        match self.dispatch_http_call(&agent.cluster, headers, body.as_deref(), vec![], timeout) {
+            Ok(token) => self.in_flight.push((token, kind)),
             Err(status) => {
-                state.aggregator.note_dropped_report();
-                FilterMetrics::bump(self.filter_metrics.reports_dropped);
+                if kind == Call::Report {
+                    state.aggregator.note_dropped_report();
+                    FilterMetrics::bump(self.filter_metrics.reports_dropped);
+                }
                 log(
                     LogLevel::Debug,
-                    &format!("meshtune: report not dispatched: {status:?}"),
+                    &format!("meshtune: call to the agent not dispatched: {status:?}"),
                 );
             }
+        }
+    }
+
+    /// Takes the policy from an agent's answer; a malformed one is rejected
+    /// whole and counted, and the policy in force stays.
+    fn take_policy(&mut self, answer: &[u8]) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now_ms = self.now_ns() / 1_000_000;
+        let mut state = shared.borrow_mut();
+        let Some(ctl) = state.control.as_mut() else {
+            return;
+        };
+        let offered = match policy_in_answer(answer) {
+            Ok(Some(p)) => ctl.policy.offer(&p, now_ms).map(|_| ()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = offered {
+            FilterMetrics::bump(self.filter_metrics.policy_rejected);
+            log(
+                LogLevel::Warn,
+                &format!("meshtune: policy from the agent rejected, keeping the one in force: {e}"),
+            );
         }
     }
 }
@@ -168,12 +258,26 @@ impl Context for Root {
         _body: usize,
         _trailers: usize,
     ) {
-        self.in_flight.retain(|t| *t != token);
+        let kind = self
+            .in_flight
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, k)| *k);
+        self.in_flight.retain(|(t, _)| *t != token);
         let status = crate::host::header_str(MapType::HttpCallResponseHeaders, ":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         if (200..300).contains(&status) {
-            FilterMetrics::bump(self.filter_metrics.reports_sent);
+            if kind == Some(Call::Report) {
+                FilterMetrics::bump(self.filter_metrics.reports_sent);
+            }
+            let body = crate::host::http_call_response_body();
+            self.take_policy(&body);
+        } else if kind == Some(Call::PolicyFetch) {
+            log(
+                LogLevel::Debug,
+                &format!("meshtune: policy fetch answered {status}"),
+            );
         } else {
             FilterMetrics::bump(self.filter_metrics.reports_dropped);
             if let Some(shared) = &self.shared {
@@ -209,6 +313,7 @@ impl RootContext for Root {
                 self.identify();
                 let service = Self::inbound_service(&config);
                 let rule_needs = meshtune_filter_core::rules::needs(&config.rules);
+                let control = config.control.clone().map(ControlState::new);
                 let interval = Duration::from_millis(config.report_interval_ms);
                 let shared = Shared {
                     aggregator: Aggregator::new(config.max_chains, config.max_upstreams),
@@ -217,6 +322,7 @@ impl RootContext for Root {
                     filter_metrics: self.filter_metrics,
                     inbound_service: service,
                     rule_needs,
+                    control,
                 };
                 self.shared = Some(Rc::new(RefCell::new(shared)));
                 self.last_report_ns = self.now_ns();
@@ -245,6 +351,22 @@ impl RootContext for Root {
                 self.filter_metrics.vm_memory_bytes,
                 crate::metrics::vm_memory_bytes(),
             );
+            if let Some(shared) = &self.shared {
+                let state = shared.borrow();
+                if let Some(ctl) = &state.control {
+                    let now_ms = crate::host::now_ns() / 1_000_000;
+                    crate::metrics::set_gauge(
+                        self.filter_metrics.policy_version,
+                        ctl.policy.version(now_ms),
+                    );
+                    if let Some(l) = &ctl.limit {
+                        crate::metrics::set_gauge(
+                            self.filter_metrics.concurrency_limit,
+                            u64::from(l.limit()),
+                        );
+                    }
+                }
+            }
         }
         self.flush();
     }

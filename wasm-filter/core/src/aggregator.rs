@@ -5,6 +5,16 @@ use crate::sketch::Sketch;
 use crate::wire::{Direction, FilterCounters, HopRecord, Report, Source, SCHEMA_VERSION};
 use std::collections::HashMap;
 
+/// Counts of one key waiting to be published as Envoy counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCounts {
+    pub requests: u64,
+    pub errors: u64,
+    pub shed: u64,
+    pub deadline_exceeded: u64,
+    pub retries: u64,
+}
+
 /// Stable index of a (chain, service, direction, entry) key within one VM,
 /// so the host side can keep per-key handles (Envoy metric ids) in a `Vec`.
 pub type KeyId = usize;
@@ -30,6 +40,22 @@ struct Stats {
     requests: u64,
     errors: u64,
     latency: Sketch,
+    shed: u64,
+    deadline_exceeded: u64,
+    retries: u64,
+}
+
+impl Stats {
+    fn is_empty(&self) -> bool {
+        self.requests == 0 && self.shed == 0 && self.deadline_exceeded == 0 && self.retries == 0
+    }
+}
+
+/// A request the filter answered itself instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalReply {
+    Shed,
+    DeadlineExceeded,
 }
 
 #[derive(Debug)]
@@ -93,6 +119,54 @@ impl Aggregator {
         duration_ns: u64,
         error: bool,
     ) -> RecordOutcome {
+        let outcome = self.key(chain, service, direction, entry);
+        if let RecordOutcome::Recorded { key, .. } = outcome {
+            if let Some(s) = self.stats.get_mut(key) {
+                s.requests += 1;
+                s.errors += u64::from(error);
+                s.latency.record(duration_ns);
+            }
+        }
+        outcome
+    }
+
+    /// Counts a request the filter answered itself (no latency recorded).
+    pub fn record_local(
+        &mut self,
+        chain: &str,
+        service: &str,
+        direction: Direction,
+        entry: bool,
+        kind: LocalReply,
+    ) -> RecordOutcome {
+        let outcome = self.key(chain, service, direction, entry);
+        if let RecordOutcome::Recorded { key, .. } = outcome {
+            if let Some(s) = self.stats.get_mut(key) {
+                match kind {
+                    LocalReply::Shed => s.shed += 1,
+                    LocalReply::DeadlineExceeded => s.deadline_exceeded += 1,
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Adds retries Envoy made for a request recorded under `key`.
+    pub fn add_retries(&mut self, key: KeyId, retries: u64) {
+        if let Some(s) = self.stats.get_mut(key) {
+            s.retries += retries;
+        }
+    }
+
+    /// The key of (chain, service, direction, entry), created on first use
+    /// while the caps allow.
+    fn key(
+        &mut self,
+        chain: &str,
+        service: &str,
+        direction: Direction,
+        entry: bool,
+    ) -> RecordOutcome {
         let ids = intern(
             &mut self.chains,
             &mut self.chain_ids,
@@ -128,11 +202,6 @@ impl Aggregator {
                 (id, true)
             }
         };
-        if let Some(s) = self.stats.get_mut(id) {
-            s.requests += 1;
-            s.errors += u64::from(error);
-            s.latency.record(duration_ns);
-        }
         RecordOutcome::Recorded { key: id, new }
     }
 
@@ -157,12 +226,21 @@ impl Aggregator {
 
     /// Requests and errors per key since the last report, for counters
     /// published in batches rather than per request.
-    pub fn pending_counts(&self) -> impl Iterator<Item = (KeyId, u64, u64)> + '_ {
+    pub fn pending_counts(&self) -> impl Iterator<Item = (KeyId, PendingCounts)> + '_ {
         self.stats
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.requests > 0)
-            .map(|(i, s)| (i, s.requests, s.errors))
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(i, s)| {
+                let counts = PendingCounts {
+                    requests: s.requests,
+                    errors: s.errors,
+                    shed: s.shed,
+                    deadline_exceeded: s.deadline_exceeded,
+                    retries: s.retries,
+                };
+                (i, counts)
+            })
     }
 
     /// True once any request was recorded by this VM.
@@ -171,18 +249,23 @@ impl Aggregator {
     }
 
     pub fn has_data(&self) -> bool {
-        self.stats.iter().any(|s| s.requests > 0)
+        self.stats.iter().any(|s| !s.is_empty())
     }
 
     /// Takes everything recorded since the last call as a report, or `None`
     /// when nothing was recorded (empty reports are not sent).
-    pub fn take_report(&mut self, source: &Source, interval_ms: u64) -> Option<Report> {
+    pub fn take_report(
+        &mut self,
+        source: &Source,
+        interval_ms: u64,
+        policy_version: u64,
+    ) -> Option<Report> {
         if !self.has_data() {
             return None;
         }
         let mut records = Vec::new();
         for (i, s) in self.stats.iter_mut().enumerate() {
-            if s.requests == 0 {
+            if s.is_empty() {
                 continue;
             }
             let Some(k) = self.keys.get(i) else { continue };
@@ -200,9 +283,11 @@ impl Aggregator {
                 requests: s.requests,
                 errors: s.errors,
                 latency: std::mem::take(&mut s.latency),
+                shed: s.shed,
+                deadline_exceeded: s.deadline_exceeded,
+                retries: s.retries,
             });
-            s.requests = 0;
-            s.errors = 0;
+            *s = Stats::default();
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -213,6 +298,7 @@ impl Aggregator {
             interval_ms,
             records,
             counters: self.counters.clone(),
+            policy_version,
         })
     }
 }
@@ -265,7 +351,7 @@ mod tests {
             Some(("product", "productpage", Direction::Inbound, true))
         );
 
-        let rep = a.take_report(&source(), 5000);
+        let rep = a.take_report(&source(), 5000, 0);
         let Some(rep) = rep else {
             unreachable!("a report was expected")
         };
@@ -277,9 +363,9 @@ mod tests {
         assert!(rep.validate().is_ok());
 
         // Nothing new: no report, and the sequence does not advance.
-        assert!(a.take_report(&source(), 5000).is_none());
+        assert!(a.take_report(&source(), 5000, 0).is_none());
         a.record("product", "reviews", Direction::Outbound, false, 5, false);
-        let Some(rep) = a.take_report(&source(), 5000) else {
+        let Some(rep) = a.take_report(&source(), 5000, 0) else {
             unreachable!()
         };
         assert_eq!(rep.seq, 2);
@@ -311,7 +397,7 @@ mod tests {
             RecordOutcome::Recorded { .. }
         ));
         assert_eq!(a.counters().overflow_requests, 2);
-        let Some(rep) = a.take_report(&source(), 1) else {
+        let Some(rep) = a.take_report(&source(), 1, 0) else {
             unreachable!()
         };
         assert_eq!(rep.counters.overflow_requests, 2);
@@ -319,10 +405,44 @@ mod tests {
     }
 
     #[test]
+    fn local_replies_and_retries_are_counted_without_latency() {
+        use super::LocalReply;
+        let mut a = Aggregator::new(4, 4);
+        a.record_local("c", "s", Direction::Inbound, true, LocalReply::Shed);
+        a.record_local(
+            "c",
+            "s",
+            Direction::Inbound,
+            true,
+            LocalReply::DeadlineExceeded,
+        );
+        let RecordOutcome::Recorded { key, .. } =
+            a.record("c", "s", Direction::Inbound, true, 10, false)
+        else {
+            unreachable!()
+        };
+        a.add_retries(key, 2);
+        let Some(rep) = a.take_report(&source(), 1, 7) else {
+            unreachable!()
+        };
+        let r = &rep.records[0];
+        assert_eq!(
+            (r.requests, r.shed, r.deadline_exceeded, r.retries),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(r.latency.count(), 1);
+        assert_eq!(rep.policy_version, 7);
+        assert!(rep.validate().is_ok());
+        // A key with only local replies still makes a report.
+        a.record_local("c", "s", Direction::Inbound, true, LocalReply::Shed);
+        assert!(a.take_report(&source(), 1, 7).is_some());
+    }
+
+    #[test]
     fn report_validation_catches_inconsistent_counts() {
         let mut a = Aggregator::new(2, 2);
         a.record("a", "s", Direction::Inbound, true, 10, false);
-        let Some(mut rep) = a.take_report(&source(), 1) else {
+        let Some(mut rep) = a.take_report(&source(), 1, 0) else {
             unreachable!()
         };
         rep.records[0].requests = 5;

@@ -53,6 +53,89 @@ fn default_timeout_ms() -> u64 {
     2000
 }
 
+/// Data-path control; absent means the filter only observes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Header carrying the chain's absolute deadline (Unix ms).
+    #[serde(default = "default_deadline_header")]
+    pub deadline_header: String,
+    /// Time kept back at each hop from the remaining budget.
+    #[serde(default = "default_hop_reserve_ms")]
+    pub hop_reserve_ms: u64,
+    /// Static per-chain policy, used until the agent's arrives and after it expires.
+    #[serde(default)]
+    pub chains: std::collections::BTreeMap<String, crate::control::ChainPolicy>,
+    /// Retry budget per upstream on outbound hops; `null` disables it.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: Option<crate::control::RetryBudgetConfig>,
+    /// Adaptive concurrency on inbound hops; `null` disables it.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: Option<crate::control::ConcurrencyConfig>,
+    /// Where the filter fetches the agent's policy when it has no report to send.
+    #[serde(default = "default_policy_path")]
+    pub policy_path: String,
+}
+
+fn default_deadline_header() -> String {
+    crate::control::DEADLINE_HEADER.into()
+}
+fn default_hop_reserve_ms() -> u64 {
+    1
+}
+fn default_retry_budget() -> Option<crate::control::RetryBudgetConfig> {
+    Some(crate::control::RetryBudgetConfig::default())
+}
+fn default_concurrency() -> Option<crate::control::ConcurrencyConfig> {
+    Some(crate::control::ConcurrencyConfig::default())
+}
+fn default_policy_path() -> String {
+    "/v1/policy".into()
+}
+
+impl ControlConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.deadline_header;
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                "control.deadline_header",
+                "must be a lowercase HTTP header name",
+            ));
+        }
+        if self.hop_reserve_ms > 10_000 {
+            return Err(invalid("control.hop_reserve_ms", "must be at most 10000"));
+        }
+        for (name, c) in &self.chains {
+            if !is_label_safe(name) {
+                return Err(invalid(
+                    format!("control.chains.{name}"),
+                    "chain names use letters, digits, `-` and `_`",
+                ));
+            }
+            c.validate(&format!("control.chains.{name}")).map_err(|m| {
+                let (field, message) = m.split_once(": ").unwrap_or((m.as_str(), "invalid"));
+                invalid(field.to_string(), message.to_string())
+            })?;
+        }
+        if let Some(r) = &self.retry_budget {
+            r.validate()
+                .map_err(|(f, m)| invalid(format!("control.retry_budget.{f}"), m))?;
+        }
+        if let Some(c) = &self.concurrency {
+            c.validate()
+                .map_err(|(f, m)| invalid(format!("control.concurrency.{f}"), m))?;
+        }
+        if !self.policy_path.starts_with('/') {
+            return Err(invalid("control.policy_path", "must start with `/`"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
@@ -80,6 +163,9 @@ pub struct FilterConfig {
     /// read per request; absent, each request's cluster name tells.
     #[serde(default)]
     pub direction: Option<crate::wire::Direction>,
+    /// Deadline budgets, retry budgets and adaptive concurrency.
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
     /// Logs every recorded hop duration (with `x-request-id`) at info
     /// level: for tests and debugging only, it is one log line per request.
     #[serde(default)]
@@ -111,6 +197,7 @@ impl Default for FilterConfig {
             service: None,
             debug_log_durations: false,
             direction: None,
+            control: None,
         }
     }
 }
@@ -176,6 +263,9 @@ impl FilterConfig {
                 return Err(invalid("agent.timeout_ms", "must be between 1 and 60000"));
             }
         }
+        if let Some(c) = &self.control {
+            c.validate()?;
+        }
         if self.direction == Some(crate::wire::Direction::Unspecified) {
             return Err(invalid(
                 "direction",
@@ -222,6 +312,21 @@ mod tests {
     }
 
     #[test]
+    fn control_defaults_follow_linkerd_and_can_be_switched_off() {
+        let cfg = FilterConfig::parse(br#"{"control":{"chains":{"a":{"budget_ms":100,"priority":"high"}},"concurrency":null}}"#);
+        let Ok(FilterConfig {
+            control: Some(c), ..
+        }) = cfg
+        else {
+            unreachable!("{cfg:?}")
+        };
+        let r = c.retry_budget.unwrap_or_default();
+        assert_eq!((r.ratio, r.min_per_second), (0.2, 10.0));
+        assert!(c.concurrency.is_none());
+        assert_eq!(c.deadline_header, "x-meshtune-deadline");
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_naming_the_path() {
         let err = FilterConfig::parse(br#"{"rules":[{"chain":"a","path_prefx":"/"}]}"#);
         match err {
@@ -239,7 +344,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 10] = [
             (br#"{"report_interval_ms":5}"#, "report_interval_ms"),
             (br#"{"max_chains":0}"#, "max_chains"),
             (br#"{"chain_header":"X Chain"}"#, "chain_header"),
@@ -247,6 +352,18 @@ mod tests {
             (br#"{"rules":[{"chain":"a;b"}]}"#, "rules[0].chain"),
             (br#"{"service":"a.b"}"#, "service"),
             (br#"{"direction":"unspecified"}"#, "direction"),
+            (
+                br#"{"control":{"chains":{"a":{"budget_ms":0}}}}"#,
+                "control.chains.a.budget_ms",
+            ),
+            (
+                br#"{"control":{"retry_budget":{"ratio":-1}}}"#,
+                "control.retry_budget.ratio",
+            ),
+            (
+                br#"{"control":{"concurrency":{"min_limit":0}}}"#,
+                "control.concurrency.min_limit",
+            ),
         ];
         for (json, field) in cases {
             match FilterConfig::parse(json) {

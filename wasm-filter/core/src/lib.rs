@@ -6,12 +6,13 @@
 pub mod abi;
 pub mod aggregator;
 pub mod config;
+pub mod control;
 pub mod naming;
 pub mod rules;
 pub mod sketch;
 pub mod wire;
 
-pub use aggregator::{Aggregator, KeyId, RecordOutcome};
+pub use aggregator::{Aggregator, KeyId, LocalReply, PendingCounts, RecordOutcome};
 pub use config::{ConfigError, FilterConfig};
 pub use sketch::Sketch;
 pub use wire::{Direction, HopRecord, Report, SCHEMA_VERSION};

@@ -6,7 +6,7 @@ use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 
 /// Version of the report schema; the agent rejects any other.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Which side of the sidecar measured a hop. Inbound hops are measured in
 /// front of the service itself (server side); outbound ones in front of the
@@ -65,6 +65,15 @@ pub struct HopRecord {
     pub requests: u64,
     pub errors: u64,
     pub latency: Sketch,
+    /// Requests answered 503 by the concurrency limit (not in `requests`).
+    #[serde(default)]
+    pub shed: u64,
+    /// Requests answered 504 because the chain's budget was spent (not in `requests`).
+    #[serde(default)]
+    pub deadline_exceeded: u64,
+    /// Retries Envoy made for this hop's requests.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// Filter-side counters, cumulative since the VM started.
@@ -91,6 +100,9 @@ pub struct Report {
     pub records: Vec<HopRecord>,
     #[serde(default)]
     pub counters: FilterCounters,
+    /// Version of the agent policy in force when the report was built (0: none).
+    #[serde(default)]
+    pub policy_version: u64,
 }
 
 impl Report {

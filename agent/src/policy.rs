@@ -1,0 +1,131 @@
+//! The per-chain policy the agent sends to the filters, computed purely
+//! from the chains' objectives and what the window shows.
+
+use crate::aggregate::ChainAgg;
+use crate::config::{ChainSpec, PolicySpec};
+use meshtune_filter_core::control::{ChainPolicy, Policy};
+use std::collections::BTreeMap;
+
+/// Requests a hop needs in the window before its share is trusted.
+pub const MIN_HOP_SAMPLES: u64 = 20;
+
+/// Each chain's budget is its objective; each service on it gets a timeout
+/// cap of its observed share of the chain's p99 (server side, so a service
+/// shared by two chains has one cap per chain) times the headroom.
+pub fn compute(
+    specs: &BTreeMap<String, ChainSpec>,
+    window: &BTreeMap<String, ChainAgg>,
+    spec: &PolicySpec,
+    version: u64,
+) -> Policy {
+    let chains = specs
+        .iter()
+        .map(|(name, s)| {
+            let budget_ms = (s.slo_ms.ceil() as u64).max(1);
+            let mut hop_budget_ms = BTreeMap::new();
+            if let Some(agg) = window.get(name) {
+                let entry_p99 = agg.end_to_end.latency.quantile(0.99);
+                for (svc, hop) in &agg.hops {
+                    let (h, _) = hop.preferred();
+                    // The entry service's hop is the whole chain: no cap of its own.
+                    if h.requests < MIN_HOP_SAMPLES
+                        || h.requests == agg.end_to_end.requests
+                            && h.latency == agg.end_to_end.latency
+                    {
+                        continue;
+                    }
+                    if let (Some(e), Some(p)) = (entry_p99, h.latency.quantile(0.99)) {
+                        if e > 0.0 {
+                            let share = (p / e).min(1.0);
+                            let cap = ((share * budget_ms as f64 * spec.hop_headroom).ceil()
+                                as u64)
+                                .clamp(1, budget_ms);
+                            hop_budget_ms.insert(svc.clone(), cap);
+                        }
+                    }
+                }
+            }
+            (
+                name.clone(),
+                ChainPolicy {
+                    budget_ms,
+                    priority: s.priority,
+                    hop_budget_ms,
+                },
+            )
+        })
+        .collect();
+    Policy {
+        version,
+        ttl_ms: spec.ttl_seconds * 1000,
+        chains,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtune_filter_core::control::Priority;
+    use meshtune_filter_core::{Direction, HopRecord, Sketch};
+
+    fn rec(service: &str, direction: Direction, entry: bool, ms: u64, n: u64) -> HopRecord {
+        let mut latency = Sketch::new();
+        (0..n).for_each(|_| latency.record(ms * 1_000_000));
+        HopRecord {
+            chain: "c".into(),
+            service: service.into(),
+            direction,
+            entry,
+            requests: n,
+            errors: 0,
+            latency,
+            shed: 0,
+            deadline_exceeded: 0,
+            retries: 0,
+        }
+    }
+
+    #[test]
+    fn budgets_are_objectives_and_hops_get_their_share() {
+        let mut specs = BTreeMap::new();
+        specs.insert(
+            "c".to_string(),
+            ChainSpec {
+                slo_ms: 100.0,
+                percentile: 99.0,
+                description: String::new(),
+                priority: Priority::High,
+            },
+        );
+        specs.insert(
+            "idle".to_string(),
+            ChainSpec {
+                slo_ms: 50.5,
+                percentile: 99.0,
+                description: String::new(),
+                priority: Priority::Low,
+            },
+        );
+        let mut agg = ChainAgg::default();
+        agg.add_record(&rec("front", Direction::Inbound, true, 40, 50));
+        agg.add_record(&rec("back", Direction::Inbound, false, 10, 50));
+        agg.add_record(&rec("rare", Direction::Inbound, false, 10, 3));
+        let mut window = BTreeMap::new();
+        window.insert("c".to_string(), agg);
+        let p = compute(&specs, &window, &PolicySpec::default(), 7);
+        assert_eq!(p.version, 7);
+        assert_eq!(p.ttl_ms, 30_000);
+        let c = &p.chains["c"];
+        assert_eq!((c.budget_ms, c.priority), (100, Priority::High));
+        // back takes a quarter of the chain's p99: cap = 0.25 × 100 × 2.
+        let cap = c.hop_budget_ms["back"];
+        assert!((49..=51).contains(&cap), "{cap}");
+        assert!(
+            !c.hop_budget_ms.contains_key("front"),
+            "the entry hop has no cap"
+        );
+        assert!(!c.hop_budget_ms.contains_key("rare"), "too few samples");
+        assert_eq!(p.chains["idle"].budget_ms, 51);
+        assert!(p.validate().is_ok());
+    }
+}

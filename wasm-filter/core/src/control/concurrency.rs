@@ -1,0 +1,313 @@
+//! Adaptive concurrency with priorities.
+//!
+//! The limit follows a gradient, as Envoy's adaptive concurrency filter:
+//! `limit ← limit × (min_rtt × (1 + tolerance)) / sample_rtt + √limit`,
+//! smoothed. Unlike Envoy's, the minimum RTT is never re-measured by pinning
+//! concurrency low for a window (which makes bursts of 503s): it is the
+//! lowest sample seen. It drifts up slowly only while the limit is not what
+//! holds latency up (the limit is near its floor, or in-flight requests stay
+//! well below it), so a service that really became slower is followed while
+//! queueing under overload never inflates the baseline. When in-flight requests reach a class's share of the limit
+//! that class is shed: `low` first, then `normal`; `high` may use the whole
+//! limit, so a reserve always stays for it.
+
+use crate::control::policy::Priority;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    #[serde(default = "default_initial")]
+    pub initial_limit: u32,
+    #[serde(default = "default_min")]
+    pub min_limit: u32,
+    #[serde(default = "default_max")]
+    pub max_limit: u32,
+    /// How much above the minimum RTT a sample may be before the limit shrinks.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Weight of a new limit (0..1].
+    #[serde(default = "default_smoothing")]
+    pub smoothing: f64,
+    /// Samples per limit update.
+    #[serde(default = "default_window")]
+    pub sample_window: u32,
+    /// Relative upward drift of the minimum RTT per update.
+    #[serde(default = "default_min_rtt_drift")]
+    pub min_rtt_drift: f64,
+    /// Share of the limit `normal` and `low` chains may fill.
+    #[serde(default = "default_normal_share")]
+    pub normal_share: f64,
+    #[serde(default = "default_low_share")]
+    pub low_share: f64,
+}
+
+fn default_initial() -> u32 {
+    8
+}
+fn default_min() -> u32 {
+    2
+}
+fn default_max() -> u32 {
+    1000
+}
+fn default_tolerance() -> f64 {
+    0.5
+}
+fn default_smoothing() -> f64 {
+    0.3
+}
+fn default_window() -> u32 {
+    20
+}
+fn default_min_rtt_drift() -> f64 {
+    0.01
+}
+fn default_normal_share() -> f64 {
+    0.85
+}
+fn default_low_share() -> f64 {
+    0.6
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        ConcurrencyConfig {
+            initial_limit: default_initial(),
+            min_limit: default_min(),
+            max_limit: default_max(),
+            tolerance: default_tolerance(),
+            smoothing: default_smoothing(),
+            sample_window: default_window(),
+            min_rtt_drift: default_min_rtt_drift(),
+            normal_share: default_normal_share(),
+            low_share: default_low_share(),
+        }
+    }
+}
+
+impl ConcurrencyConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.min_limit == 0 || self.min_limit > self.max_limit {
+            return Err(("min_limit", "must be at least 1 and at most max_limit"));
+        }
+        if !(self.min_limit..=self.max_limit).contains(&self.initial_limit) {
+            return Err(("initial_limit", "must be between min_limit and max_limit"));
+        }
+        if !(0.0..=10.0).contains(&self.tolerance) {
+            return Err(("tolerance", "must be between 0 and 10"));
+        }
+        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
+            return Err(("smoothing", "must be in (0, 1]"));
+        }
+        if self.sample_window == 0 || self.sample_window > 10_000 {
+            return Err(("sample_window", "must be between 1 and 10000"));
+        }
+        if !(0.0..=1.0).contains(&self.min_rtt_drift) {
+            return Err(("min_rtt_drift", "must be between 0 and 1"));
+        }
+        if !(self.low_share > 0.0
+            && self.low_share <= self.normal_share
+            && self.normal_share <= 1.0)
+        {
+            return Err(("low_share", "need 0 < low_share ≤ normal_share ≤ 1"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admit,
+    /// At the class's share of the limit: answer 503 with `retry-after`.
+    Shed,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdaptiveLimit {
+    cfg: ConcurrencyConfig,
+    limit: f64,
+    inflight: u32,
+    min_rtt_ns: Option<f64>,
+    samples: Vec<u64>,
+    /// Highest in-flight count during the current sample window.
+    window_peak: u32,
+    shed: u64,
+}
+
+impl AdaptiveLimit {
+    pub fn new(cfg: ConcurrencyConfig) -> Self {
+        AdaptiveLimit {
+            limit: f64::from(cfg.initial_limit),
+            samples: Vec::with_capacity(cfg.sample_window as usize),
+            cfg,
+            inflight: 0,
+            min_rtt_ns: None,
+            window_peak: 0,
+            shed: 0,
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.round() as u32
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight
+    }
+
+    pub fn shed_count(&self) -> u64 {
+        self.shed
+    }
+
+    pub fn min_rtt_ns(&self) -> Option<f64> {
+        self.min_rtt_ns
+    }
+
+    fn threshold(&self, p: Priority) -> f64 {
+        let share = match p {
+            Priority::High => 1.0,
+            Priority::Normal => self.cfg.normal_share,
+            Priority::Low => self.cfg.low_share,
+        };
+        (self.limit * share).max(1.0)
+    }
+
+    /// Admits a request of class `p` (and counts it in flight) or sheds it.
+    pub fn try_acquire(&mut self, p: Priority) -> Admission {
+        if f64::from(self.inflight) >= self.threshold(p) {
+            self.shed += 1;
+            return Admission::Shed;
+        }
+        self.inflight += 1;
+        self.window_peak = self.window_peak.max(self.inflight);
+        Admission::Admit
+    }
+
+    /// A request admitted earlier finished after `rtt_ns`.
+    pub fn release(&mut self, rtt_ns: u64) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.samples.push(rtt_ns);
+        if self.samples.len() >= self.cfg.sample_window as usize {
+            self.update();
+        }
+    }
+
+    /// A request admitted earlier ended without a meaningful latency (reset).
+    pub fn release_without_sample(&mut self) {
+        self.inflight = self.inflight.saturating_sub(1);
+    }
+
+    fn update(&mut self) {
+        self.samples.sort_unstable();
+        let sample = self.samples[self.samples.len() / 2] as f64;
+        self.samples.clear();
+        let unconstrained = self.limit <= 2.0 * f64::from(self.cfg.min_limit)
+            || f64::from(self.window_peak) < self.limit / 2.0;
+        self.window_peak = self.inflight;
+        let min_rtt = match self.min_rtt_ns {
+            Some(m) if unconstrained => (m * (1.0 + self.cfg.min_rtt_drift)).min(sample),
+            Some(m) => m.min(sample),
+            None => sample,
+        }
+        .max(1.0);
+        self.min_rtt_ns = Some(min_rtt);
+        let gradient = ((min_rtt * (1.0 + self.cfg.tolerance)) / sample.max(1.0)).clamp(0.5, 2.0);
+        let target = self.limit * gradient + self.limit.sqrt();
+        let next = (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target;
+        self.limit = next.clamp(f64::from(self.cfg.min_limit), f64::from(self.cfg.max_limit));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server with `workers` parallel slots and `service_ns` per request:
+    /// a request admitted with `n` in flight takes `service_ns × max(1, n / workers)`.
+    fn rtt(inflight: u32, workers: u32, service_ns: u64) -> u64 {
+        service_ns * u64::from(inflight.max(workers)) / u64::from(workers)
+    }
+
+    fn drive(limit: &mut AdaptiveLimit, offered: u32, rounds: u32, workers: u32) {
+        for _ in 0..rounds {
+            let mut admitted = 0;
+            for _ in 0..offered {
+                if limit.try_acquire(Priority::High) == Admission::Admit {
+                    admitted += 1;
+                }
+            }
+            let r = rtt(admitted, workers, 5_000_000);
+            for _ in 0..admitted {
+                limit.release(r);
+            }
+        }
+    }
+
+    #[test]
+    fn limit_converges_near_the_servers_parallelism_under_overload() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 200, 400, 16);
+        let lim = l.limit();
+        // With tolerance 0.5 the knee is at 16 × 1.5 = 24, plus headroom.
+        assert!((16..=40).contains(&lim), "limit {lim}");
+        assert_eq!(l.inflight(), 0);
+    }
+
+    #[test]
+    fn limit_grows_when_latency_stays_flat() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 200, 300, 1000);
+        assert!(l.limit() > 150, "limit {}", l.limit());
+    }
+
+    #[test]
+    fn recovers_after_the_service_slows_down_and_speeds_up() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 200, 300, 16);
+        let before = l.limit();
+        drive(&mut l, 200, 300, 4);
+        let slow = l.limit();
+        assert!(slow < before, "{slow} < {before}");
+        drive(&mut l, 200, 600, 16);
+        assert!(
+            l.limit() >= before * 2 / 3,
+            "recovered to {} from {slow} (was {before})",
+            l.limit()
+        );
+    }
+
+    #[test]
+    fn low_priority_is_shed_first_and_high_keeps_a_reserve() {
+        let cfg = ConcurrencyConfig {
+            initial_limit: 10,
+            ..ConcurrencyConfig::default()
+        };
+        let mut l = AdaptiveLimit::new(cfg);
+        let mut admitted = |p| {
+            (0..20)
+                .filter(|_| l.try_acquire(p) == Admission::Admit)
+                .count()
+        };
+        assert_eq!(admitted(Priority::Low), 6, "low fills 60 % of the limit");
+        assert_eq!(admitted(Priority::Normal), 3, "normal while under 85 %");
+        assert_eq!(admitted(Priority::High), 1, "high takes the rest");
+        assert_eq!(admitted(Priority::High), 0);
+        assert_eq!(l.shed_count(), 14 + 17 + 19 + 20);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = ConcurrencyConfig {
+            low_share: 0.9,
+            normal_share: 0.5,
+            ..ConcurrencyConfig::default()
+        };
+        assert_eq!(bad.validate().map_err(|(f, _)| f), Err("low_share"));
+        let bad = ConcurrencyConfig {
+            initial_limit: 0,
+            ..ConcurrencyConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! The per-chain policy the agent computes and each filter VM applies, and
+//! its validation. A policy is versioned and expires: past its TTL the
+//! filter falls back to the static defaults of its plugin configuration.
+
+use crate::naming::is_label_safe;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Priority class of a chain: when an upstream is at its concurrency limit,
+/// `low` is shed first and `high` last.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainPolicy {
+    /// End-to-end deadline budget stamped at the chain's entry.
+    pub budget_ms: u64,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Per-service cap on a hop's upstream timeout within this chain
+    /// (a service shared by two chains has one per chain).
+    #[serde(default)]
+    pub hop_budget_ms: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub version: u64,
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub chains: BTreeMap<String, ChainPolicy>,
+}
+
+/// Largest budget accepted: ten minutes.
+pub const MAX_BUDGET_MS: u64 = 600_000;
+
+impl ChainPolicy {
+    pub fn validate(&self, at: &str) -> Result<(), String> {
+        if self.budget_ms == 0 || self.budget_ms > MAX_BUDGET_MS {
+            return Err(format!(
+                "{at}.budget_ms: must be between 1 and {MAX_BUDGET_MS}"
+            ));
+        }
+        for (svc, ms) in &self.hop_budget_ms {
+            if !is_label_safe(svc) {
+                return Err(format!("{at}.hop_budget_ms: bad service name {svc:?}"));
+            }
+            if *ms == 0 || *ms > self.budget_ms {
+                return Err(format!(
+                    "{at}.hop_budget_ms.{svc}: must be between 1 and budget_ms"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// Parses and validates a policy; any error rejects it whole.
+    pub fn parse(bytes: &[u8]) -> Result<Policy, String> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let p: Policy = serde_path_to_error::deserialize(de)
+            .map_err(|e| format!("at `{}`: {}", e.path(), e.inner()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ttl_ms < 1000 || self.ttl_ms > 3_600_000 {
+            return Err("ttl_ms: must be between 1000 and 3600000".into());
+        }
+        for (name, c) in &self.chains {
+            if !is_label_safe(name) {
+                return Err(format!("chains: bad chain name {name:?}"));
+            }
+            c.validate(&format!("chains.{name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `policy` member of an agent's answer (to a report or a policy
+/// fetch), as raw JSON for [`PolicyState::offer`]; `None` when it has none.
+pub fn policy_in_answer(answer: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow, default)]
+        policy: Option<&'a serde_json::value::RawValue>,
+    }
+    let a: Answer = serde_json::from_slice(answer).map_err(|e| e.to_string())?;
+    Ok(a.policy.map(|p| p.get().as_bytes().to_vec()))
+}
+
+/// The policy in force: the agent's while fresh, else the static defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyState {
+    defaults: BTreeMap<String, ChainPolicy>,
+    current: Option<(Policy, u64)>,
+    rejected: u64,
+}
+
+impl PolicyState {
+    pub fn new(defaults: BTreeMap<String, ChainPolicy>) -> Self {
+        PolicyState {
+            defaults,
+            current: None,
+            rejected: 0,
+        }
+    }
+
+    /// Installs a policy received at `now_ms`. A malformed one is rejected
+    /// whole, counted, and the previous one stays. An older version than the
+    /// one in force is ignored.
+    pub fn offer(&mut self, bytes: &[u8], now_ms: u64) -> Result<u64, String> {
+        match Policy::parse(bytes) {
+            Ok(p) => {
+                if let Some((cur, _)) = &self.current {
+                    if p.version < cur.version {
+                        return Ok(cur.version);
+                    }
+                }
+                let v = p.version;
+                self.current = Some((p, now_ms));
+                Ok(v)
+            }
+            Err(e) => {
+                self.rejected += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// The agent's policy if it has not expired at `now_ms`.
+    pub fn fresh(&self, now_ms: u64) -> Option<&Policy> {
+        self.current
+            .as_ref()
+            .filter(|(p, at)| now_ms < at.saturating_add(p.ttl_ms))
+            .map(|(p, _)| p)
+    }
+
+    /// The chain's policy in force: the agent's while fresh, else the default.
+    pub fn chain(&self, chain: &str, now_ms: u64) -> Option<&ChainPolicy> {
+        match self.fresh(now_ms) {
+            Some(p) => p.chains.get(chain).or_else(|| self.defaults.get(chain)),
+            None => self.defaults.get(chain),
+        }
+    }
+
+    /// True when a fetch is due: none yet, or past half its TTL.
+    pub fn wants_refresh(&self, now_ms: u64) -> bool {
+        match &self.current {
+            None => true,
+            Some((p, at)) => now_ms >= at.saturating_add(p.ttl_ms / 2),
+        }
+    }
+
+    pub fn version(&self, now_ms: u64) -> u64 {
+        self.fresh(now_ms).map_or(0, |p| p.version)
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> BTreeMap<String, ChainPolicy> {
+        let mut d = BTreeMap::new();
+        d.insert(
+            "a".to_string(),
+            ChainPolicy {
+                budget_ms: 500,
+                priority: Priority::Low,
+                hop_budget_ms: BTreeMap::new(),
+            },
+        );
+        d
+    }
+
+    #[test]
+    fn fresh_policy_wins_then_expires_to_defaults() {
+        let mut st = PolicyState::new(defaults());
+        assert_eq!(st.chain("a", 0).map(|c| c.budget_ms), Some(500));
+        let p = br#"{"version": 3, "ttl_ms": 10000, "chains": {"a": {"budget_ms": 80, "priority": "high", "hop_budget_ms": {"ratings": 30}}}}"#;
+        assert_eq!(st.offer(p, 1000), Ok(3));
+        assert_eq!(
+            st.chain("a", 5000).map(|c| (c.budget_ms, c.priority)),
+            Some((80, Priority::High))
+        );
+        assert!(!st.wants_refresh(5000));
+        assert!(st.wants_refresh(6000));
+        // Past the TTL: back to the plugin's defaults.
+        assert_eq!(st.chain("a", 11_000).map(|c| c.budget_ms), Some(500));
+        assert_eq!(st.version(11_000), 0);
+    }
+
+    #[test]
+    fn malformed_policies_are_rejected_whole_and_the_previous_stays() {
+        let mut st = PolicyState::new(BTreeMap::new());
+        let good = br#"{"version": 1, "ttl_ms": 10000, "chains": {"a": {"budget_ms": 80}}}"#;
+        assert!(st.offer(good, 0).is_ok());
+        let bad: [&[u8]; 5] = [
+            b"not json",
+            br#"{"version": 2, "ttl_ms": 10000, "chains": {"a": {"budget_ms": 0}}}"#,
+            br#"{"version": 2, "ttl_ms": 10000, "chains": {"a": {"budget_ms": 50, "hop_budget_ms": {"r": 90}}}}"#,
+            br#"{"version": 2, "ttl_ms": 5, "chains": {}}"#,
+            br#"{"version": 2, "ttl_ms": 10000, "chains": {"a": {"budget_ms": 50, "extra": 1}}}"#,
+        ];
+        for b in bad {
+            assert!(st.offer(b, 10).is_err());
+        }
+        assert_eq!(st.rejected(), 5);
+        assert_eq!(st.version(20), 1);
+        assert_eq!(st.chain("a", 20).map(|c| c.budget_ms), Some(80));
+    }
+
+    #[test]
+    fn the_policy_is_found_in_an_answer() {
+        let a =
+            br#"{"status": "counted", "records": 2, "policy": {"version": 9, "ttl_ms": 30000}}"#;
+        let p = policy_in_answer(a).ok().flatten().unwrap_or_default();
+        assert_eq!(Policy::parse(&p).map(|p| p.version), Ok(9));
+        assert_eq!(policy_in_answer(br#"{"status": "duplicate"}"#), Ok(None));
+        assert!(policy_in_answer(b"<html>").is_err());
+    }
+
+    #[test]
+    fn older_versions_do_not_replace_newer() {
+        let mut st = PolicyState::new(BTreeMap::new());
+        assert!(st.offer(br#"{"version": 5, "ttl_ms": 10000}"#, 0).is_ok());
+        assert_eq!(st.offer(br#"{"version": 4, "ttl_ms": 10000}"#, 1), Ok(5));
+        assert_eq!(st.version(2), 5);
+    }
+}
