@@ -37,7 +37,11 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
 
     // A real agent receives the reports, as in production.
     let agent_port = free_port()?;
-    let yaml = crate::mesh::agent_config_yaml(agent_port, &dir.path().join("agent"), 60);
+    let mesh_opts = MeshOptions {
+        report_interval_ms: 5000,
+        ..MeshOptions::default()
+    };
+    let yaml = crate::mesh::agent_config_yaml(agent_port, &dir.path().join("agent"), &mesh_opts);
     let agent = Agent::open(
         AgentConfig::parse(&yaml, "bench.yaml")?,
         meshtune_agent::now_secs(),
@@ -46,10 +50,6 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let _agent = tokio::spawn(agent.serve(listener, rx));
 
-    let mesh_opts = MeshOptions {
-        report_interval_ms: 5000,
-        ..MeshOptions::default()
-    };
     let variants = [
         ("none", FilterKind::None),
         (

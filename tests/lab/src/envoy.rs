@@ -331,3 +331,21 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
+
+/// Envoy's own adaptive concurrency filter (gradient controller), for
+/// comparison in the overload benchmark. Its minRTT is re-measured every
+/// 10 s with concurrency pinned at 3, as it does by design.
+pub fn native_adaptive_concurrency() -> serde_json::Value {
+    serde_json::json!({
+        "name": "envoy.filters.http.adaptive_concurrency",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
+            "gradient_controller_config": {
+                "sample_aggregate_percentile": {"value": 50},
+                "concurrency_limit_params": {"concurrency_update_interval": "0.1s"},
+                "min_rtt_calc_params": {"interval": "10s", "request_count": 50}
+            },
+            "enabled": {"default_value": true, "runtime_key": "adaptive_concurrency.enabled"}
+        }
+    })
+}

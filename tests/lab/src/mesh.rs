@@ -17,6 +17,27 @@ use tokio::task::JoinHandle;
 pub const NAMESPACE: &str = "bookinfo";
 pub const TOKEN: &str = "lab-token";
 
+/// A chain of the lab: its entry rule, objective and priority.
+#[derive(Debug, Clone)]
+pub struct ChainDef {
+    pub name: &'static str,
+    pub path_prefix: &'static str,
+    pub slo_ms: f64,
+    pub priority: &'static str,
+}
+
+pub fn default_chains() -> Vec<ChainDef> {
+    CHAINS
+        .iter()
+        .map(|(name, path_prefix, slo_ms)| ChainDef {
+            name,
+            path_prefix,
+            slo_ms: *slo_ms,
+            priority: "normal",
+        })
+        .collect()
+}
+
 /// The chains of the lab and their objectives (ms).
 pub const CHAINS: [(&str, &str, f64); 2] = [
     ("product-page", "/productpage", 60.0),
@@ -31,6 +52,13 @@ pub struct MeshOptions {
     pub agent_window_secs: u64,
     /// One plugin per side (recommended) or one plugin on both sides.
     pub per_side_plugins: bool,
+    pub chains: Vec<ChainDef>,
+    pub services: Vec<ServiceSpec>,
+    /// Turn on the filter's data-path control (deadlines, retries, concurrency).
+    pub control: bool,
+    /// Put Envoy's native adaptive concurrency filter in front of this service.
+    pub native_adaptive: Option<&'static str>,
+    pub policy_ttl_s: u64,
 }
 
 impl Default for MeshOptions {
@@ -41,6 +69,11 @@ impl Default for MeshOptions {
             envoy_concurrency: 2,
             agent_window_secs: 60,
             per_side_plugins: true,
+            chains: default_chains(),
+            services: services::bookinfo(),
+            control: false,
+            native_adaptive: None,
+            policy_ttl_s: 30,
         }
     }
 }
@@ -51,27 +84,48 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// The filter's plugin configuration, as a `WasmPlugin.pluginConfig` renders.
 pub fn filter_config(opts: &MeshOptions) -> String {
-    let rules: Vec<serde_json::Value> = CHAINS
+    let rules: Vec<serde_json::Value> = opts
+        .chains
         .iter()
-        .map(|(c, p, _)| serde_json::json!({"chain": c, "path_prefix": p}))
+        .map(|c| serde_json::json!({"chain": c.name, "path_prefix": c.path_prefix}))
         .collect();
-    serde_json::json!({
+    let mut cfg = serde_json::json!({
         "rules": rules,
         "report_interval_ms": opts.report_interval_ms,
         "agent": {"cluster": AGENT_CLUSTER, "token": TOKEN, "timeout_ms": 1000},
         "debug_log_durations": opts.debug_log_durations,
-    })
-    .to_string()
+    });
+    if opts.control {
+        // Static defaults: each chain's budget is its objective, until the
+        // agent's policy adds per-hop caps.
+        let chains: serde_json::Map<String, serde_json::Value> = opts
+            .chains
+            .iter()
+            .map(|c| (c.name.to_string(), serde_json::json!({"budget_ms": c.slo_ms.ceil() as u64, "priority": c.priority})))
+            .collect();
+        cfg["control"] = serde_json::json!({"hop_reserve_ms": 2, "chains": chains});
+    }
+    cfg.to_string()
 }
 
 /// The agent configuration of the lab, in the DTA-SLO shape plus meshtune's.
-pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, window_secs: u64) -> String {
+pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, opts: &MeshOptions) -> String {
     let mut y = format!(
-        "listen: 127.0.0.1:{port}\nauth:\n  token: {TOKEN}\ndata_dir: {}\nwindow_seconds: {window_secs}\npersist_interval_seconds: 2\nchains:\n",
-        data_dir.display()
+        "listen: 127.0.0.1:{port}\nauth:\n  token: {TOKEN}\ndata_dir: {}\nwindow_seconds: {}\npersist_interval_seconds: 2\npolicy:\n  ttl_seconds: {}\nchains:\n",
+        data_dir.display(),
+        opts.agent_window_secs,
+        opts.policy_ttl_s
     );
-    for (c, _, slo) in CHAINS {
-        y.push_str(&format!("  {c}:\n    slo_ms: {slo}\n    percentile: 99\n"));
+    for c in &opts.chains {
+        y.push_str(&format!(
+            "  {}:\n    slo_ms: {}\n    percentile: 99\n    priority: {}\n",
+            c.name, c.slo_ms, c.priority
+        ));
+    }
+    if opts.chains.iter().map(|c| c.name).collect::<Vec<_>>()
+        != CHAINS.iter().map(|c| c.0).collect::<Vec<_>>()
+    {
+        return y;
     }
     y.push_str(
         "services:\n  productpage:\n    chains: [product-page, ratings-api]\n    min_cpu: 0.1\n    max_cpu: 2\n    min_memory: 128\n    max_memory: 1024\n  details:\n    chains: [product-page]\n  reviews:\n    chains: [product-page]\n  ratings:\n    chains: [product-page, ratings-api]\n",
@@ -89,6 +143,8 @@ pub struct Mesh {
     agent_stop: watch::Sender<bool>,
     agent_task: Option<JoinHandle<std::io::Result<()>>>,
     services: Vec<JoinHandle<()>>,
+    /// What each service saw.
+    pub service_stats: BTreeMap<String, std::sync::Arc<services::ServiceStats>>,
 }
 
 impl Mesh {
@@ -104,11 +160,7 @@ impl Mesh {
 
         // The agent, in-process.
         let agent_port = free_port()?;
-        let yaml = agent_config_yaml(
-            agent_port,
-            &dir.path().join("agent-data"),
-            opts.agent_window_secs,
-        );
+        let yaml = agent_config_yaml(agent_port, &dir.path().join("agent-data"), &opts);
         std::fs::write(dir.path().join("agent.yaml"), &yaml)?;
         let cfg = AgentConfig::parse(&yaml, "agent.yaml")?;
         let agent = Agent::open(cfg, meshtune_agent::now_secs())?;
@@ -119,7 +171,7 @@ impl Mesh {
         let agent_task = Some(tokio::spawn(agent.clone().serve(listener, rx)));
 
         // Ports: each service has an app port and a sidecar (inbound, outbound, admin).
-        let specs: Vec<ServiceSpec> = services::bookinfo();
+        let specs: Vec<ServiceSpec> = opts.services.clone();
         let mut inbound = BTreeMap::new();
         for s in &specs {
             inbound.insert(s.name, free_port()?);
@@ -127,6 +179,7 @@ impl Mesh {
         let config_json = filter_config(&opts);
         let mut envoys = BTreeMap::new();
         let mut tasks = Vec::new();
+        let mut service_stats = BTreeMap::new();
         for s in specs {
             let app = TcpListener::bind("127.0.0.1:0").await?;
             let app_port = app.local_addr()?.port();
@@ -160,15 +213,28 @@ impl Mesh {
                     })
                     .collect(),
                 agent_port: Some(agent_port),
-                filter: FilterKind::Wasm {
-                    path: wasm.clone(),
-                    config_json: config_json.clone(),
+                filter: if opts.per_side_plugins {
+                    FilterKind::WasmPerSide {
+                        path: wasm.clone(),
+                        config_json: config_json.clone(),
+                    }
+                } else {
+                    FilterKind::Wasm {
+                        path: wasm.clone(),
+                        config_json: config_json.clone(),
+                    }
                 },
                 concurrency: opts.envoy_concurrency,
-                extra_inbound_filters: vec![],
+                extra_inbound_filters: if opts.native_adaptive == Some(s.name) {
+                    vec![crate::envoy::native_adaptive_concurrency()]
+                } else {
+                    vec![]
+                },
             };
             let name = s.name.to_owned();
-            tasks.push(services::spawn(s, app, outbound_port));
+            let (task, stats) = services::spawn(s, app, outbound_port);
+            tasks.push(task);
+            service_stats.insert(name.clone(), stats);
             let (envoy_bin, dir_path, boot) =
                 (envoy.clone(), dir.path().to_owned(), sidecar.bootstrap());
             let (conc, admin) = (sidecar.concurrency, sidecar.admin_port);
@@ -188,6 +254,7 @@ impl Mesh {
             agent_stop,
             agent_task,
             services: tasks,
+            service_stats,
         })
     }
 

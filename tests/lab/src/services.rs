@@ -13,9 +13,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// A downstream call made while serving a path prefix.
@@ -31,9 +33,17 @@ pub struct Route {
     pub calls: Vec<Call>,
 }
 
+/// A fixed worker pool with a bounded queue: requests beyond both get 503.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub workers: usize,
+    pub queue: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub name: &'static str,
+    pub capacity: Option<Capacity>,
     /// Own work per request: `base_us` plus a deterministic heavy-ish tail.
     pub base_us: u64,
     pub tail_us: u64,
@@ -47,6 +57,7 @@ pub fn bookinfo() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec {
             name: "productpage",
+            capacity: None,
             base_us: 1500,
             tail_us: 3000,
             routes: vec![
@@ -74,12 +85,14 @@ pub fn bookinfo() -> Vec<ServiceSpec> {
         },
         ServiceSpec {
             name: "details",
+            capacity: None,
             base_us: 800,
             tail_us: 1500,
             routes: vec![],
         },
         ServiceSpec {
             name: "reviews",
+            capacity: None,
             base_us: 2000,
             tail_us: 4000,
             routes: vec![Route {
@@ -92,6 +105,7 @@ pub fn bookinfo() -> Vec<ServiceSpec> {
         },
         ServiceSpec {
             name: "ratings",
+            capacity: None,
             base_us: 700,
             tail_us: 2000,
             routes: vec![],
@@ -117,10 +131,30 @@ impl ServiceSpec {
     }
 }
 
+/// What a service saw, for tests.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub received: AtomicU64,
+    /// Requests that arrived with their chain's deadline already past.
+    pub arrived_expired: AtomicU64,
+    /// Requests refused because workers and queue were full.
+    pub overflowed: AtomicU64,
+}
+
 struct Ctx {
     spec: ServiceSpec,
     outbound_port: Option<u16>,
     client: HttpClient,
+    workers: Option<Arc<Semaphore>>,
+    waiting: AtomicU64,
+    stats: Arc<ServiceStats>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn handle(
@@ -137,6 +171,33 @@ async fn handle(
         .get(CHAIN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    ctx.stats.received.fetch_add(1, Ordering::Relaxed);
+    let deadline = req
+        .headers()
+        .get("x-meshtune-deadline")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if deadline.is_some_and(|d| now_ms() > d) {
+        ctx.stats.arrived_expired.fetch_add(1, Ordering::Relaxed);
+    }
+    // A capacity-limited service works on `workers` requests at a time and
+    // lets at most `queue` wait; beyond that it answers 503.
+    let _permit = match (&ctx.workers, ctx.spec.capacity) {
+        (Some(sem), Some(cap)) => {
+            let waiting = ctx.waiting.fetch_add(1, Ordering::Relaxed);
+            if sem.available_permits() == 0 && waiting >= cap.queue as u64 {
+                ctx.waiting.fetch_sub(1, Ordering::Relaxed);
+                ctx.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                return Ok(Response::builder()
+                    .status(503)
+                    .body(Full::new(Bytes::from_static(b"overloaded\n")))
+                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))));
+            }
+            let permit = sem.clone().acquire_owned().await.ok();
+            ctx.waiting.fetch_sub(1, Ordering::Relaxed);
+            permit
+        }
+        _ => None,
+    };
     tokio::time::sleep(ctx.spec.work(&rid)).await;
     let path = req.uri().path().to_owned();
     let mut status = 200u16;
@@ -174,13 +235,18 @@ pub fn spawn(
     spec: ServiceSpec,
     listener: TcpListener,
     outbound_port: Option<u16>,
-) -> JoinHandle<()> {
+) -> (JoinHandle<()>, Arc<ServiceStats>) {
+    let stats = Arc::new(ServiceStats::default());
+    let workers = spec.capacity.map(|c| Arc::new(Semaphore::new(c.workers)));
     let ctx = Arc::new(Ctx {
         spec,
         outbound_port,
         client: client(),
+        workers,
+        waiting: AtomicU64::new(0),
+        stats: stats.clone(),
     });
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -194,7 +260,8 @@ pub fn spawn(
                     .await;
             });
         }
-    })
+    });
+    (handle, stats)
 }
 
 /// A plain upstream answering 200 at once, for filter benchmarks.

@@ -78,6 +78,7 @@ async fn chain_latency_is_measured_in_envoy_merged_by_the_agent_and_scraped_by_p
         envoy_concurrency: 2,
         agent_window_secs: 600,
         per_side_plugins: true,
+        ..MeshOptions::default()
     };
     let mesh = Mesh::start(opts)
         .await
@@ -266,6 +267,7 @@ async fn stopping_the_agent_mid_load_fails_no_request_and_drops_are_counted() {
         envoy_concurrency: 2,
         agent_window_secs: 60,
         per_side_plugins: false,
+        ..MeshOptions::default()
     };
     let mut mesh = Mesh::start(opts)
         .await
