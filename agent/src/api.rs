@@ -136,12 +136,19 @@ async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         } => {
             agent.metrics.reports_accepted.inc();
             agent.metrics.records_dropped.inc_by(dropped_records as u64);
-            (StatusCode::OK, Json(json!({"status": "counted", "records": records, "dropped_records": dropped_records})))
-                .into_response()
+            // The answer carries the policy, so filters need no separate fetch.
+            let policy = agent.current_policy(now_ms());
+            let body = json!({"status": "counted", "records": records, "dropped_records": dropped_records, "policy": policy});
+            (StatusCode::OK, Json(body)).into_response()
         }
         Ingested::Duplicate => {
             agent.metrics.reports_duplicate.inc();
-            (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
+            let policy = agent.current_policy(now_ms());
+            (
+                StatusCode::OK,
+                Json(json!({"status": "duplicate", "policy": policy})),
+            )
+                .into_response()
         }
     }
 }

@@ -264,3 +264,38 @@ async fn health_ready_and_history() {
     assert_eq!(h["points"].as_array().unwrap().len(), 1, "{h}");
     assert_eq!(h["points"][0]["requests"], 2);
 }
+
+#[tokio::test]
+async fn report_answers_carry_the_policy_and_it_can_be_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path());
+    let (status, body) = send(
+        &agent,
+        post(
+            serde_json::to_vec(&report("vm", 1, "product", &[10, 20])).unwrap(),
+            Some("t0ken"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let policy = &body["policy"];
+    assert!(policy["version"].as_u64().unwrap() > 0, "{body}");
+    assert_eq!(policy["ttl_ms"], 30_000);
+    assert_eq!(policy["chains"]["product"]["budget_ms"], 50);
+    assert_eq!(policy["chains"]["ratings"]["budget_ms"], 20);
+    let parsed = meshtune_filter_core::control::Policy::parse(policy.to_string().as_bytes());
+    assert!(parsed.is_ok(), "{parsed:?}");
+    let fetch = Request::get("/v1/policy")
+        .header("authorization", "Bearer t0ken")
+        .body(Body::empty())
+        .unwrap();
+    let (status, fetched) = send(&agent, fetch).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched["policy"], *policy);
+    let (status, _) = send(
+        &agent,
+        Request::get("/v1/policy").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -196,15 +196,15 @@ pub fn send_local_response(
     )
 }
 
-/// The body of an HTTP call's response (up to 1 MiB).
-pub fn http_call_response_body() -> Vec<u8> {
+/// The body of an HTTP call's response (`len` bytes as the callback says, at most 1 MiB).
+pub fn http_call_response_body(len: usize) -> Vec<u8> {
     let (mut ptr, mut size) = (null_mut(), 0usize);
     // SAFETY: the host answers with an owned buffer.
     match unsafe {
         proxy_get_buffer_bytes(
             BufferType::HttpCallResponseBody,
             0,
-            1 << 20,
+            len.min(1 << 20),
             &mut ptr,
             &mut size,
         )

@@ -255,7 +255,7 @@ impl Context for Root {
         &mut self,
         token: u32,
         _headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
         let kind = self
@@ -271,7 +271,7 @@ impl Context for Root {
             if kind == Some(Call::Report) {
                 FilterMetrics::bump(self.filter_metrics.reports_sent);
             }
-            let body = crate::host::http_call_response_body();
+            let body = crate::host::http_call_response_body(body_size);
             self.take_policy(&body);
         } else if kind == Some(Call::PolicyFetch) {
             log(

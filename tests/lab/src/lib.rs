@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod http;
 pub mod load;
 pub mod mesh;
+pub mod overload;
 pub mod proc;
 pub mod prometheus;
 pub mod services;

@@ -58,6 +58,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// The overload scenario (a shared service with a fixed worker pool,
+    /// open-loop load above its capacity on a high- and a low-priority
+    /// chain) without control, with Envoy's native adaptive concurrency and
+    /// with meshtune: goodput and per-chain p99.
+    Overload {
+        /// Measured seconds per run (after a warm-up).
+        #[arg(long, default_value_t = 12.0)]
+        seconds: f64,
+        /// Run only this variant (none, native or meshtune); the ratios need all three.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +95,9 @@ fn main() -> anyhow::Result<()> {
             requests,
             concurrency,
         })),
+        Command::Bench {
+            which: BenchCommand::Overload { seconds, only },
+        } => rt.block_on(bench_overload(seconds, only)),
         Command::Up {
             duration,
             trace,
@@ -236,5 +251,38 @@ async fn up(
             }
         }
     }
+    Ok(())
+}
+
+async fn bench_overload(seconds: f64, only: Option<String>) -> anyhow::Result<()> {
+    use meshtune_lab::overload::{self, Control, OverloadOptions};
+    let o = OverloadOptions {
+        seconds,
+        ..OverloadOptions::default()
+    };
+    let mut results = Vec::new();
+    for control in [Control::None, Control::Native, Control::Meshtune] {
+        if only.as_deref().is_some_and(|o| o != control.as_str()) {
+            continue;
+        }
+        eprintln!(
+            "running the overload scenario with control: {} ...",
+            control.as_str()
+        );
+        let r = overload::run(control, &o).await?;
+        overload::print(&r, &o);
+        results.push(r);
+    }
+    if results.len() < 3 {
+        return Ok(());
+    }
+    let (none, native, mt) = (&results[0], &results[1], &results[2]);
+    println!(
+        "goodput meshtune/none={:.2} meshtune/native={:.2} high_p99_ms={:.1} slo_ms={}",
+        mt.goodput / none.goodput.max(1e-9),
+        mt.goodput / native.goodput.max(1e-9),
+        mt.high.p99_ms,
+        o.high_slo_ms
+    );
     Ok(())
 }

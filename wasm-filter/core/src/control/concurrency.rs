@@ -43,16 +43,18 @@ pub struct ConcurrencyConfig {
 }
 
 fn default_initial() -> u32 {
-    8
+    // Start low, like TCP slow start: the first samples then show the
+    // service's uncongested latency, which becomes the baseline.
+    2
 }
 fn default_min() -> u32 {
-    2
+    1
 }
 fn default_max() -> u32 {
     1000
 }
 fn default_tolerance() -> f64 {
-    0.5
+    0.25
 }
 fn default_smoothing() -> f64 {
     0.3
@@ -202,7 +204,7 @@ impl AdaptiveLimit {
         self.samples.sort_unstable();
         let sample = self.samples[self.samples.len() / 2] as f64;
         self.samples.clear();
-        let unconstrained = self.limit <= 2.0 * f64::from(self.cfg.min_limit)
+        let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0
             || f64::from(self.window_peak) < self.limit / 2.0;
         self.window_peak = self.inflight;
         let min_rtt = match self.min_rtt_ns {
