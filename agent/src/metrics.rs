@@ -80,6 +80,11 @@ impl AgentMetrics {
             "1 once the store is loaded and the agent serves",
             self.ready.clone(),
         );
+        registry.register(
+            "meshtune_policy_version",
+            "Version of the policy last computed for the filters",
+            self.policy_version.clone(),
+        );
     }
 
     pub fn reject(&self, reason: &str) {
@@ -164,6 +169,16 @@ impl Collector for ChainCollector {
                 "Failed requests (5xx or local replies) of each chain at its entry hop",
                 1,
             ),
+            (
+                "meshtune_chain_shed",
+                "Requests of each chain shed by a concurrency limit, at any hop",
+                2,
+            ),
+            (
+                "meshtune_chain_deadline_exceeded",
+                "Requests of each chain stopped because its budget was spent, at any hop",
+                3,
+            ),
         ] {
             let mut family = encoder.encode_descriptor(
                 name,
@@ -172,10 +187,17 @@ impl Collector for ChainCollector {
                 prometheus_client::metrics::MetricType::Counter,
             )?;
             for (chain, agg) in &lifetime {
-                let v = if pick == 0 {
-                    agg.end_to_end.requests
-                } else {
-                    agg.end_to_end.errors
+                let all_hops = |f: fn(&crate::aggregate::Agg) -> u64| -> u64 {
+                    agg.hops
+                        .values()
+                        .map(|h| f(&h.inbound) + f(&h.outbound))
+                        .sum()
+                };
+                let v = match pick {
+                    0 => agg.end_to_end.requests,
+                    1 => agg.end_to_end.errors,
+                    2 => all_hops(|a| a.shed),
+                    _ => all_hops(|a| a.deadline_exceeded),
                 };
                 let c: Counter = Counter::default();
                 c.inc_by(v);

@@ -89,6 +89,16 @@ async fn control_keeps_the_high_priority_chain_within_its_objective_under_overlo
             .join("\n")
     );
 
+    // The agent counts what the filters shed, per chain.
+    let (_, metrics) =
+        meshtune_lab::http::get_blocking(mesh.agent_port, "/metrics").unwrap_or_default();
+    let shed_low = metrics
+        .lines()
+        .find(|l| l.starts_with("meshtune_chain_shed_total{chain=\"product-page\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(shed_low > 0.0, "{metrics}");
+
     // The agent goes away: after the TTL the filters use their static policy.
     mesh.stop_agent().await;
     let deadline = Instant::now() + Duration::from_secs(20);
