@@ -69,10 +69,21 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         (
             "mt-1plugin",
             FilterKind::Wasm {
-                path: meshtune,
+                path: meshtune.clone(),
                 config_json: filter_config(&mesh_opts),
             },
         ),
+        (
+            "mt-control",
+            FilterKind::WasmPerSide {
+                path: meshtune,
+                config_json: filter_config(&MeshOptions {
+                    control: true,
+                    ..mesh_opts.clone()
+                }),
+            },
+        ),
+        ("native-ac", FilterKind::None),
     ];
     let mut envoys = Vec::new();
     for (name, filter) in variants {
@@ -87,7 +98,11 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
             agent_port: Some(agent_port),
             filter,
             concurrency: 1,
-            extra_inbound_filters: vec![],
+            extra_inbound_filters: if name == "native-ac" {
+                vec![crate::envoy::native_adaptive_concurrency()]
+            } else {
+                vec![]
+            },
         };
         let (bin, d, boot, admin) = (
             envoy.clone(),
@@ -177,6 +192,15 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         vm_mem / 1024.0
     );
     let _ = stop.send(true);
+    println!(
+        "(mt-control: meshtune with deadlines, retry budgets and adaptive concurrency on; native-ac: Envoy's adaptive_concurrency filter, no wasm)"
+    );
+    println!(
+        "ratio cpu_per_request mt-control/noop={:.2} mt-control/native-ac={:.2} native-ac/none={:.2}",
+        per_req[4] / per_req[1].max(1e-9),
+        per_req[4] / per_req[5].max(1e-9),
+        per_req[5] / per_req[0].max(1e-9)
+    );
     println!(
         "ratio cpu_per_request meshtune/noop={:.2} meshtune/none={:.2}",
         per_req[2] / per_req[1].max(1e-9),

@@ -1,0 +1,274 @@
+//! Every YAML object in `manifests/` and `istio/` validates against the real
+//! schemas in `../shared/schemas/`: Kubernetes 1.33 (strict) and the Istio
+//! 1.30.3 CRDs. The schemas are read from there, never copied. The filter
+//! configuration inside each `WasmPlugin` and the agent configuration inside
+//! the ConfigMap are also parsed by the code that will read them.
+
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn schemas() -> PathBuf {
+    repo().join("../shared/schemas")
+}
+
+fn read_json(p: &Path) -> Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The Kubernetes strict schema of a kind, e.g. `daemonset-apps-v1.json`.
+fn k8s_schema(kind: &str, api_version: &str) -> Option<Value> {
+    let gv = match api_version.split_once('/') {
+        Some((group, v)) => format!("{}-{v}", group.split('.').next().unwrap_or(group)),
+        None => api_version.to_string(),
+    };
+    let file = schemas()
+        .join("k8s/v1.33.0-standalone-strict")
+        .join(format!("{}-{gv}.json", kind.to_lowercase()));
+    file.is_file().then(|| read_json(&file))
+}
+
+/// ObjectMeta as the Kubernetes schemas define it (taken from ConfigMap's).
+fn object_meta() -> Value {
+    k8s_schema("ConfigMap", "v1").unwrap()["properties"]["metadata"].clone()
+}
+
+/// Replaces every `kind` enum/const of a schema's top level.
+fn with_kind(mut schema: Value, kind: &str) -> Value {
+    schema["properties"]["kind"] = json!({"type": "string", "enum": [kind]});
+    schema
+}
+
+/// Kinds the shipped schemas lack, derived from a shipped sibling with the
+/// same structure: rbac/v1 Role and RoleBinding are ClusterRole and
+/// ClusterRoleBinding namespaced (without aggregation); a Namespace is
+/// ObjectMeta plus a list of finalizers.
+fn derived_schema(kind: &str, api_version: &str) -> Option<Value> {
+    match (kind, api_version) {
+        ("Role", "rbac.authorization.k8s.io/v1") => {
+            let mut s = with_kind(k8s_schema("ClusterRole", api_version)?, "Role");
+            s["properties"].as_object_mut()?.remove("aggregationRule");
+            Some(s)
+        }
+        ("RoleBinding", "rbac.authorization.k8s.io/v1") => Some(with_kind(
+            k8s_schema("ClusterRoleBinding", api_version)?,
+            "RoleBinding",
+        )),
+        ("Namespace", "v1") => Some(json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["apiVersion", "kind", "metadata"],
+            "properties": {
+                "apiVersion": {"enum": ["v1"]},
+                "kind": {"enum": ["Namespace"]},
+                "metadata": object_meta(),
+                "spec": {"type": "object", "additionalProperties": false,
+                         "properties": {"finalizers": {"type": "array", "items": {"type": "string"}}}}
+            }
+        })),
+        _ => None,
+    }
+}
+
+/// Makes a CRD's OpenAPI schema strict the way `kubectl --validate=strict`
+/// treats it: unknown fields are errors unless the schema preserves them.
+fn strict(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        let preserve = o.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+        if o.contains_key("properties") && !o.contains_key("additionalProperties") && !preserve {
+            o.insert("additionalProperties".into(), json!(false));
+        }
+        for (_, child) in o.iter_mut() {
+            *child = strict(std::mem::take(child));
+        }
+    } else if let Some(a) = v.as_array_mut() {
+        for child in a.iter_mut() {
+            *child = strict(std::mem::take(child));
+        }
+    }
+    v
+}
+
+/// The schema of an Istio kind from `crd-all.gen.yaml`, with ObjectMeta.
+fn istio_schema(kind: &str, api_version: &str) -> Option<Value> {
+    let (group, version) = api_version.split_once('/')?;
+    let text = std::fs::read_to_string(schemas().join("istio/crd-all.gen.yaml")).ok()?;
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let crd: Value = <Value as serde::Deserialize>::deserialize(doc).ok()?;
+        if crd["spec"]["group"] != group || crd["spec"]["names"]["kind"] != kind {
+            continue;
+        }
+        let v = crd["spec"]["versions"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == version)?;
+        let mut schema = strict(v["schema"]["openAPIV3Schema"].clone());
+        schema["properties"]["metadata"] = object_meta();
+        schema["properties"]["apiVersion"] = json!({"enum": [api_version]});
+        schema["properties"]["kind"] = json!({"enum": [kind]});
+        return Some(schema);
+    }
+    None
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+fn documents(p: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(p).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn check(schema: &Value, doc: &Value, what: &str) -> Vec<String> {
+    let validator =
+        jsonschema::validator_for(schema).unwrap_or_else(|e| panic!("{what}: bad schema: {e}"));
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{what}: {} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// Kinds whose schema is in none of the shipped files, checked for their
+/// metadata only: the Prometheus Operator's ServiceMonitor (optional).
+const METADATA_ONLY: [&str; 1] = ["ServiceMonitor"];
+
+#[test]
+fn every_manifest_validates_against_the_shipped_schemas() {
+    let mut files = Vec::new();
+    yaml_files(&repo().join("manifests"), &mut files);
+    yaml_files(&repo().join("istio"), &mut files);
+    files.sort();
+    assert!(files.len() >= 10, "found {files:?}");
+    let mut errors = Vec::new();
+    let mut kinds = BTreeSet::new();
+    for f in &files {
+        for doc in documents(f) {
+            let kind = doc["kind"].as_str().unwrap_or("").to_string();
+            let api = doc["apiVersion"].as_str().unwrap_or("").to_string();
+            let what = format!(
+                "{} {kind} {}",
+                f.strip_prefix(repo()).unwrap_or(f).display(),
+                doc["metadata"]["name"]
+            );
+            if kind == "Kustomization" {
+                continue; // read by kustomize, never sent to the API server
+            }
+            kinds.insert(kind.clone());
+            let schema = k8s_schema(&kind, &api)
+                .or_else(|| derived_schema(&kind, &api))
+                .or_else(|| istio_schema(&kind, &api));
+            match schema {
+                Some(s) => errors.extend(check(&s, &doc, &what)),
+                None if METADATA_ONLY.contains(&kind.as_str()) => {
+                    errors.extend(check(&object_meta(), &doc["metadata"], &what))
+                }
+                None => errors.push(format!("{what}: no schema for {api} {kind}")),
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    for k in [
+        "DaemonSet",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "ClusterRole",
+        "WasmPlugin",
+        "Namespace",
+        "Role",
+    ] {
+        assert!(kinds.contains(k), "no {k} among {kinds:?}");
+    }
+}
+
+#[test]
+fn the_validation_catches_mistakes() {
+    let ds = documents(&repo().join("manifests/daemonset.yaml")).remove(0);
+    let schema = k8s_schema("DaemonSet", "apps/v1").unwrap();
+    assert!(check(&schema, &ds, "ok").is_empty());
+    let mut bad = ds.clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = json!("Always");
+    assert!(
+        !check(&schema, &bad, "typo").is_empty(),
+        "strict schemas reject unknown fields"
+    );
+    let wp = documents(&repo().join("istio/namespace/wasmplugin-inbound.yaml")).remove(0);
+    let schema = istio_schema("WasmPlugin", "extensions.istio.io/v1alpha1").unwrap();
+    assert!(check(&schema, &wp, "ok").is_empty());
+    let mut bad = wp.clone();
+    bad["spec"]["failStrategy"] = json!("FAIL_SOMETIMES");
+    assert!(!check(&schema, &bad, "enum").is_empty());
+    let mut bad = wp;
+    bad["spec"]["phaze"] = json!("STATS");
+    assert!(!check(&schema, &bad, "unknown").is_empty());
+}
+
+#[test]
+fn plugin_configs_are_valid_filter_configurations() {
+    let mut files = Vec::new();
+    yaml_files(&repo().join("istio"), &mut files);
+    let mut seen = 0;
+    for f in files {
+        for doc in documents(&f) {
+            if doc["kind"] != "WasmPlugin" {
+                continue;
+            }
+            let spec = &doc["spec"];
+            assert_eq!(spec["failStrategy"], "FAIL_OPEN", "{}", f.display());
+            assert_eq!(spec["phase"], "STATS");
+            let cfg = serde_json::to_vec(&spec["pluginConfig"]).unwrap();
+            let parsed = meshtune_filter_core::FilterConfig::parse(&cfg)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let agent = parsed.agent.expect("the plugin reports to the agent");
+            assert_eq!(
+                agent.cluster,
+                "outbound|9090||meshtune-agent.meshtune-system.svc.cluster.local"
+            );
+            let side = parsed.direction.map(|d| d.as_str());
+            let mode = spec["match"][0]["mode"].as_str();
+            assert!(
+                matches!(
+                    (side, mode),
+                    (Some("inbound"), Some("SERVER")) | (Some("outbound"), Some("CLIENT"))
+                ),
+                "{}: direction {side:?} with match mode {mode:?}",
+                f.display()
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2, "one plugin per side");
+}
+
+#[test]
+fn the_configmap_holds_a_valid_agent_configuration() {
+    let cm = documents(&repo().join("manifests/configmap.yaml")).remove(0);
+    let text = cm["data"]["agent.yaml"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let text = text.replace(
+        "/var/run/secrets/meshtune/token",
+        &token.display().to_string(),
+    );
+    let cfg = meshtune_agent::AgentConfig::parse(&text, "configmap agent.yaml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.listen.port(), 9090);
+    assert!(cfg.chains.contains_key("product-page"));
+}
