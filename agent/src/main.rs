@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the ChainSLO CustomResourceDefinition (committed as
+    /// manifests/crd-chainslo.yaml).
+    Crd,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,10 @@ fn main() -> anyhow::Result<()> {
             for (name, s) in &cfg.services {
                 println!("  service {name}: chains {}", s.chains.join(", "));
             }
+            Ok(())
+        }
+        Command::Crd => {
+            print!("{}", meshtune_agent::k8s::chainslo::crd_yaml());
             Ok(())
         }
         Command::Run {

@@ -145,8 +145,27 @@ fn check(schema: &Value, doc: &Value, what: &str) -> Vec<String> {
 }
 
 /// Kinds whose schema is in none of the shipped files, checked for their
-/// metadata only: the Prometheus Operator's ServiceMonitor (optional).
-const METADATA_ONLY: [&str; 1] = ["ServiceMonitor"];
+/// metadata only: the Prometheus Operator's ServiceMonitor (optional) and
+/// CustomResourceDefinition (whose embedded schema is compiled below).
+const METADATA_ONLY: [&str; 2] = ["ServiceMonitor", "CustomResourceDefinition"];
+
+/// meshtune's own kinds take their schema from the committed CRD.
+fn own_schema(kind: &str, api_version: &str) -> Option<Value> {
+    let crd = documents(&repo().join("manifests/crd-chainslo.yaml")).remove(0);
+    let (group, version) = api_version.split_once('/')?;
+    if crd["spec"]["group"] != group || crd["spec"]["names"]["kind"] != kind {
+        return None;
+    }
+    let v = crd["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == version)?;
+    let mut schema = strict(v["schema"]["openAPIV3Schema"].clone());
+    schema["properties"]["metadata"] = object_meta();
+    schema["properties"]["apiVersion"] = json!({"enum": [api_version]});
+    schema["properties"]["kind"] = json!({"enum": [kind]});
+    Some(schema)
+}
 
 #[test]
 fn every_manifest_validates_against_the_shipped_schemas() {
@@ -172,7 +191,8 @@ fn every_manifest_validates_against_the_shipped_schemas() {
             kinds.insert(kind.clone());
             let schema = k8s_schema(&kind, &api)
                 .or_else(|| derived_schema(&kind, &api))
-                .or_else(|| istio_schema(&kind, &api));
+                .or_else(|| istio_schema(&kind, &api))
+                .or_else(|| own_schema(&kind, &api));
             match schema {
                 Some(s) => errors.extend(check(&s, &doc, &what)),
                 None if METADATA_ONLY.contains(&kind.as_str()) => {
@@ -271,4 +291,62 @@ fn the_configmap_holds_a_valid_agent_configuration() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.listen.port(), 9090);
     assert!(cfg.chains.contains_key("product-page"));
+}
+
+#[test]
+fn the_committed_crd_is_what_the_code_generates() {
+    let committed = std::fs::read_to_string(repo().join("manifests/crd-chainslo.yaml")).unwrap();
+    assert_eq!(
+        committed,
+        meshtune_agent::k8s::chainslo::crd_yaml(),
+        "manifests/crd-chainslo.yaml drifted: run `cargo run -p meshtune-agent -- crd > manifests/crd-chainslo.yaml`"
+    );
+    let crd = documents(&repo().join("manifests/crd-chainslo.yaml")).remove(0);
+    for v in crd["spec"]["versions"].as_array().unwrap() {
+        assert!(jsonschema::validator_for(&v["schema"]["openAPIV3Schema"]).is_ok());
+    }
+    // An invalid ChainSLO is refused by the schema.
+    let mut bad = documents(&repo().join("istio/bookinfo/chainslos.yaml")).remove(0);
+    bad["spec"]["priority"] = json!("urgent");
+    let schema = own_schema("ChainSLO", "meshtune.io/v1alpha1").unwrap();
+    assert!(!check(&schema, &bad, "bad priority").is_empty());
+}
+
+#[test]
+fn every_destination_rule_the_agent_generates_validates_against_istio() {
+    use meshtune_agent::k8s::destinationrule::{desired, Locality, ServiceObservation, Tuning};
+    let schema = istio_schema("DestinationRule", "networking.istio.io/v1").unwrap();
+    let obs: Vec<ServiceObservation> = [(0.0, 1.0, 0.0), (5000.0, 900.0, 0.3), (12.5, 3.3, 0.001)]
+        .iter()
+        .enumerate()
+        .map(|(i, (rps, p99, err))| ServiceObservation {
+            namespace: "bookinfo".into(),
+            service: format!("svc-{i}"),
+            rps: *rps,
+            p99_ms: *p99,
+            error_rate: *err,
+        })
+        .collect();
+    let loc = vec![
+        (
+            "svc-1".to_string(),
+            Locality::Failover {
+                from: "edge".into(),
+                to: "cloud".into(),
+            },
+        ),
+        (
+            "svc-2".to_string(),
+            Locality::Distribute {
+                from: "edge/*".into(),
+                to: vec![("edge/*".into(), 70), ("cloud/*".into(), 30)],
+            },
+        ),
+    ];
+    let rules = desired(&obs, &loc, &Tuning::default());
+    assert_eq!(rules.len(), 3);
+    for r in rules {
+        let errors = check(&schema, &r.object, &r.name);
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
 }

@@ -1,0 +1,8 @@
+//! Kubernetes and Istio integration: the `ChainSLO` custom resource, the
+//! DestinationRules meshtune wants (computed purely), the writer that
+//! applies them with server-side apply, and leader election on a Lease.
+
+pub mod chainslo;
+pub mod destinationrule;
+pub mod lease;
+pub mod writer;
