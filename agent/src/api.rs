@@ -22,6 +22,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/reports", post(post_report))
         .route("/v1/chains", get(get_chains))
         .route("/v1/policy", get(get_policy))
+        .route("/v1/recommendations", get(get_recommendations))
         .route("/v1/chains/{chain}/history", get(get_history))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -172,6 +173,15 @@ async fn get_policy(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Resp
     Json(json!({"policy": agent.current_policy(now_ms())})).into_response()
 }
 
+/// DestinationRules computed but not applied (recommend mode), by `namespace/name`.
+async fn get_recommendations(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
+    let recs = match agent.recommendations.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    Json(json!({"mode": agent.config.kubernetes.mode, "destination_rules": recs}))
+}
+
 #[derive(Serialize)]
 struct ChainsBody {
     window_seconds: u64,
@@ -181,7 +191,8 @@ struct ChainsBody {
 async fn get_chains(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
     let now = crate::now_secs();
     let window = agent.config.window.as_secs();
-    let chains = agent.lock().views(&agent.config.chains, now, window);
+    let specs = agent.chains();
+    let chains = agent.lock().views(&specs, now, window);
     Json(
         serde_json::to_value(ChainsBody {
             window_seconds: window,
@@ -226,7 +237,7 @@ async fn get_history(
         }
     }
     rows.sort_by_key(|(m, _)| *m);
-    let slo = agent.config.chains.get(&chain).map(|c| c.slo_ms);
+    let slo = agent.chains().get(&chain).map(|c| c.slo_ms);
     let points: Vec<serde_json::Value> = rows
         .iter()
         .map(|(m, agg)| {

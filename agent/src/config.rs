@@ -58,6 +58,9 @@ fn default_percentile() -> f64 {
 pub struct ServiceSpec {
     #[serde(default)]
     pub chains: Vec<String>,
+    /// Kubernetes namespace of the service (for its DestinationRule).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     pub min_cpu: Option<f64>,
     pub max_cpu: Option<f64>,
     pub min_memory: Option<f64>,
@@ -95,6 +98,8 @@ struct RawConfig {
     services: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     policy: PolicySpec,
+    #[serde(default)]
+    kubernetes: KubernetesSpec,
 }
 
 /// How the agent steers the filters' data-path control.
@@ -110,6 +115,72 @@ pub struct PolicySpec {
     /// A hop's timeout cap is its observed share of the chain's latency times this.
     #[serde(default = "default_hop_headroom")]
     pub hop_headroom: f64,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// Kubernetes integration: leader election, ChainSLO objects and the
+/// DestinationRule writer. Off for the local lab.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespace of the leader Lease (the agent's own).
+    #[serde(default = "default_system_namespace")]
+    pub namespace: String,
+    /// This agent's identity in the Lease; default: $NODE_NAME, else the host name.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// `recommend` (compute, log, serve on /v1/recommendations) or `apply`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_k8s_interval")]
+    pub interval_seconds: u64,
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    #[serde(default = "default_max_changes")]
+    pub max_changes_per_hour: usize,
+    /// Take fields over from other field managers (server-side apply `force`).
+    #[serde(default)]
+    pub force_conflicts: bool,
+    /// Read chains and objectives from ChainSLO objects too.
+    #[serde(default = "default_true")]
+    pub watch_chainslos: bool,
+}
+
+fn default_system_namespace() -> String {
+    "meshtune-system".into()
+}
+fn default_mode() -> String {
+    "recommend".into()
+}
+fn default_k8s_interval() -> u64 {
+    30
+}
+fn default_lease_seconds() -> u64 {
+    15
+}
+fn default_max_changes() -> usize {
+    3
+}
+
+impl Default for KubernetesSpec {
+    fn default() -> Self {
+        KubernetesSpec {
+            enabled: false,
+            namespace: default_system_namespace(),
+            identity: None,
+            mode: default_mode(),
+            interval_seconds: default_k8s_interval(),
+            lease_seconds: default_lease_seconds(),
+            max_changes_per_hour: default_max_changes(),
+            force_conflicts: false,
+            watch_chainslos: true,
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -161,6 +232,7 @@ pub struct AgentConfig {
     pub chains: BTreeMap<String, ChainSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
     pub policy: PolicySpec,
+    pub kubernetes: KubernetesSpec,
 }
 
 /// 1-based line of the first `key:` in `text` (best effort, for messages).
@@ -344,6 +416,20 @@ impl AgentConfig {
                 "must be between 1 and 100".into(),
             ));
         }
+        if !matches!(raw.kubernetes.mode.as_str(), "recommend" | "apply") {
+            return Err(invalid(
+                "kubernetes.mode".into(),
+                "mode",
+                "must be `recommend` or `apply`".into(),
+            ));
+        }
+        if raw.kubernetes.lease_seconds < 5 || raw.kubernetes.interval_seconds == 0 {
+            return Err(invalid(
+                "kubernetes.lease_seconds".into(),
+                "lease_seconds",
+                "must be at least 5 (and interval_seconds at least 1)".into(),
+            ));
+        }
         let token = match (&raw.auth.token, &raw.auth.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -389,6 +475,7 @@ impl AgentConfig {
             chains,
             services: raw.services,
             policy: raw.policy,
+            kubernetes: raw.kubernetes,
         })
     }
 }

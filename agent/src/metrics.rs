@@ -31,6 +31,12 @@ pub struct AgentMetrics {
     pub store_entries_skipped: Counter,
     pub ready: Gauge,
     pub policy_version: Gauge,
+    pub leader: Gauge,
+    pub dr_applies: Counter,
+    pub dr_conflicts: Counter,
+    pub dr_rollbacks: Counter,
+    pub dr_deferred: Counter,
+    pub chainslo_invalid: Gauge,
 }
 
 impl AgentMetrics {
@@ -84,6 +90,36 @@ impl AgentMetrics {
             "meshtune_policy_version",
             "Version of the policy last computed for the filters",
             self.policy_version.clone(),
+        );
+        registry.register(
+            "meshtune_leader",
+            "1 while this agent holds the leader Lease and may write",
+            self.leader.clone(),
+        );
+        registry.register(
+            "meshtune_destinationrule_applies",
+            "DestinationRules applied with server-side apply",
+            self.dr_applies.clone(),
+        );
+        registry.register(
+            "meshtune_destinationrule_conflicts",
+            "Applies refused because another field manager owns a field",
+            self.dr_conflicts.clone(),
+        );
+        registry.register(
+            "meshtune_destinationrule_rollbacks",
+            "Changes undone because SLO attainment fell after them",
+            self.dr_rollbacks.clone(),
+        );
+        registry.register(
+            "meshtune_destinationrule_deferred",
+            "Changes held back by the per-object change budget",
+            self.dr_deferred.clone(),
+        );
+        registry.register(
+            "meshtune_chainslo_invalid",
+            "ChainSLO objects with a Valid=False condition",
+            self.chainslo_invalid.clone(),
         );
     }
 

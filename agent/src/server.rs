@@ -15,6 +15,10 @@ pub const POLICY_REFRESH_MS: u64 = 5_000;
 
 /// State shared by the HTTP handlers and the background tasks.
 pub struct Agent {
+    /// Chains declared as ChainSLO objects (merged with the config's).
+    pub declared_chains: Mutex<std::collections::BTreeMap<String, crate::config::ChainSpec>>,
+    /// DestinationRules the writer would apply (recommend mode), by `namespace/name`.
+    pub recommendations: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
     /// The policy last computed and when (Unix ms); recomputed at most every
     /// few seconds, not per report.
     pub policy: Mutex<Option<(meshtune_filter_core::control::Policy, u64)>>,
@@ -76,6 +80,8 @@ impl Agent {
         }));
         metrics.ready.set(1);
         Ok(Arc::new(Agent {
+            declared_chains: Mutex::default(),
+            recommendations: Mutex::default(),
             policy: Mutex::new(None),
             config,
             state,
@@ -90,6 +96,17 @@ impl Agent {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// The chains with objectives: the configuration's, and those declared
+    /// as ChainSLO objects (the configuration wins on a name clash).
+    pub fn chains(&self) -> std::collections::BTreeMap<String, crate::config::ChainSpec> {
+        let mut all = match self.declared_chains.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        all.extend(self.config.chains.clone());
+        all
     }
 
     /// The policy for the filters, recomputed from the window when older
@@ -114,7 +131,7 @@ impl Agent {
         let version = cached
             .as_ref()
             .map_or(now_ms, |(p, _)| now_ms.max(p.version + 1));
-        let p = crate::policy::compute(&self.config.chains, &window, &self.config.policy, version);
+        let p = crate::policy::compute(&self.chains(), &window, &self.config.policy, version);
         self.metrics.policy_version.set(version as i64);
         *cached = Some((p.clone(), now_ms));
         Some(p)
@@ -171,6 +188,18 @@ impl Agent {
                 }
             })
         };
+        if self.config.kubernetes.enabled {
+            let agent = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                match kube::Client::try_default().await {
+                    Ok(client) => crate::k8s::controller::run(agent, client, stop).await,
+                    Err(e) => tracing::error!(
+                        "kubernetes integration is on but no cluster is reachable: {e}"
+                    ),
+                }
+            });
+        }
         let app = crate::api::router(self.clone());
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -3,6 +3,7 @@
 //! applies them with server-side apply, and leader election on a Lease.
 
 pub mod chainslo;
+pub mod controller;
 pub mod destinationrule;
 pub mod lease;
 pub mod writer;

@@ -132,7 +132,7 @@ impl Writer {
         desired: &[DesiredRule],
         leader: bool,
         now_s: u64,
-        attainment: &dyn Fn(&str, &str) -> Option<f64>,
+        attainment: &(dyn Fn(&str, &str) -> Option<f64> + Sync),
     ) -> Vec<((String, String), Outcome)> {
         let mut out = Vec::new();
         for d in desired {
@@ -182,7 +182,7 @@ impl Writer {
         &mut self,
         leader: bool,
         now_s: u64,
-        attainment: &dyn Fn(&str, &str) -> Option<f64>,
+        attainment: &(dyn Fn(&str, &str) -> Option<f64> + Sync),
     ) -> Vec<Rollback> {
         let mut rollbacks = Vec::new();
         let keys: Vec<(String, String)> = self.history.keys().cloned().collect();

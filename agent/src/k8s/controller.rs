@@ -1,0 +1,209 @@
+//! The agent's Kubernetes loop: read ChainSLO objects (and set their
+//! `Valid` condition), hold or follow the leader Lease, compute the desired
+//! DestinationRules from this agent's window and hand them to the writer.
+//!
+//! Which data the leader writes from: every agent exports its node's chain
+//! metrics and is scraped by Prometheus; the leader computes from its own
+//! window, which covers its node's sidecars. Cluster-wide inputs (the
+//! leader reading all nodes' series from Prometheus) are the next step.
+
+use crate::config::ChainSpec;
+use crate::k8s::chainslo::ChainSLO;
+use crate::k8s::destinationrule::{desired, ServiceObservation, Tuning};
+use crate::k8s::lease::LeaderElector;
+use crate::k8s::writer::{Mode, Outcome, Writer, WriterConfig};
+use crate::server::Agent;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn identity(cfg: &crate::config::KubernetesSpec) -> String {
+    cfg.identity
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "meshtune-agent".into())
+}
+
+/// Reads every ChainSLO, keeps the valid ones as chains and writes each
+/// object's `Valid` condition when it changed.
+async fn sync_chainslos(agent: &Agent, client: &Client) -> Result<(), kube::Error> {
+    let all: Api<ChainSLO> = Api::all(client.clone());
+    let mut chains = BTreeMap::new();
+    let mut invalid = 0;
+    for obj in all.list(&ListParams::default()).await? {
+        let cond = obj.spec.validity();
+        if cond.status == "True" {
+            chains.insert(
+                obj.spec.chain.clone(),
+                ChainSpec {
+                    slo_ms: obj.spec.objective.latency_ms,
+                    percentile: obj.spec.objective.percentile,
+                    description: String::new(),
+                    priority: obj.spec.priority.into(),
+                },
+            );
+        } else {
+            invalid += 1;
+        }
+        let current = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
+        if current != Some(&cond) {
+            if let (Some(ns), Some(name)) = (
+                obj.metadata.namespace.as_deref(),
+                obj.metadata.name.as_deref(),
+            ) {
+                let api: Api<ChainSLO> = Api::namespaced(client.clone(), ns);
+                let status = serde_json::json!({"status": {"conditions": [cond]}});
+                if let Err(e) = api
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                {
+                    tracing::warn!("could not set the status of ChainSLO {ns}/{name}: {e}");
+                }
+            }
+        }
+    }
+    agent.metrics.chainslo_invalid.set(invalid);
+    match agent.declared_chains.lock() {
+        Ok(mut g) => *g = chains,
+        Err(p) => *p.into_inner() = chains,
+    }
+    Ok(())
+}
+
+/// What the window says about each service, server side.
+fn observations(agent: &Agent, now_s: u64) -> (Vec<ServiceObservation>, BTreeMap<String, f64>) {
+    let (window, secs) = agent.lock().window(now_s, agent.config.window.as_secs());
+    let specs = agent.chains();
+    let mut per_service: BTreeMap<String, crate::aggregate::Agg> = BTreeMap::new();
+    // Worst SLO attainment among the chains through each service.
+    let mut attainment: BTreeMap<String, f64> = BTreeMap::new();
+    for (chain, agg) in &window {
+        let chain_att = specs.get(chain).and_then(|s| {
+            let n = agg.end_to_end.requests;
+            (n > 0)
+                .then(|| agg.end_to_end.latency.count_le((s.slo_ms * 1e6) as u64) as f64 / n as f64)
+        });
+        for (svc, hop) in &agg.hops {
+            per_service
+                .entry(svc.clone())
+                .or_default()
+                .merge(hop.preferred().0);
+            if let Some(a) = chain_att {
+                let e = attainment.entry(svc.clone()).or_insert(1.0);
+                *e = e.min(a);
+            }
+        }
+    }
+    let obs = per_service
+        .into_iter()
+        .filter(|(_, a)| a.requests > 0)
+        .map(|(svc, a)| ServiceObservation {
+            namespace: agent
+                .config
+                .services
+                .get(&svc)
+                .map_or_else(|| "default".into(), |s| s.namespace.clone()),
+            rps: a.requests as f64 / secs,
+            p99_ms: a.latency.quantile(0.99).unwrap_or(0.0) / 1e6,
+            error_rate: a.errors as f64 / a.requests as f64,
+            service: svc,
+        })
+        .collect();
+    (obs, attainment)
+}
+
+pub async fn run(agent: Arc<Agent>, client: Client, mut stop: watch::Receiver<bool>) {
+    let cfg = agent.config.kubernetes.clone();
+    let me = identity(&cfg);
+    let mut elector = LeaderElector::new(
+        client.clone(),
+        &cfg.namespace,
+        &me,
+        cfg.lease_seconds as i32,
+    );
+    let mode = if cfg.mode == "apply" {
+        Mode::Apply
+    } else {
+        Mode::Recommend
+    };
+    let mut writer = Writer::new(
+        client.clone(),
+        WriterConfig {
+            mode,
+            max_changes: cfg.max_changes_per_hour,
+            force: cfg.force_conflicts,
+            ..WriterConfig::default()
+        },
+    );
+    tracing::info!(identity = %me, mode = %cfg.mode, "kubernetes integration started");
+    // Renew well within the lease so a live leader never looks expired.
+    let tick = Duration::from_secs((cfg.lease_seconds / 3).clamp(1, cfg.interval_seconds.max(1)));
+    let mut since_reconcile = Duration::MAX;
+    loop {
+        let now_s = crate::now_secs();
+        let now = k8s_openapi::jiff::Timestamp::from_second(now_s as i64)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let leader = elector.tick(now).await;
+        agent.metrics.leader.set(i64::from(leader));
+        if since_reconcile >= Duration::from_secs(cfg.interval_seconds) {
+            since_reconcile = Duration::ZERO;
+            if cfg.watch_chainslos {
+                if let Err(e) = sync_chainslos(&agent, &client).await {
+                    tracing::warn!("reading ChainSLO objects failed: {e}");
+                }
+            }
+            let (obs, attainment) = observations(&agent, now_s);
+            let rules = desired(&obs, &[], &Tuning::default());
+            let att = |_: &str, name: &str| attainment.get(name).copied();
+            for ((ns, name), outcome) in writer.reconcile(&rules, leader, now_s, &att).await {
+                match outcome {
+                    Outcome::Applied => {
+                        agent.metrics.dr_applies.inc();
+                    }
+                    Outcome::Conflict(m) => {
+                        agent.metrics.dr_conflicts.inc();
+                        tracing::warn!(
+                            "not applied to {ns}/{name}, another manager owns a field: {m}"
+                        );
+                    }
+                    Outcome::BudgetExhausted => {
+                        agent.metrics.dr_deferred.inc();
+                    }
+                    Outcome::IstioMissing(m) | Outcome::Failed(m) => {
+                        tracing::error!("{ns}/{name}: {m}")
+                    }
+                    Outcome::Recommended => {
+                        tracing::info!("recommended a DestinationRule for {ns}/{name}")
+                    }
+                    Outcome::Unchanged | Outcome::NotLeader => {}
+                }
+            }
+            let rolled = writer.evaluate(leader, now_s, &att).await;
+            agent.metrics.dr_rollbacks.inc_by(rolled.len() as u64);
+            let recs = writer
+                .recommendations
+                .iter()
+                .map(|((ns, n), v)| (format!("{ns}/{n}"), v.clone()))
+                .collect();
+            match agent.recommendations.lock() {
+                Ok(mut g) => *g = recs,
+                Err(p) => *p.into_inner() = recs,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => since_reconcile += tick,
+            _ = stop.changed() => break,
+        }
+    }
+}
