@@ -175,9 +175,10 @@ impl AdaptiveLimit {
         (self.limit * share).max(1.0)
     }
 
-    /// Admits a request of class `p` (and counts it in flight) or sheds it.
+    /// Admits a request of class `p` (and counts it in flight) or sheds it:
+    /// admitted, the class must stay within its share of the limit.
     pub fn try_acquire(&mut self, p: Priority) -> Admission {
-        if f64::from(self.inflight) >= self.threshold(p) {
+        if f64::from(self.inflight + 1) > self.threshold(p) {
             self.shed += 1;
             return Admission::Shed;
         }
@@ -292,10 +293,10 @@ mod tests {
                 .count()
         };
         assert_eq!(admitted(Priority::Low), 6, "low fills 60 % of the limit");
-        assert_eq!(admitted(Priority::Normal), 3, "normal while under 85 %");
-        assert_eq!(admitted(Priority::High), 1, "high takes the rest");
+        assert_eq!(admitted(Priority::Normal), 2, "normal up to 85 %");
+        assert_eq!(admitted(Priority::High), 2, "high takes the rest");
         assert_eq!(admitted(Priority::High), 0);
-        assert_eq!(l.shed_count(), 14 + 17 + 19 + 20);
+        assert_eq!(l.shed_count(), 14 + 18 + 18 + 20);
     }
 
     #[test]

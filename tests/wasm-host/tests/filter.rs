@@ -1,0 +1,363 @@
+//! The real `meshtune_filter.wasm` on the wasmtime proxy-wasm host, with a
+//! virtual clock: control loops, policies and hostile input, deterministic
+//! and fast. Needs the built filter:
+//! `cargo build --release --target wasm32-wasip1 -p meshtune-filter`.
+
+use meshtune_wasm_host::Host;
+use serde_json::json;
+use std::path::PathBuf;
+
+fn wasm() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let p = target.join("wasm32-wasip1/release/meshtune_filter.wasm");
+    assert!(
+        p.is_file(),
+        "{} not found: build it with `cargo build --release --target wasm32-wasip1 -p meshtune-filter`",
+        p.display()
+    );
+    p
+}
+
+fn config(direction: &str, extra: serde_json::Value) -> Vec<u8> {
+    let mut c = json!({
+        "direction": direction,
+        "service": "ratings",
+        "rules": [{"chain": "checkout", "path_prefix": "/checkout"}, {"chain": "browse", "path_prefix": "/browse"}],
+        "report_interval_ms": 1000,
+        "agent": {"cluster": "outbound|9090||meshtune-agent.meshtune-system.svc.cluster.local", "token": "t"},
+        "control": {
+            "hop_reserve_ms": 2,
+            "chains": {"checkout": {"budget_ms": 100, "priority": "high"}, "browse": {"budget_ms": 500, "priority": "low"}}
+        }
+    });
+    if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::to_vec(&c).unwrap()
+}
+
+fn load(cfg: &[u8]) -> Host {
+    let (host, ok) = Host::load(&wasm(), cfg).unwrap();
+    assert!(ok, "configured");
+    host
+}
+
+fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    h.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn the_entry_hop_stamps_the_deadline_and_the_upstream_timeout() {
+    let mut h = load(&config("inbound", json!({})));
+    let now = h.now_ms();
+    let (ctx, action, headers) = h
+        .request(&[
+            (":path", "/checkout/pay"),
+            (":method", "POST"),
+            (":authority", "shop"),
+        ])
+        .unwrap();
+    assert_eq!(action, 0, "forwarded");
+    assert_eq!(header(&headers, "x-meshtune-chain"), Some("checkout"));
+    assert_eq!(
+        header(&headers, "x-meshtune-deadline"),
+        Some((now + 100).to_string().as_str())
+    );
+    assert_eq!(
+        header(&headers, "x-envoy-upstream-rq-timeout-ms"),
+        Some("98"),
+        "budget minus the 2 ms reserve"
+    );
+    h.advance_ms(7);
+    h.respond(ctx, 200, &[]).unwrap();
+    assert!(h.state().local_responses.is_empty());
+}
+
+#[test]
+fn a_request_whose_budget_is_spent_is_answered_not_forwarded() {
+    let mut h = load(&config("inbound", json!({})));
+    let past = (h.now_ms() - 5).to_string();
+    let (ctx, action, _) = h
+        .request(&[
+            (":path", "/checkout"),
+            ("x-meshtune-chain", "checkout"),
+            ("x-meshtune-deadline", &past),
+        ])
+        .unwrap();
+    assert_eq!(action, 1, "paused: not forwarded");
+    let r = &h.state().local_responses[0];
+    assert_eq!((r.context, r.status), (ctx, 504));
+    assert!(r.body.contains("checkout"), "{}", r.body);
+    h.respond(ctx, 504, &[]).unwrap();
+    h.tick().unwrap();
+    assert_eq!(
+        h.metric("meshtune_deadline_exceeded_total", "chain=.=checkout"),
+        1
+    );
+}
+
+#[test]
+fn low_priority_is_shed_first_at_the_concurrency_limit_and_the_limit_recovers() {
+    let mut h = load(&config("inbound", json!({})));
+    // Initial limit 2: low chains may fill 60 % of it, high all of it.
+    let (low1, a1, _) = h
+        .request(&[(":path", "/browse"), ("x-meshtune-chain", "browse")])
+        .unwrap();
+    let (low2, a2, _) = h
+        .request(&[(":path", "/browse"), ("x-meshtune-chain", "browse")])
+        .unwrap();
+    let (high, a3, _) = h
+        .request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
+        .unwrap();
+    assert_eq!(
+        (a1, a2, a3),
+        (0, 1, 0),
+        "the second low request is shed, the high one admitted"
+    );
+    let shed = &h.state().local_responses[0];
+    assert_eq!((shed.context, shed.status), (low2, 503));
+    assert!(shed
+        .headers
+        .iter()
+        .any(|(k, v)| k == "retry-after" && v == "1"));
+    h.end(low2).unwrap();
+    h.advance_ms(5);
+    h.respond(low1, 200, &[]).unwrap();
+    h.respond(high, 200, &[]).unwrap();
+    // A steady, fast service: the limit grows well past its start.
+    for _ in 0..200 {
+        let batch: Vec<u32> = (0..4)
+            .filter_map(|_| {
+                let (c, a, _) = h
+                    .request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
+                    .ok()?;
+                (a == 0).then_some(c)
+            })
+            .collect();
+        h.advance_ms(5);
+        for c in batch {
+            h.respond(c, 200, &[]).unwrap();
+        }
+    }
+    h.tick().unwrap();
+    assert!(
+        h.metric("meshtune_concurrency_limit", "") >= 4,
+        "limit {}",
+        h.metric("meshtune_concurrency_limit", "")
+    );
+}
+
+#[test]
+fn the_limit_settles_near_a_saturated_services_parallelism() {
+    let mut h = load(&config("inbound", json!({})));
+    // A service with 8 workers, 10 ms per request, offered far more than it serves.
+    let workers = 8u64;
+    let mut inflight: Vec<(u32, u64)> = Vec::new();
+    for _ in 0..3000 {
+        for _ in 0..4 {
+            if let Ok((c, 0, _)) =
+                h.request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
+            {
+                let queue = (inflight.len() as u64 + 1).max(workers);
+                inflight.push((c, h.now_ms() + 10 * queue / workers));
+            }
+        }
+        h.advance_ms(1);
+        let now = h.now_ms();
+        let (done, rest): (Vec<_>, Vec<_>) = inflight.into_iter().partition(|(_, t)| *t <= now);
+        inflight = rest;
+        for (c, _) in done {
+            h.respond(c, 200, &[]).unwrap();
+        }
+        // Requests the limit refused end at once.
+        let shed: Vec<u32> = h
+            .state_mut()
+            .local_responses
+            .drain(..)
+            .map(|r| r.context)
+            .collect();
+        for c in shed {
+            h.end(c).unwrap();
+        }
+    }
+    h.tick().unwrap();
+    let limit = h.metric("meshtune_concurrency_limit", "");
+    assert!((8..=24).contains(&limit), "limit {limit} for 8 workers");
+}
+
+#[test]
+fn the_agents_policy_applies_until_its_ttl_then_the_static_one_returns() {
+    let mut h = load(&config("inbound", json!({})));
+    let (c, _, _) = h.request(&[(":path", "/checkout")]).unwrap();
+    h.respond(c, 200, &[]).unwrap();
+    h.tick().unwrap();
+    let call = h
+        .state()
+        .http_calls
+        .last()
+        .cloned()
+        .expect("a report was sent");
+    assert!(call
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer t"));
+    let answer = json!({"status": "counted", "policy": {"version": 42, "ttl_ms": 2000, "chains": {"checkout": {"budget_ms": 30, "priority": "high"}}}});
+    h.http_call_response(call.token, 200, &serde_json::to_vec(&answer).unwrap())
+        .unwrap();
+    let now = h.now_ms();
+    let (c, _, headers) = h.request(&[(":path", "/checkout")]).unwrap();
+    assert_eq!(
+        header(&headers, "x-meshtune-deadline"),
+        Some((now + 30).to_string().as_str()),
+        "the agent's budget"
+    );
+    h.respond(c, 200, &[]).unwrap();
+    h.tick().unwrap();
+    assert_eq!(h.metric("meshtune_policy_version", ""), 42);
+    // A malformed policy is rejected whole; the one in force stays.
+    let token = h.state().http_calls.last().map(|c| c.token).unwrap();
+    let bad = json!({"policy": {"version": 43, "ttl_ms": 2000, "chains": {"checkout": {"budget_ms": 0}}}});
+    h.http_call_response(token, 200, &serde_json::to_vec(&bad).unwrap())
+        .unwrap();
+    assert_eq!(h.metric("meshtune_policy_rejected_total", ""), 1);
+    // Past the TTL (and with the agent silent) the static budget is back.
+    h.advance_ms(2500);
+    let now = h.now_ms();
+    let (c, _, headers) = h.request(&[(":path", "/checkout")]).unwrap();
+    assert_eq!(
+        header(&headers, "x-meshtune-deadline"),
+        Some((now + 100).to_string().as_str()),
+        "static budget"
+    );
+    h.respond(c, 200, &[]).unwrap();
+}
+
+#[test]
+fn retries_are_granted_only_within_the_budget() {
+    let cfg = config(
+        "outbound",
+        json!({"control": {"retry_budget": {"ratio": 0.1, "min_per_second": 0.5, "window_s": 10, "max_retries": 2}}}),
+    );
+    let mut h = load(&cfg);
+    let mut granted = Vec::new();
+    for _ in 0..40 {
+        let (c, _, headers) = h
+            .request(&[
+                (":path", "/browse"),
+                (":authority", "ratings:9080"),
+                ("x-meshtune-chain", "browse"),
+            ])
+            .unwrap();
+        let g: u32 = header(&headers, "x-envoy-max-retries")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(99);
+        granted.push(g);
+        // Every request fails after using both retries.
+        h.respond(c, 503, &[("x-envoy-attempt-count", "3")])
+            .unwrap();
+        h.advance_ms(10);
+    }
+    // 0.1 × 40 + 0.5 × 10 = 9 retries at most over the window.
+    let total: u32 = granted.iter().sum();
+    assert!(total <= 11, "granted {total}: {granted:?}");
+    assert!(total >= 8, "the budget is used: {granted:?}");
+    assert!(
+        granted.iter().skip(5).any(|g| *g == 0),
+        "the budget runs out: {granted:?}"
+    );
+    h.tick().unwrap();
+    assert!(h.metric("meshtune_retries_total", "service=.=ratings") >= 8);
+}
+
+/// A small deterministic generator, so the hostile inputs repeat.
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+#[test]
+fn random_headers_and_configs_never_trap() {
+    let alphabet: Vec<char> = "ab/-_.;=: \u{0}\u{7f}é漢0123456789xX".chars().collect();
+    let mut seed = 7;
+    let word = |seed: &mut u64, n: u64| -> String {
+        (0..lcg(seed) % n)
+            .map(|_| alphabet[(lcg(seed) as usize) % alphabet.len()])
+            .collect()
+    };
+    let mut h = load(&config("inbound", json!({})));
+    for _ in 0..500 {
+        let keys = [
+            "x-meshtune-chain",
+            "x-meshtune-deadline",
+            ":path",
+            ":authority",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-request-id",
+        ];
+        let pairs: Vec<(String, String)> = (0..lcg(&mut seed) % 6)
+            .map(|_| {
+                (
+                    keys[(lcg(&mut seed) % 6) as usize].to_string(),
+                    word(&mut seed, 40),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (c, _, _) = h.request(&refs).unwrap();
+        if lcg(&mut seed).is_multiple_of(3) {
+            h.end(c).unwrap(); // reset before a response
+        } else {
+            h.respond(c, [200u16, 404, 503, 0][(lcg(&mut seed) % 4) as usize], &[])
+                .unwrap();
+        }
+        h.advance_ms(lcg(&mut seed) % 50);
+    }
+    h.tick().unwrap();
+    for _ in 0..200 {
+        let mut cfg = config("inbound", json!({}));
+        // Flip, drop or insert bytes.
+        for _ in 0..(1 + lcg(&mut seed) % 4) {
+            let i = (lcg(&mut seed) as usize) % cfg.len();
+            match lcg(&mut seed) % 3 {
+                0 => cfg[i] = (lcg(&mut seed) % 256) as u8,
+                1 => {
+                    cfg.remove(i);
+                }
+                _ => cfg.insert(i, b"{}[]\",:0"[(lcg(&mut seed) % 8) as usize]),
+            }
+        }
+        let (mut h, _configured) = Host::load(&wasm(), &cfg).unwrap();
+        let (c, action, _) = h.request(&[(":path", "/checkout")]).unwrap();
+        h.respond(c, 200, &[]).unwrap();
+        h.tick().unwrap();
+        assert!(action == 0 || !h.state().local_responses.is_empty());
+    }
+}
+
+#[test]
+fn a_bad_configuration_fails_open() {
+    let (mut h, configured) = Host::load(&wasm(), br#"{"rules": [{"chain": "a b"}]}"#).unwrap();
+    assert!(configured, "Envoy keeps the plugin: traffic must flow");
+    let (c, action, headers) = h.request(&[(":path", "/checkout")]).unwrap();
+    assert_eq!(action, 0);
+    assert!(header(&headers, "x-meshtune-chain").is_none(), "untouched");
+    h.respond(c, 200, &[]).unwrap();
+    assert!(
+        h.state()
+            .logs
+            .iter()
+            .any(|(_, m)| m.contains("rules[0].chain")),
+        "{:?}",
+        h.state().logs
+    );
+    assert_eq!(h.metric("meshtune_config_errors_total", ""), 1);
+}
