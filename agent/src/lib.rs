@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod api;
 pub mod config;
+pub mod forecast;
 pub mod k8s;
 pub mod metrics;
 pub mod policy;

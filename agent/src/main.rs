@@ -44,6 +44,23 @@ enum Command {
     /// Print the ChainSLO CustomResourceDefinition (committed as
     /// manifests/crd-chainslo.yaml).
     Crd,
+    /// Evaluate the load forecasters on a `timestamp,requests` CSV trace:
+    /// every method and the selector forecast it minute by minute, learning
+    /// from the first part and scored (MAE in requests/s, sMAPE in %) on
+    /// the chronological rest.
+    ForecastEval {
+        #[arg(long)]
+        trace: PathBuf,
+        /// Horizons in minutes.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+        horizons: Vec<usize>,
+        /// Share of the trace used only for learning.
+        #[arg(long, default_value_t = 0.7)]
+        train_fraction: f64,
+        /// `table` or `json` (one object: {"methods": {name: {horizon: {mae, smape}}}}).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +81,74 @@ fn main() -> anyhow::Result<()> {
             }
             for (name, s) in &cfg.services {
                 println!("  service {name}: chains {}", s.chains.join(", "));
+            }
+            Ok(())
+        }
+        Command::ForecastEval {
+            trace,
+            horizons,
+            train_fraction,
+            format,
+        } => {
+            anyhow::ensure!(
+                !horizons.is_empty() && horizons.iter().all(|h| *h >= 1 && *h <= 1440),
+                "--horizons: give minutes between 1 and 1440, e.g. 1,5,10"
+            );
+            anyhow::ensure!(
+                (0.1..=0.95).contains(&train_fraction),
+                "--train-fraction: between 0.1 and 0.95"
+            );
+            anyhow::ensure!(
+                format == "table" || format == "json",
+                "--format: `table` or `json`"
+            );
+            let (start, values) = meshtune_agent::forecast::eval::read_trace(&trace)?;
+            eprintln!(
+                "{}: {} minutes; learning from the first {:.0} %, scoring the rest",
+                trace.display(),
+                values.len(),
+                train_fraction * 100.0
+            );
+            let r =
+                meshtune_agent::forecast::eval::evaluate(start, &values, &horizons, train_fraction);
+            if format == "json" {
+                let methods: serde_json::Map<String, serde_json::Value> = r
+                    .iter()
+                    .map(|(name, by_h)| {
+                        let hs: serde_json::Map<String, serde_json::Value> = by_h
+                            .iter()
+                            .map(|(h, s)| {
+                                (
+                                    h.to_string(),
+                                    serde_json::json!({"mae": s.mae, "smape": s.smape}),
+                                )
+                            })
+                            .collect();
+                        (name.clone(), serde_json::Value::Object(hs))
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({"methods": methods}));
+            } else {
+                print!("{:<16}", "method");
+                for h in &horizons {
+                    print!(" {:>11} {:>9}", format!("mae@{h}m"), format!("smape@{h}m"));
+                }
+                println!();
+                for (name, by_h) in &r {
+                    print!("{name:<16}");
+                    for h in &horizons {
+                        let s = by_h.get(h).copied().unwrap_or_default();
+                        print!(" {:>11.3} {:>8.2}%", s.mae, s.smape);
+                    }
+                    println!();
+                }
+                if let (Some(sel), Some(sn)) = (r.get("selector"), r.get("seasonal_naive")) {
+                    for h in &horizons {
+                        if let (Some(a), Some(b)) = (sel.get(h), sn.get(h)) {
+                            println!("selector vs seasonal_naive at {h} min: sMAPE {:.2} % vs {:.2} % ({:+.1} %)", a.smape, b.smape, (a.smape / b.smape - 1.0) * 100.0);
+                        }
+                    }
+                }
             }
             Ok(())
         }

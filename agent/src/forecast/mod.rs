@@ -1,0 +1,232 @@
+//! Load forecasting per chain: online forecasters updated one step (one
+//! minute) at a time, and a selector that picks, per horizon, the method
+//! with the lowest recent error. Time is passed in as the minute index of
+//! each observation (minutes since the Unix epoch), never read here.
+//!
+//! Methods: last value (`naive`), `seasonal_naive` (same minute one day
+//! earlier), additive `holt_winters` with a daily season, and `harmonic`:
+//! daily harmonics fitted on recent history, in the spirit of Crane's DSP
+//! predictor but useful after hours rather than 48 of them.
+
+pub mod eval;
+mod methods;
+
+pub use methods::{HarmonicDaily, HoltWinters, Naive, SeasonalNaive};
+
+/// Minutes in the daily season.
+pub const DAY: usize = 1440;
+
+/// A forecaster fed one observation per minute.
+pub trait Forecaster: Send {
+    fn name(&self) -> &'static str;
+    /// Observations needed before its forecasts mean anything.
+    fn min_history(&self) -> usize;
+    /// Adds the observation of minute `minute`. Gaps and NaN are the
+    /// caller's to fill (see [`clean`]).
+    fn update(&mut self, minute: u64, value: f64);
+    /// The value expected `h` minutes after the last update (h ≥ 1).
+    fn forecast(&self, h: usize) -> f64;
+    /// Observations seen so far.
+    fn seen(&self) -> usize;
+}
+
+/// Replaces NaN, infinities and negative counts with the previous good
+/// value (or 0), so a gap or a bad sample never poisons a model.
+pub fn clean(values: &[f64]) -> Vec<f64> {
+    let mut last = 0.0;
+    values
+        .iter()
+        .map(|v| {
+            if v.is_finite() && *v >= 0.0 {
+                last = *v;
+            }
+            last
+        })
+        .collect()
+}
+
+/// All methods, in the order the selector falls back through them before
+/// any has a track record: the most informed one with enough history.
+pub fn all_methods() -> Vec<Box<dyn Forecaster>> {
+    vec![
+        Box::new(HoltWinters::new(DAY, 0.3, 0.001, 0.2)),
+        Box::new(HarmonicDaily::new(4, 2 * DAY, 30)),
+        Box::new(SeasonalNaive::new(DAY)),
+        Box::new(Naive::default()),
+    ]
+}
+
+/// Recent absolute errors of one method at one horizon.
+#[derive(Debug, Clone, Default)]
+struct Track {
+    /// Forecasts waiting for their actual value: (target minute, value).
+    pending: std::collections::VecDeque<(u64, f64)>,
+    errors: std::collections::VecDeque<f64>,
+}
+
+/// Picks, per horizon, the method with the lowest mean absolute error over
+/// its last `window` scored forecasts; before any method has `window`
+/// scores it falls back to the first method (in [`all_methods`] order) with
+/// enough history, and says so.
+pub struct Selector {
+    methods: Vec<Box<dyn Forecaster>>,
+    horizons: Vec<usize>,
+    /// tracks[method][horizon]
+    tracks: Vec<Vec<Track>>,
+    window: usize,
+    last_minute: Option<u64>,
+}
+
+/// Why the selector chose a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Lowest recent error.
+    Backtest,
+    /// Not enough scored forecasts yet: the fallback order decided.
+    Fallback,
+}
+
+impl Selector {
+    pub fn new(horizons: &[usize], window: usize) -> Self {
+        let methods = all_methods();
+        let tracks = methods
+            .iter()
+            .map(|_| horizons.iter().map(|_| Track::default()).collect())
+            .collect();
+        Selector {
+            methods,
+            horizons: horizons.to_vec(),
+            tracks,
+            window: window.max(1),
+            last_minute: None,
+        }
+    }
+
+    pub fn method_names(&self) -> Vec<&'static str> {
+        self.methods.iter().map(|m| m.name()).collect()
+    }
+
+    /// Feeds minute `minute`'s value: scores the forecasts that targeted
+    /// it, updates every method, and records their new forecasts.
+    pub fn update(&mut self, minute: u64, value: f64) {
+        self.last_minute = Some(minute);
+        for (m, method) in self.methods.iter_mut().enumerate() {
+            for (k, _) in self.horizons.iter().enumerate() {
+                let t = &mut self.tracks[m][k];
+                while t.pending.front().is_some_and(|(at, _)| *at <= minute) {
+                    if let Some((at, f)) = t.pending.pop_front() {
+                        if at == minute {
+                            t.errors.push_back((f - value).abs());
+                            if t.errors.len() > self.window {
+                                t.errors.pop_front();
+                            }
+                        }
+                    }
+                }
+            }
+            method.update(minute, value);
+            if method.seen() >= method.min_history() {
+                for (k, h) in self.horizons.iter().enumerate() {
+                    let f = method.forecast(*h);
+                    self.tracks[m][k].pending.push_back((minute + *h as u64, f));
+                }
+            }
+        }
+    }
+
+    /// The chosen method's forecast at horizon index `k`, its name and why.
+    pub fn forecast(&self, k: usize) -> Option<(f64, &'static str, Choice)> {
+        let h = *self.horizons.get(k)?;
+        let scored = self
+            .methods
+            .iter()
+            .enumerate()
+            .filter(|(m, method)| {
+                method.seen() >= method.min_history()
+                    && self.tracks[*m][k].errors.len() >= self.window
+            })
+            .map(|(m, method)| {
+                let e = &self.tracks[m][k].errors;
+                (e.iter().sum::<f64>() / e.len() as f64, method)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((_, method)) = scored {
+            return Some((method.forecast(h), method.name(), Choice::Backtest));
+        }
+        let method = self
+            .methods
+            .iter()
+            .find(|m| m.seen() >= m.min_history() && m.seen() > 0)?;
+        Some((method.forecast(h), method.name(), Choice::Fallback))
+    }
+
+    pub fn horizons(&self) -> &[usize] {
+        &self.horizons
+    }
+
+    /// Every method's own forecast at horizon `h` (`None` before it has
+    /// enough history), for evaluation.
+    pub fn method_forecasts(&self, h: usize) -> Vec<(&'static str, Option<f64>)> {
+        self.methods
+            .iter()
+            .map(|m| {
+                (
+                    m.name(),
+                    (m.seen() >= m.min_history()).then(|| m.forecast(h)),
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_fills_gaps_and_bad_values() {
+        assert_eq!(
+            clean(&[f64::NAN, 3.0, f64::INFINITY, -1.0, 5.0]),
+            vec![0.0, 3.0, 3.0, 3.0, 5.0]
+        );
+    }
+
+    #[test]
+    fn the_selector_falls_back_then_picks_by_backtest() {
+        let mut s = Selector::new(&[1, 10], 30);
+        assert!(s.forecast(0).is_none(), "no data, no forecast");
+        s.update(0, 5.0);
+        let (_, name, why) = s.forecast(0).unwrap_or((0.0, "", Choice::Backtest));
+        assert_eq!((name, why), ("naive", Choice::Fallback));
+        // A ramp: the last value is always one step behind; after enough
+        // scored forecasts the choice is made by backtest.
+        for m in 1..200u64 {
+            s.update(m, 5.0 + m as f64);
+        }
+        let (_, _, why) = s.forecast(1).unwrap_or((0.0, "", Choice::Fallback));
+        assert_eq!(why, Choice::Backtest);
+    }
+
+    #[test]
+    fn zero_traffic_and_level_shifts_stay_finite() {
+        let mut s = Selector::new(&[1, 5, 10], 20);
+        for m in 0..3000u64 {
+            let v = if m < 1000 {
+                0.0
+            } else if m < 2000 {
+                100.0
+            } else {
+                5.0
+            };
+            s.update(m, v);
+            for k in 0..3 {
+                if let Some((f, _, _)) = s.forecast(k) {
+                    assert!(f.is_finite() && f >= 0.0, "minute {m}: {f}");
+                }
+            }
+        }
+        // After the shift down, the chosen forecast follows the new level.
+        let (f, _, _) = s.forecast(0).unwrap_or((f64::NAN, "", Choice::Fallback));
+        assert!((f - 5.0).abs() < 5.0, "{f}");
+    }
+}
