@@ -1,6 +1,6 @@
 //! The HTTP API, built as a plain `Router` so tests drive it without a socket.
 
-use crate::aggregate::{stats_view, ChainView};
+use crate::aggregate::stats_view;
 use crate::server::Agent;
 use crate::state::Ingested;
 use axum::body::{to_bytes, Body, Bytes};
@@ -185,7 +185,7 @@ async fn get_recommendations(State(agent): State<Arc<Agent>>) -> Json<serde_json
 #[derive(Serialize)]
 struct ChainsBody {
     window_seconds: u64,
-    chains: Vec<ChainView>,
+    chains: Vec<serde_json::Value>,
 }
 
 async fn get_chains(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
@@ -193,6 +193,18 @@ async fn get_chains(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> 
     let window = agent.config.window.as_secs();
     let specs = agent.chains();
     let chains = agent.lock().views(&specs, now, window);
+    let forecasts = match agent.forecasts.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let chains: Vec<serde_json::Value> = chains
+        .into_iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(&c).unwrap_or_default();
+            v["forecast"] = serde_json::to_value(forecasts.get(&c.chain)).unwrap_or_default();
+            v
+        })
+        .collect();
     Json(
         serde_json::to_value(ChainsBody {
             window_seconds: window,

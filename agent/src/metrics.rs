@@ -140,6 +140,7 @@ pub const BUCKETS_SECONDS: [f64; 16] = [
 /// Encodes per-chain series from the chain state at scrape time.
 #[derive(Debug)]
 pub struct ChainCollector {
+    pub forecasts: Arc<Mutex<BTreeMap<String, crate::forecast::ChainForecast>>>,
     pub state: Arc<Mutex<ChainState>>,
     pub slo_ms: BTreeMap<String, f64>,
 }
@@ -275,6 +276,57 @@ impl Collector for ChainCollector {
                 })?)?;
             }
         }
+        {
+            let forecasts = match self.forecasts.lock() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            let mut family = encoder.encode_descriptor(
+                "meshtune_forecast_requests_per_second",
+                "Forecast request rate of each chain, by horizon in minutes",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (chain, f) in &forecasts {
+                for (h, v) in &f.rps {
+                    let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+                    g.set(*v);
+                    g.encode(family.encode_family(&ForecastLabel {
+                        chain: chain.clone(),
+                        horizon: h.to_string(),
+                    })?)?;
+                }
+            }
+            drop(family);
+            let mut family = encoder.encode_descriptor(
+                "meshtune_forecast_method",
+                "1 for the forecasting method in use per chain; basis is backtest, or fallback before there is enough history",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (chain, f) in &forecasts {
+                let g: Gauge = Gauge::default();
+                g.set(1);
+                g.encode(family.encode_family(&MethodLabel {
+                    chain: chain.clone(),
+                    method: f.method.to_string(),
+                    basis: f.basis.to_string(),
+                })?)?;
+            }
+        }
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForecastLabel {
+    chain: String,
+    horizon: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    chain: String,
+    method: String,
+    basis: String,
 }

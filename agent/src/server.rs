@@ -10,11 +10,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Forecast horizons in minutes.
+pub const FORECAST_HORIZONS: [usize; 3] = [1, 5, 10];
+
 /// How often the policy is recomputed.
 pub const POLICY_REFRESH_MS: u64 = 5_000;
 
 /// State shared by the HTTP handlers and the background tasks.
 pub struct Agent {
+    /// The latest load forecast per chain (refreshed every minute).
+    pub forecasts: Arc<Mutex<std::collections::BTreeMap<String, crate::forecast::ChainForecast>>>,
     /// Chains declared as ChainSLO objects (merged with the config's).
     pub declared_chains: Mutex<std::collections::BTreeMap<String, crate::config::ChainSpec>>,
     /// DestinationRules the writer would apply (recommend mode), by `namespace/name`.
@@ -68,9 +73,11 @@ impl Agent {
             }
         }
         let state = Arc::new(Mutex::new(state));
+        let forecasts = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         registry.register_collector(Box::new(ChainCollector {
+            forecasts: forecasts.clone(),
             state: state.clone(),
             slo_ms: config
                 .chains
@@ -80,6 +87,7 @@ impl Agent {
         }));
         metrics.ready.set(1);
         Ok(Arc::new(Agent {
+            forecasts,
             declared_chains: Mutex::default(),
             recommendations: Mutex::default(),
             policy: Mutex::new(None),
@@ -95,6 +103,43 @@ impl Agent {
         match self.state.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Recomputes every chain's forecast from its 1-minute history (the
+    /// last two days: memory for the recent minutes, the store before).
+    pub fn refresh_forecasts(&self, now_s: u64) {
+        let now_min = now_s / 60;
+        let from = now_min.saturating_sub(2 * crate::forecast::DAY as u64);
+        let chains: Vec<String> = self.lock().lifetime().keys().cloned().collect();
+        let mut out = std::collections::BTreeMap::new();
+        for chain in chains {
+            let mut per_min: std::collections::BTreeMap<u64, u64> =
+                std::collections::BTreeMap::new();
+            if let Ok(rows) = self.store.minutes(&chain, from, now_min) {
+                per_min.extend(rows.into_iter().map(|(m, a)| (m, a.end_to_end.requests)));
+            }
+            // Minutes not yet persisted (and the complete in-memory ones) win.
+            per_min.extend(
+                self.lock()
+                    .minutes(&chain, from, now_min)
+                    .into_iter()
+                    .map(|(m, a)| (m, a.end_to_end.requests)),
+            );
+            let Some(first) = per_min.keys().next().copied() else {
+                continue;
+            };
+            // A minute without reports had no traffic: zero, not a gap.
+            let rps: Vec<f64> = (first..now_min)
+                .map(|m| per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0)
+                .collect();
+            if let Some(f) = crate::forecast::forecast_series(first, &rps, &FORECAST_HORIZONS) {
+                out.insert(chain, f);
+            }
+        }
+        match self.forecasts.lock() {
+            Ok(mut g) => *g = out,
+            Err(p) => *p.into_inner() = out,
         }
     }
 
@@ -188,6 +233,23 @@ impl Agent {
                 }
             })
         };
+        {
+            let agent = self.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => break,
+                    }
+                    let a = agent.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || a.refresh_forecasts(crate::now_secs()))
+                            .await;
+                }
+            });
+        }
         if self.config.kubernetes.enabled {
             let agent = self.clone();
             let stop = shutdown.clone();

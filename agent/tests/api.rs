@@ -299,3 +299,46 @@ async fn report_answers_carry_the_policy_and_it_can_be_fetched() {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path());
+    send(
+        &agent,
+        post(
+            serde_json::to_vec(&report("vm", 1, "product", &[10; 30])).unwrap(),
+            Some("t0ken"),
+        ),
+    )
+    .await;
+    // The current minute is not complete; forecast from the next one on.
+    agent.refresh_forecasts(meshtune_agent::now_secs() + 60);
+    let (_, chains) = send(
+        &agent,
+        Request::get("/v1/chains").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let product = chains["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chain"] == "product")
+        .unwrap();
+    let f = &product["forecast"];
+    assert_eq!(f["basis"], "fallback", "one minute of history: {f}");
+    assert_eq!(f["rps"]["10"], 0.5, "30 requests in a minute: {f}");
+    let text = metrics(&agent).await;
+    assert!(
+        text.contains(
+            "meshtune_forecast_requests_per_second{chain=\"product\",horizon=\"10\"} 0.5"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "meshtune_forecast_method{chain=\"product\",method=\"naive\",basis=\"fallback\"} 1"
+        ),
+        "{text}"
+    );
+}

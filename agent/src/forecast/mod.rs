@@ -230,3 +230,46 @@ mod tests {
         assert!((f - 5.0).abs() < 5.0, "{f}");
     }
 }
+
+/// The forecast of one chain, as the agent serves and exports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChainForecast {
+    /// The method chosen at the longest horizon.
+    pub method: &'static str,
+    /// `backtest` (lowest recent error) or `fallback` (not enough history yet).
+    pub basis: &'static str,
+    /// Minutes of history the forecast was made from.
+    pub history_minutes: usize,
+    /// Expected requests per second, by horizon in minutes.
+    pub rps: std::collections::BTreeMap<usize, f64>,
+}
+
+/// Forecasts a chain from its per-minute request rates (oldest first,
+/// `start_minute` the first one's minute index).
+pub fn forecast_series(
+    start_minute: u64,
+    rps: &[f64],
+    horizons: &[usize],
+) -> Option<ChainForecast> {
+    let mut sel = Selector::new(horizons, 30);
+    for (i, v) in clean(rps).iter().enumerate() {
+        sel.update(start_minute + i as u64, *v);
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let mut chosen = ("naive", Choice::Fallback);
+    for (k, h) in horizons.iter().enumerate() {
+        let (f, name, why) = sel.forecast(k)?;
+        out.insert(*h, f);
+        chosen = (name, why);
+    }
+    Some(ChainForecast {
+        method: chosen.0,
+        basis: if chosen.1 == Choice::Backtest {
+            "backtest"
+        } else {
+            "fallback"
+        },
+        history_minutes: rps.len(),
+        rps: out,
+    })
+}
