@@ -297,7 +297,6 @@ impl Collector for ChainCollector {
                     })?)?;
                 }
             }
-            drop(family);
             let mut family = encoder.encode_descriptor(
                 "meshtune_forecast_method",
                 "1 for the forecasting method in use per chain; basis is backtest, or fallback before there is enough history",
