@@ -100,6 +100,10 @@ struct RawConfig {
     policy: PolicySpec,
     #[serde(default)]
     kubernetes: KubernetesSpec,
+    /// ONNX model of the GRU forecaster (models/gru.onnx); without it the
+    /// statistical methods forecast alone.
+    #[serde(default)]
+    forecast_model: Option<PathBuf>,
 }
 
 /// How the agent steers the filters' data-path control.
@@ -233,6 +237,7 @@ pub struct AgentConfig {
     pub services: BTreeMap<String, ServiceSpec>,
     pub policy: PolicySpec,
     pub kubernetes: KubernetesSpec,
+    pub forecast_model: Option<PathBuf>,
 }
 
 /// 1-based line of the first `key:` in `text` (best effort, for messages).
@@ -476,6 +481,7 @@ impl AgentConfig {
             services: raw.services,
             policy: raw.policy,
             kubernetes: raw.kubernetes,
+            forecast_model: raw.forecast_model,
         })
     }
 }

@@ -57,6 +57,10 @@ enum Command {
         /// Share of the trace used only for learning.
         #[arg(long, default_value_t = 0.7)]
         train_fraction: f64,
+        /// The GRU's ONNX model; default: models/gru.onnx of this repository
+        /// when present.
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// `table` or `json` (one object: {"methods": {name: {horizon: {mae, smape}}}}).
         #[arg(long, default_value = "table")]
         format: String,
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             trace,
             horizons,
             train_fraction,
+            model,
             format,
         } => {
             anyhow::ensure!(
@@ -109,8 +114,25 @@ fn main() -> anyhow::Result<()> {
                 values.len(),
                 train_fraction * 100.0
             );
-            let r =
-                meshtune_agent::forecast::eval::evaluate(start, &values, &horizons, train_fraction);
+            let model_path = model.or_else(|| {
+                let p = meshtune_agent::forecast::gru::default_model_path();
+                p.is_file().then_some(p)
+            });
+            let gru = match &model_path {
+                Some(p) => Some(std::sync::Arc::new(
+                    meshtune_agent::forecast::gru::GruModel::load(p).map_err(|e| {
+                        anyhow::anyhow!("loading the GRU model {}: {e}", p.display())
+                    })?,
+                )),
+                None => None,
+            };
+            let r = meshtune_agent::forecast::eval::evaluate(
+                start,
+                &values,
+                &horizons,
+                train_fraction,
+                gru,
+            );
             if format == "json" {
                 let methods: serde_json::Map<String, serde_json::Value> = r
                     .iter()

@@ -18,6 +18,8 @@ pub const POLICY_REFRESH_MS: u64 = 5_000;
 
 /// State shared by the HTTP handlers and the background tasks.
 pub struct Agent {
+    /// The GRU forecaster's model, when configured and loadable.
+    pub gru: Option<Arc<crate::forecast::gru::GruModel>>,
     /// The latest load forecast per chain (refreshed every minute).
     pub forecasts: Arc<Mutex<std::collections::BTreeMap<String, crate::forecast::ChainForecast>>>,
     /// Chains declared as ChainSLO objects (merged with the config's).
@@ -86,7 +88,24 @@ impl Agent {
                 .collect(),
         }));
         metrics.ready.set(1);
+        let gru =
+            config.forecast_model.as_ref().and_then(
+                |p| match crate::forecast::gru::GruModel::load(p) {
+                    Ok(m) => {
+                        tracing::info!("GRU forecaster loaded from {}", p.display());
+                        Some(Arc::new(m))
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "GRU model {} could not be loaded, forecasting without it: {e}",
+                            p.display()
+                        );
+                        None
+                    }
+                },
+            );
         Ok(Arc::new(Agent {
+            gru,
             forecasts,
             declared_chains: Mutex::default(),
             recommendations: Mutex::default(),
@@ -133,7 +152,9 @@ impl Agent {
             let rps: Vec<f64> = (first..now_min)
                 .map(|m| per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0)
                 .collect();
-            if let Some(f) = crate::forecast::forecast_series(first, &rps, &FORECAST_HORIZONS) {
+            if let Some(f) =
+                crate::forecast::forecast_series(first, &rps, &FORECAST_HORIZONS, self.gru.clone())
+            {
                 out.insert(chain, f);
             }
         }

@@ -130,10 +130,11 @@ pub fn evaluate(
     raw: &[f64],
     horizons: &[usize],
     train_fraction: f64,
+    model: Option<std::sync::Arc<super::gru::GruModel>>,
 ) -> BTreeMap<String, BTreeMap<usize, Score>> {
     let values = clean(raw);
     let split = ((values.len() as f64) * train_fraction) as usize;
-    let mut sel = Selector::new(horizons, 60);
+    let mut sel = Selector::with_model(horizons, 60, model);
     // (target index, method, horizon) -> forecast
     let mut pending: BTreeMap<usize, Vec<(String, usize, f64)>> = BTreeMap::new();
     let mut acc: BTreeMap<(String, usize), Acc> = BTreeMap::new();
@@ -184,7 +185,7 @@ mod tests {
         let series: Vec<f64> = (0..4000)
             .map(|m| 10.0 + (m % 1440) as f64 / 100.0)
             .collect();
-        let r = evaluate(0, &series, &[1, 10], 0.7);
+        let r = evaluate(0, &series, &[1, 10], 0.7, None);
         for name in [
             "selector",
             "naive",

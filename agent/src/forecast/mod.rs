@@ -9,6 +9,7 @@
 //! predictor but useful after hours rather than 48 of them.
 
 pub mod eval;
+pub mod gru;
 mod methods;
 
 pub use methods::{HarmonicDaily, HoltWinters, Naive, SeasonalNaive};
@@ -47,13 +48,16 @@ pub fn clean(values: &[f64]) -> Vec<f64> {
 
 /// All methods, in the order the selector falls back through them before
 /// any has a track record: the most informed one with enough history.
-pub fn all_methods() -> Vec<Box<dyn Forecaster>> {
-    vec![
-        Box::new(HoltWinters::new(DAY, 0.3, 0.001, 0.2)),
-        Box::new(HarmonicDaily::new(4, 2 * DAY, 30)),
-        Box::new(SeasonalNaive::new(DAY)),
-        Box::new(Naive::default()),
-    ]
+pub fn all_methods(model: Option<std::sync::Arc<gru::GruModel>>) -> Vec<Box<dyn Forecaster>> {
+    let mut all: Vec<Box<dyn Forecaster>> = Vec::new();
+    if let Some(m) = model {
+        all.push(Box::new(gru::Gru::new(m)));
+    }
+    all.push(Box::new(HoltWinters::new(DAY, 0.3, 0.001, 0.2)));
+    all.push(Box::new(HarmonicDaily::new(4, 2 * DAY, 30)));
+    all.push(Box::new(SeasonalNaive::new(DAY)));
+    all.push(Box::new(Naive::default()));
+    all
 }
 
 /// Recent absolute errors of one method at one horizon.
@@ -88,7 +92,16 @@ pub enum Choice {
 
 impl Selector {
     pub fn new(horizons: &[usize], window: usize) -> Self {
-        let methods = all_methods();
+        Self::with_model(horizons, window, None)
+    }
+
+    /// With the GRU among the methods when a model is given.
+    pub fn with_model(
+        horizons: &[usize],
+        window: usize,
+        model: Option<std::sync::Arc<gru::GruModel>>,
+    ) -> Self {
+        let methods = all_methods(model);
         let tracks = methods
             .iter()
             .map(|_| horizons.iter().map(|_| Track::default()).collect())
@@ -250,8 +263,9 @@ pub fn forecast_series(
     start_minute: u64,
     rps: &[f64],
     horizons: &[usize],
+    model: Option<std::sync::Arc<gru::GruModel>>,
 ) -> Option<ChainForecast> {
-    let mut sel = Selector::new(horizons, 30);
+    let mut sel = Selector::with_model(horizons, 30, model);
     for (i, v) in clean(rps).iter().enumerate() {
         sel.update(start_minute + i as u64, *v);
     }

@@ -1,0 +1,139 @@
+//! The GRU forecaster trained by `models/train_gru.py`, run by tract-onnx.
+//! Input: 60 minutes of log-scaled requests/s centred on the window's mean,
+//! with time-of-day and day-of-week encodings; output: the next 10 minutes
+//! in the same scale (see `models/gru.json`).
+
+use super::Forecaster;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+
+pub const INPUT_MINUTES: usize = 60;
+pub const OUTPUT_MINUTES: usize = 10;
+pub const FEATURES: usize = 5;
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A loaded model, shared by every chain's forecaster.
+pub struct GruModel {
+    plan: Plan,
+}
+
+/// The default model shipped in the repository.
+pub fn default_model_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gru.onnx")
+}
+
+/// The model input for a window of 60 values whose first minute is
+/// `first_minute` (minutes since the Unix epoch); also the window mean.
+pub fn features(first_minute: u64, window: &[f64]) -> (Vec<f32>, f64) {
+    let logs: Vec<f64> = window.iter().map(|v| v.max(0.0).ln_1p()).collect();
+    let mean = logs.iter().sum::<f64>() / logs.len().max(1) as f64;
+    let mut x = Vec::with_capacity(window.len() * FEATURES);
+    for (i, l) in logs.iter().enumerate() {
+        let m = first_minute + i as u64;
+        let tod = 2.0 * std::f64::consts::PI * (m % 1440) as f64 / 1440.0;
+        // 1970-01-01 was a Thursday: day 0 is weekday 4.
+        let dow = 2.0 * std::f64::consts::PI * ((m / 1440 + 4) % 7) as f64 / 7.0;
+        x.extend_from_slice(&[
+            (l - mean) as f32,
+            tod.sin() as f32,
+            tod.cos() as f32,
+            dow.sin() as f32,
+            dow.cos() as f32,
+        ]);
+    }
+    (x, mean)
+}
+
+impl GruModel {
+    pub fn load(path: &Path) -> TractResult<GruModel> {
+        let plan = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(path)?
+            .with_input_fact(0, f32::fact([1, INPUT_MINUTES, FEATURES]).into())?
+            .into_optimized()?
+            .into_runnable()?;
+        Ok(GruModel { plan })
+    }
+
+    /// Raw model output for one input tensor (60 × 5, row-major).
+    pub fn run(&self, input: &[f32]) -> TractResult<Vec<f32>> {
+        let t: Tensor =
+            tract_ndarray::Array3::from_shape_vec((1, INPUT_MINUTES, FEATURES), input.to_vec())?
+                .into();
+        let out = self.plan.run(tvec!(t.into()))?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+
+    /// Requests/s forecast for the 10 minutes after `window`.
+    pub fn forecast(&self, first_minute: u64, window: &[f64]) -> Option<Vec<f64>> {
+        let (x, mean) = features(first_minute, window);
+        let y = self.run(&x).ok()?;
+        Some(
+            y.iter()
+                .map(|v| (f64::from(*v) + mean).exp_m1().max(0.0))
+                .collect(),
+        )
+    }
+}
+
+/// The GRU as an online [`Forecaster`]: one inference per update once an
+/// hour of history is there.
+pub struct Gru {
+    model: Arc<GruModel>,
+    window: VecDeque<f64>,
+    first_minute: u64,
+    next: Vec<f64>,
+    seen: usize,
+}
+
+impl Gru {
+    pub fn new(model: Arc<GruModel>) -> Self {
+        Gru {
+            model,
+            window: VecDeque::new(),
+            first_minute: 0,
+            next: Vec::new(),
+            seen: 0,
+        }
+    }
+}
+
+impl Forecaster for Gru {
+    fn name(&self) -> &'static str {
+        "gru"
+    }
+    fn min_history(&self) -> usize {
+        INPUT_MINUTES
+    }
+    fn update(&mut self, minute: u64, value: f64) {
+        self.window.push_back(value);
+        if self.window.len() > INPUT_MINUTES {
+            self.window.pop_front();
+        }
+        self.first_minute = minute + 1 - self.window.len() as u64;
+        self.seen += 1;
+        if self.window.len() == INPUT_MINUTES {
+            let w: Vec<f64> = self.window.iter().copied().collect();
+            self.next = self
+                .model
+                .forecast(self.first_minute, &w)
+                .unwrap_or_default();
+        }
+    }
+    fn forecast(&self, h: usize) -> f64 {
+        self.next
+            .get(h.clamp(1, OUTPUT_MINUTES) - 1)
+            .copied()
+            .unwrap_or_else(|| self.window.back().copied().unwrap_or(0.0))
+    }
+    fn seen(&self) -> usize {
+        self.seen
+    }
+}

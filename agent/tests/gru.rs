@@ -1,0 +1,76 @@
+//! The committed GRU model (models/gru.onnx) runs in tract and gives what
+//! onnxruntime gave when it was trained (models/gru_check.json, written by
+//! models/train_gru.py), and the Rust feature builder makes the same input
+//! from the trace as the Python one. No Python needed here.
+
+use meshtune_agent::forecast::eval::read_trace;
+use meshtune_agent::forecast::gru::{default_model_path, features, GruModel, INPUT_MINUTES};
+use std::path::Path;
+
+#[test]
+fn tract_matches_onnxruntime_on_evaluation_windows() {
+    let model = GruModel::load(&default_model_path()).expect("models/gru.onnx loads in tract");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let check: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("gru_check.json")).unwrap())
+            .unwrap();
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/traces")
+        .join(check["trace"].as_str().unwrap());
+    let (first, values) = read_trace(&trace).unwrap();
+    let windows = check["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 8);
+    for w in windows {
+        let start = w["start"].as_u64().unwrap() as usize;
+        let want_in: Vec<f32> = w["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let (got_in, _) = features(first + start as u64, &values[start..start + INPUT_MINUTES]);
+        for (a, b) in got_in.iter().zip(&want_in) {
+            assert!((a - b).abs() <= 1e-5, "window {start}: feature {a} vs {b}");
+        }
+        let want: Vec<f32> = w["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let got = model.run(&want_in).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "window {start}: tract {a} vs onnxruntime {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_gru_forecasts_a_slice_of_the_trace_sensibly() {
+    let model = GruModel::load(&default_model_path()).unwrap();
+    let trace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces/worldcup98_1min.csv");
+    let (first, values) = read_trace(&trace).unwrap();
+    // An evaluation-part window: the forecast stays within the range a
+    // 10-minute step can plausibly move.
+    let start = values.len() * 9 / 10;
+    let w = &values[start..start + INPUT_MINUTES];
+    let f = model.forecast(first + start as u64, w).unwrap();
+    assert_eq!(f.len(), 10);
+    let last = w[INPUT_MINUTES - 1];
+    for v in f {
+        assert!(
+            v.is_finite() && v >= 0.0 && v < last * 3.0 + 10.0 && v > last / 3.0 - 10.0,
+            "{v} from {last}"
+        );
+    }
+}
