@@ -96,24 +96,33 @@ fn strict(mut v: Value) -> Value {
 
 /// The schema of an Istio kind from `crd-all.gen.yaml`, with ObjectMeta.
 fn istio_schema(kind: &str, api_version: &str) -> Option<Value> {
-    let (group, version) = api_version.split_once('/')?;
     let text = std::fs::read_to_string(schemas().join("istio/crd-all.gen.yaml")).ok()?;
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let crd: Value = <Value as serde::Deserialize>::deserialize(doc).ok()?;
-        if crd["spec"]["group"] != group || crd["spec"]["names"]["kind"] != kind {
-            continue;
+        if let Some(schema) = crd_schema(&crd, kind, api_version) {
+            return Some(schema);
         }
-        let v = crd["spec"]["versions"]
-            .as_array()?
-            .iter()
-            .find(|v| v["name"] == version)?;
-        let mut schema = strict(v["schema"]["openAPIV3Schema"].clone());
-        schema["properties"]["metadata"] = object_meta();
-        schema["properties"]["apiVersion"] = json!({"enum": [api_version]});
-        schema["properties"]["kind"] = json!({"enum": [kind]});
-        return Some(schema);
     }
     None
+}
+
+/// The strict schema of `kind` in `api_version` from a CRD object, with
+/// ObjectMeta and the exact apiVersion and kind; `None` when the CRD
+/// defines something else.
+fn crd_schema(crd: &Value, kind: &str, api_version: &str) -> Option<Value> {
+    let (group, version) = api_version.split_once('/')?;
+    if crd["spec"]["group"] != group || crd["spec"]["names"]["kind"] != kind {
+        return None;
+    }
+    let v = crd["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == version)?;
+    let mut schema = strict(v["schema"]["openAPIV3Schema"].clone());
+    schema["properties"]["metadata"] = object_meta();
+    schema["properties"]["apiVersion"] = json!({"enum": [api_version]});
+    schema["properties"]["kind"] = json!({"enum": [kind]});
+    Some(schema)
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -152,19 +161,7 @@ const METADATA_ONLY: [&str; 2] = ["ServiceMonitor", "CustomResourceDefinition"];
 /// meshtune's own kinds take their schema from the committed CRD.
 fn own_schema(kind: &str, api_version: &str) -> Option<Value> {
     let crd = documents(&repo().join("manifests/crd-chainslo.yaml")).remove(0);
-    let (group, version) = api_version.split_once('/')?;
-    if crd["spec"]["group"] != group || crd["spec"]["names"]["kind"] != kind {
-        return None;
-    }
-    let v = crd["spec"]["versions"]
-        .as_array()?
-        .iter()
-        .find(|v| v["name"] == version)?;
-    let mut schema = strict(v["schema"]["openAPIV3Schema"].clone());
-    schema["properties"]["metadata"] = object_meta();
-    schema["properties"]["apiVersion"] = json!({"enum": [api_version]});
-    schema["properties"]["kind"] = json!({"enum": [kind]});
-    Some(schema)
+    crd_schema(&crd, kind, api_version)
 }
 
 #[test]
