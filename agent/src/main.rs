@@ -41,6 +41,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Time the GRU forecaster (tract) on many series, one core, side by
+    /// side with onnxruntime when Python has it (models/bench_onnxruntime.py).
+    ForecastBench {
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Print the ChainSLO CustomResourceDefinition (committed as
     /// manifests/crd-chainslo.yaml).
     Crd,
@@ -174,6 +184,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::ForecastBench {
+            series,
+            batch,
+            model,
+        } => forecast_bench(series, batch, model),
         Command::Crd => {
             print!("{}", meshtune_agent::k8s::chainslo::crd_yaml());
             Ok(())
@@ -226,5 +241,73 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     agent.serve(listener, rx).await?;
+    Ok(())
+}
+
+/// Forecasting cost: tract on `series` windows in batches, then the same
+/// batches in onnxruntime through Python, in one run.
+fn forecast_bench(series: usize, batch: usize, model: Option<PathBuf>) -> anyhow::Result<()> {
+    use meshtune_agent::forecast::gru::{default_model_path, GruModel, FEATURES, INPUT_MINUTES};
+    anyhow::ensure!(
+        series > 0 && batch > 0 && series % batch == 0,
+        "--series must be a positive multiple of --batch"
+    );
+    let path = model.unwrap_or_else(default_model_path);
+    let m = GruModel::load_batched(&path, batch)
+        .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+    // Deterministic inputs: the cost does not depend on the values.
+    let mut seed = 1u64;
+    let input: Vec<f32> = (0..batch * INPUT_MINUTES * FEATURES)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    m.run_batch(batch, &input)
+        .map_err(|e| anyhow::anyhow!("{e}"))?; // warm-up
+    let t0 = std::time::Instant::now();
+    for _ in 0..series / batch {
+        m.run_batch(batch, &input)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let tract_s = t0.elapsed().as_secs_f64();
+    println!(
+        "tract:       {series} series in {:.3} s ({:.1} µs per series, batch {batch}, one core)",
+        tract_s,
+        tract_s * 1e6 / series as f64
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bench_onnxruntime.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--model",
+            &path.display().to_string(),
+            "--series",
+            &series.to_string(),
+            "--batch",
+            &batch.to_string(),
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let ort_s: Option<f64> = text.lines().find_map(|l| l.strip_prefix("seconds=")?.trim().parse().ok());
+            match ort_s {
+                Some(ort_s) => {
+                    println!("onnxruntime: {series} series in {:.3} s ({:.1} µs per series, batch {batch}, one thread)", ort_s, ort_s * 1e6 / series as f64);
+                    println!("ratio per_series tract/onnxruntime={:.2} tract_10k_series_s={:.3}", tract_s / ort_s, tract_s * 10_000.0 / series as f64);
+                }
+                None => println!("onnxruntime: no timing in {text:?}"),
+            }
+        }
+        Ok(o) => println!(
+            "onnxruntime: not measured ({}); install it with `python3 -m pip install -r models/requirements.txt`",
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+        ),
+        Err(e) => println!("onnxruntime: not measured (python3: {e})"),
+    }
     Ok(())
 }

@@ -58,6 +58,32 @@ impl GruModel {
         Ok(GruModel { plan })
     }
 
+    /// A plan for `batch` windows at once (the model's batch axis is dynamic).
+    pub fn load_batched(path: &Path, batch: usize) -> TractResult<GruModel> {
+        let plan = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(path)?
+            .with_input_fact(0, f32::fact([batch, INPUT_MINUTES, FEATURES]).into())?
+            .into_optimized()?
+            .into_runnable()?;
+        Ok(GruModel { plan })
+    }
+
+    /// Raw outputs for `batch` input windows laid end to end.
+    pub fn run_batch(&self, batch: usize, input: &[f32]) -> TractResult<Vec<f32>> {
+        let t: Tensor = tract_ndarray::Array3::from_shape_vec(
+            (batch, INPUT_MINUTES, FEATURES),
+            input.to_vec(),
+        )?
+        .into();
+        let out = self.plan.run(tvec!(t.into()))?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+
     /// Raw model output for one input tensor (60 × 5, row-major).
     pub fn run(&self, input: &[f32]) -> TractResult<Vec<f32>> {
         let t: Tensor =
