@@ -249,7 +249,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 fn forecast_bench(series: usize, batch: usize, model: Option<PathBuf>) -> anyhow::Result<()> {
     use meshtune_agent::forecast::gru::{default_model_path, GruModel, FEATURES, INPUT_MINUTES};
     anyhow::ensure!(
-        series > 0 && batch > 0 && series % batch == 0,
+        series > 0 && batch > 0 && series.is_multiple_of(batch),
         "--series must be a positive multiple of --batch"
     );
     let path = model.unwrap_or_else(default_model_path);
