@@ -20,6 +20,8 @@ pub const POLICY_REFRESH_MS: u64 = 5_000;
 pub struct Agent {
     /// The GRU forecaster's model, when configured and loadable.
     pub gru: Option<Arc<crate::forecast::gru::GruModel>>,
+    /// Each chain's forecasting state, fed one minute at a time.
+    pub selectors: Mutex<std::collections::BTreeMap<String, crate::forecast::Selector>>,
     /// The latest load forecast per chain (refreshed every minute).
     pub forecasts: Arc<Mutex<std::collections::BTreeMap<String, crate::forecast::ChainForecast>>>,
     /// Chains declared as ChainSLO objects (merged with the config's).
@@ -105,6 +107,7 @@ impl Agent {
                 },
             );
         Ok(Arc::new(Agent {
+            selectors: Mutex::default(),
             gru,
             forecasts,
             declared_chains: Mutex::default(),
@@ -129,10 +132,19 @@ impl Agent {
     /// last two days: memory for the recent minutes, the store before).
     pub fn refresh_forecasts(&self, now_s: u64) {
         let now_min = now_s / 60;
-        let from = now_min.saturating_sub(2 * crate::forecast::DAY as u64);
         let chains: Vec<String> = self.lock().lifetime().keys().cloned().collect();
         let mut out = std::collections::BTreeMap::new();
+        let mut selectors = match self.selectors.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
         for chain in chains {
+            // Each chain's selector is fed every complete minute once: a new
+            // one replays the last two days, later refreshes only what came since.
+            let from = match selectors.get(&chain).and_then(|s| s.last_minute()) {
+                Some(m) => m + 1,
+                None => now_min.saturating_sub(2 * crate::forecast::DAY as u64),
+            };
             let mut per_min: std::collections::BTreeMap<u64, u64> =
                 std::collections::BTreeMap::new();
             if let Ok(rows) = self.store.minutes(&chain, from, now_min) {
@@ -145,16 +157,34 @@ impl Agent {
                     .into_iter()
                     .map(|(m, a)| (m, a.end_to_end.requests)),
             );
-            let Some(first) = per_min.keys().next().copied() else {
-                continue;
+            let sel = match selectors.get_mut(&chain) {
+                Some(s) => s,
+                None => {
+                    // Start where the chain's history starts.
+                    if per_min.is_empty() {
+                        continue;
+                    }
+                    let s = crate::forecast::Selector::with_model(
+                        &FORECAST_HORIZONS,
+                        30,
+                        self.gru.clone(),
+                    );
+                    selectors.insert(chain.clone(), s);
+                    match selectors.get_mut(&chain) {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                }
             };
+            let start = sel.last_minute().map_or_else(
+                || per_min.keys().next().copied().unwrap_or(now_min),
+                |m| m + 1,
+            );
             // A minute without reports had no traffic: zero, not a gap.
-            let rps: Vec<f64> = (first..now_min)
-                .map(|m| per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0)
-                .collect();
-            if let Some(f) =
-                crate::forecast::forecast_series(first, &rps, &FORECAST_HORIZONS, self.gru.clone())
-            {
+            for m in start..now_min {
+                sel.update(m, per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0);
+            }
+            if let Some(f) = sel.chain_forecast() {
                 out.insert(chain, f);
             }
         }

@@ -328,7 +328,27 @@ async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
     let f = &product["forecast"];
     assert_eq!(f["basis"], "fallback", "one minute of history: {f}");
     assert_eq!(f["rps"]["10"], 0.5, "30 requests in a minute: {f}");
+    assert_eq!(f["history_minutes"], 1);
     let text = metrics(&agent).await;
+    // Later refreshes feed only the minutes since the last one (a quiet minute is zero).
+    agent.refresh_forecasts(meshtune_agent::now_secs() + 120);
+    let (_, chains) = send(
+        &agent,
+        Request::get("/v1/chains").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let later = chains["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chain"] == "product")
+        .unwrap();
+    assert_eq!(
+        later["forecast"]["history_minutes"], 2,
+        "{}",
+        later["forecast"]
+    );
+    assert_eq!(later["forecast"]["rps"]["1"], 0.0);
     assert!(
         text.contains(
             "meshtune_forecast_requests_per_second{chain=\"product\",horizon=\"10\"} 0.5"

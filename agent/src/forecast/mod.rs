@@ -177,6 +177,32 @@ impl Selector {
         &self.horizons
     }
 
+    /// The forecast at every horizon, as the agent serves it.
+    pub fn chain_forecast(&self) -> Option<ChainForecast> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut chosen = ("naive", Choice::Fallback);
+        for (k, h) in self.horizons.iter().enumerate() {
+            let (f, name, why) = self.forecast(k)?;
+            out.insert(*h, f);
+            chosen = (name, why);
+        }
+        Some(ChainForecast {
+            method: chosen.0,
+            basis: if chosen.1 == Choice::Backtest {
+                "backtest"
+            } else {
+                "fallback"
+            },
+            history_minutes: self.methods.last().map_or(0, |m| m.seen()),
+            rps: out,
+        })
+    }
+
+    /// The minute last fed, if any.
+    pub fn last_minute(&self) -> Option<u64> {
+        self.last_minute
+    }
+
     /// Every method's own forecast at horizon `h` (`None` before it has
     /// enough history), for evaluation.
     pub fn method_forecasts(&self, h: usize) -> Vec<(&'static str, Option<f64>)> {
@@ -269,21 +295,5 @@ pub fn forecast_series(
     for (i, v) in clean(rps).iter().enumerate() {
         sel.update(start_minute + i as u64, *v);
     }
-    let mut out = std::collections::BTreeMap::new();
-    let mut chosen = ("naive", Choice::Fallback);
-    for (k, h) in horizons.iter().enumerate() {
-        let (f, name, why) = sel.forecast(k)?;
-        out.insert(*h, f);
-        chosen = (name, why);
-    }
-    Some(ChainForecast {
-        method: chosen.0,
-        basis: if chosen.1 == Choice::Backtest {
-            "backtest"
-        } else {
-            "fallback"
-        },
-        history_minutes: rps.len(),
-        rps: out,
-    })
+    sel.chain_forecast()
 }
