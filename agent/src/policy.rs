@@ -59,6 +59,7 @@ pub fn compute(
         version,
         ttl_ms: spec.ttl_seconds * 1000,
         chains,
+        rules: Vec::new(),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Agent {
     pub selectors: Mutex<std::collections::BTreeMap<String, crate::forecast::Selector>>,
     /// The latest load forecast per chain (refreshed every minute).
     pub forecasts: Arc<Mutex<std::collections::BTreeMap<String, crate::forecast::ChainForecast>>>,
+    /// Entry rules of the ChainSLO objects, sent to the filters in the policy.
+    pub declared_rules: Mutex<Vec<meshtune_filter_core::rules::ChainRule>>,
     /// Chains declared as ChainSLO objects (merged with the config's).
     pub declared_chains: Mutex<std::collections::BTreeMap<String, crate::config::ChainSpec>>,
     /// DestinationRules the writer would apply (recommend mode), by `namespace/name`.
@@ -107,6 +109,7 @@ impl Agent {
                 },
             );
         Ok(Arc::new(Agent {
+            declared_rules: Mutex::default(),
             selectors: Mutex::default(),
             gru,
             forecasts,
@@ -227,7 +230,11 @@ impl Agent {
         let version = cached
             .as_ref()
             .map_or(now_ms, |(p, _)| now_ms.max(p.version + 1));
-        let p = crate::policy::compute(&self.chains(), &window, &self.config.policy, version);
+        let mut p = crate::policy::compute(&self.chains(), &window, &self.config.policy, version);
+        p.rules = match self.declared_rules.lock() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        };
         self.metrics.policy_version.set(version as i64);
         *cached = Some((p.clone(), now_ms));
         Some(p)

@@ -362,3 +362,24 @@ async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn declared_entry_rules_travel_in_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path());
+    *agent.declared_rules.lock().unwrap() = vec![meshtune_filter_core::rules::ChainRule {
+        chain: "cart".into(),
+        host: None,
+        path_prefix: Some("/cart".into()),
+        method: Some("POST".into()),
+    }];
+    let fetch = Request::get("/v1/policy")
+        .header("authorization", "Bearer t0ken")
+        .body(Body::empty())
+        .unwrap();
+    let (_, body) = send(&agent, fetch).await;
+    assert_eq!(
+        body["policy"]["rules"],
+        serde_json::json!([{"chain": "cart", "path_prefix": "/cart", "method": "POST"}])
+    );
+}

@@ -416,11 +416,20 @@ impl HttpContext for Hop {
             let view = self.read_request(&state);
             let chain = match &view.chain {
                 Some(_) => None,
-                None => Some(
-                    rules::assign(&state.config.rules, &view.host, &view.path, &view.method)
-                        .unwrap_or(OTHER_CHAIN)
-                        .to_owned(),
-                ),
+                None => {
+                    // Rules from the agent's fresh policy first, then the plugin's.
+                    let now_ms = self.start_ns / 1_000_000;
+                    let declared = state
+                        .control
+                        .as_ref()
+                        .and_then(|c| c.policy.fresh(now_ms))
+                        .map(|p| p.rules.as_slice());
+                    let (h, p, m) = (&view.host, &view.path, &view.method);
+                    let found = declared
+                        .and_then(|r| rules::assign(r, h, p, m))
+                        .or_else(|| rules::assign(&state.config.rules, h, p, m));
+                    Some(found.unwrap_or(OTHER_CHAIN).to_owned())
+                }
             };
             if state.config.direction == Some(Direction::Outbound) {
                 let up = service_from_authority(&view.host);

@@ -37,10 +37,17 @@ fn identity(cfg: &crate::config::KubernetesSpec) -> String {
 async fn sync_chainslos(agent: &Agent, client: &Client) -> Result<(), kube::Error> {
     let all: Api<ChainSLO> = Api::all(client.clone());
     let mut chains = BTreeMap::new();
+    let mut rules = Vec::new();
     let mut invalid = 0;
     for obj in all.list(&ListParams::default()).await? {
         let cond = obj.spec.validity();
         if cond.status == "True" {
+            rules.push(meshtune_filter_core::rules::ChainRule {
+                chain: obj.spec.chain.clone(),
+                host: obj.spec.entry.host.clone(),
+                path_prefix: obj.spec.entry.path_prefix.clone(),
+                method: obj.spec.entry.method.clone(),
+            });
             chains.insert(
                 obj.spec.chain.clone(),
                 ChainSpec {
@@ -74,6 +81,10 @@ async fn sync_chainslos(agent: &Agent, client: &Client) -> Result<(), kube::Erro
         }
     }
     agent.metrics.chainslo_invalid.set(invalid);
+    match agent.declared_rules.lock() {
+        Ok(mut g) => *g = rules,
+        Err(p) => *p.into_inner() = rules,
+    }
     match agent.declared_chains.lock() {
         Ok(mut g) => *g = chains,
         Err(p) => *p.into_inner() = chains,

@@ -361,3 +361,37 @@ fn a_bad_configuration_fails_open() {
     );
     assert_eq!(h.metric("meshtune_config_errors_total", ""), 1);
 }
+
+#[test]
+fn entry_rules_from_the_agents_policy_apply_while_it_is_fresh() {
+    let mut h = load(&config("inbound", json!({})));
+    let (c, _, headers) = h.request(&[(":path", "/cart/add")]).unwrap();
+    assert_eq!(
+        header(&headers, "x-meshtune-chain"),
+        Some("other"),
+        "no static rule matches"
+    );
+    h.respond(c, 200, &[]).unwrap();
+    h.tick().unwrap();
+    let token = h.state().http_calls.last().map(|c| c.token).unwrap();
+    let answer = json!({"policy": {"version": 7, "ttl_ms": 2000, "rules": [{"chain": "cart", "path_prefix": "/cart"}],
+                                   "chains": {"cart": {"budget_ms": 40, "priority": "high"}}}});
+    h.http_call_response(token, 200, &serde_json::to_vec(&answer).unwrap())
+        .unwrap();
+    let now = h.now_ms();
+    let (c, _, headers) = h.request(&[(":path", "/cart/add")]).unwrap();
+    assert_eq!(header(&headers, "x-meshtune-chain"), Some("cart"));
+    assert_eq!(
+        header(&headers, "x-meshtune-deadline"),
+        Some((now + 40).to_string().as_str())
+    );
+    h.respond(c, 200, &[]).unwrap();
+    h.advance_ms(2500);
+    let (c, _, headers) = h.request(&[(":path", "/cart/add")]).unwrap();
+    assert_eq!(
+        header(&headers, "x-meshtune-chain"),
+        Some("other"),
+        "expired with the policy"
+    );
+    h.respond(c, 200, &[]).unwrap();
+}

@@ -49,6 +49,10 @@ pub struct Policy {
     pub ttl_ms: u64,
     #[serde(default)]
     pub chains: BTreeMap<String, ChainPolicy>,
+    /// Entry rules declared to the agent (ChainSLO objects); while the
+    /// policy is fresh they are tried before the plugin's own rules.
+    #[serde(default)]
+    pub rules: Vec<crate::rules::ChainRule>,
 }
 
 /// Largest budget accepted: ten minutes.
@@ -94,6 +98,10 @@ impl Policy {
                 return Err(format!("chains: bad chain name {name:?}"));
             }
             c.validate(&format!("chains.{name}"))?;
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            r.validate()
+                .map_err(|(f, m)| format!("rules[{i}].{f}: {m}"))?;
         }
         Ok(())
     }
@@ -245,6 +253,18 @@ mod tests {
         assert_eq!(Policy::parse(&p).map(|p| p.version), Ok(9));
         assert_eq!(policy_in_answer(br#"{"status": "duplicate"}"#), Ok(None));
         assert!(policy_in_answer(b"<html>").is_err());
+    }
+
+    #[test]
+    fn policies_carry_entry_rules_validated_like_the_plugins() {
+        let mut st = PolicyState::new(BTreeMap::new());
+        let p = br#"{"version": 1, "ttl_ms": 5000, "rules": [{"chain": "cart", "path_prefix": "/cart"}]}"#;
+        assert!(st.offer(p, 0).is_ok());
+        assert_eq!(st.fresh(1).map(|p| p.rules.len()), Some(1));
+        let bad = br#"{"version": 2, "ttl_ms": 5000, "rules": [{"chain": "cart", "path_prefix": "cart"}]}"#;
+        assert!(st
+            .offer(bad, 2)
+            .is_err_and(|e| e.contains("rules[0].path_prefix")));
     }
 
     #[test]
