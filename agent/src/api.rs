@@ -23,6 +23,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/chains", get(get_chains))
         .route("/v1/policy", get(get_policy))
         .route("/v1/recommendations", get(get_recommendations))
+        .route("/v1/window", get(get_window))
         .route("/v1/chains/{chain}/history", get(get_history))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -171,6 +172,25 @@ async fn get_policy(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Resp
             .into_response();
     }
     Json(json!({"policy": agent.current_policy(now_ms())})).into_response()
+}
+
+/// This agent's window, raw and mergeable, for the leader (bearer token).
+async fn get_window(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    if !authorized(&agent, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "unauthorized", "message": "missing or wrong bearer token"})),
+        )
+            .into_response();
+    }
+    let (chains, covered_seconds) = agent
+        .lock()
+        .window(crate::now_secs(), agent.config.window.as_secs());
+    Json(crate::k8s::peers::WindowSnapshot {
+        covered_seconds,
+        chains,
+    })
+    .into_response()
 }
 
 /// DestinationRules computed but not applied (recommend mode), by `namespace/name`.

@@ -2,10 +2,10 @@
 //! `Valid` condition), hold or follow the leader Lease, compute the desired
 //! DestinationRules from this agent's window and hand them to the writer.
 //!
-//! Which data the leader writes from: every agent exports its node's chain
-//! metrics and is scraped by Prometheus; the leader computes from its own
-//! window, which covers its node's sidecars. Cluster-wide inputs (the
-//! leader reading all nodes' series from Prometheus) are the next step.
+//! Which data the leader writes from: every agent keeps its node's window;
+//! the leader pulls the other agents' windows (`GET /v1/window`, found by
+//! listing the agent pods) and merges them with its own, so its rules rest
+//! on the whole cluster's traffic. Non-leaders send nothing.
 
 use crate::config::ChainSpec;
 use crate::k8s::chainslo::ChainSLO;
@@ -93,13 +93,16 @@ async fn sync_chainslos(agent: &Agent, client: &Client) -> Result<(), kube::Erro
 }
 
 /// What the window says about each service, server side.
-fn observations(agent: &Agent, now_s: u64) -> (Vec<ServiceObservation>, BTreeMap<String, f64>) {
-    let (window, secs) = agent.lock().window(now_s, agent.config.window.as_secs());
+pub fn observations(
+    agent: &Agent,
+    window: &BTreeMap<String, crate::aggregate::ChainAgg>,
+    secs: f64,
+) -> (Vec<ServiceObservation>, BTreeMap<String, f64>) {
     let specs = agent.chains();
     let mut per_service: BTreeMap<String, crate::aggregate::Agg> = BTreeMap::new();
     // Worst SLO attainment among the chains through each service.
     let mut attainment: BTreeMap<String, f64> = BTreeMap::new();
-    for (chain, agg) in &window {
+    for (chain, agg) in window {
         let chain_att = specs.get(chain).and_then(|s| {
             let n = agg.end_to_end.requests;
             (n > 0)
@@ -174,7 +177,35 @@ pub async fn run(agent: Arc<Agent>, client: Client, mut stop: watch::Receiver<bo
                     tracing::warn!("reading ChainSLO objects failed: {e}");
                 }
             }
-            let (obs, attainment) = observations(&agent, now_s);
+            let (mut window, secs) = agent.lock().window(now_s, agent.config.window.as_secs());
+            if leader {
+                // The leader writes for the whole cluster: add the other nodes' windows.
+                let own_ip = std::env::var("POD_IP").ok();
+                let port = agent.config.listen.port();
+                match crate::k8s::peers::peer_addresses(
+                    &client,
+                    &cfg.namespace,
+                    own_ip.as_deref(),
+                    port,
+                )
+                .await
+                {
+                    Ok(peers) => {
+                        for addr in peers {
+                            match crate::k8s::peers::fetch(&addr, agent.config.token.as_deref())
+                                .await
+                            {
+                                Ok(snap) => crate::k8s::peers::merge(&mut window, &snap.chains),
+                                Err(e) => {
+                                    tracing::warn!("skipping an agent's window this round: {e}")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("listing the other agents failed: {e}"),
+                }
+            }
+            let (obs, attainment) = observations(&agent, &window, secs);
             let rules = desired(&obs, &[], &Tuning::default());
             let att = |_: &str, name: &str| attainment.get(name).copied();
             for ((ns, name), outcome) in writer.reconcile(&rules, leader, now_s, &att).await {

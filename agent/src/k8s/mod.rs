@@ -6,4 +6,5 @@ pub mod chainslo;
 pub mod controller;
 pub mod destinationrule;
 pub mod lease;
+pub mod peers;
 pub mod writer;

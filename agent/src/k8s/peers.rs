@@ -1,0 +1,78 @@
+//! Cluster-wide inputs for the leader: every agent serves its node's window
+//! (`GET /v1/window`), and the leader, which alone writes, pulls the other
+//! agents' windows and merges them with its own before computing the
+//! desired DestinationRules. Sketches merge exactly, so the merged window is
+//! what one agent seeing every node would have. A peer that does not answer
+//! is skipped for that round (logged); nothing is forwarded or queued.
+
+use crate::aggregate::ChainAgg;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The label the agent's pods carry (manifests/daemonset.yaml).
+pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=meshtune-agent";
+
+/// One agent's window: the chains' aggregates and the seconds they cover.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowSnapshot {
+    pub covered_seconds: f64,
+    pub chains: BTreeMap<String, ChainAgg>,
+}
+
+/// Adds `other`'s chains to `into`.
+pub fn merge(into: &mut BTreeMap<String, ChainAgg>, other: &BTreeMap<String, ChainAgg>) {
+    for (chain, agg) in other {
+        into.entry(chain.clone()).or_default().merge(agg);
+    }
+}
+
+/// `ip:port` of every running agent pod but this one (`own_ip`).
+pub async fn peer_addresses(
+    client: &kube::Client,
+    namespace: &str,
+    own_ip: Option<&str>,
+    port: u16,
+) -> Result<Vec<String>, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(AGENT_SELECTOR))
+        .await?;
+    Ok(list
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.status.and_then(|s| s.pod_ip))
+        .filter(|ip| Some(ip.as_str()) != own_ip)
+        .map(|ip| format!("{ip}:{port}"))
+        .collect())
+}
+
+/// Fetches a peer's window.
+pub async fn fetch(addr: &str, token: Option<&str>) -> Result<WindowSnapshot, String> {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = hyper::Request::get(format!("http://{addr}/v1/window"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(3), client.request(req))
+        .await
+        .map_err(|_| format!("{addr}: no answer within 3 s"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{addr}: answered {}", resp.status()));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("{addr}: {e}"))
+}
