@@ -159,18 +159,47 @@ async fn conflicts_are_reported_not_forced_and_missing_istio_is_clear() {
 
 #[tokio::test]
 async fn recommend_mode_and_followers_write_nothing() {
-    let (client, seen, task) = fake(vec![]);
+    // The live rule: someone set a different pool size and no outlier detection.
+    let live = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "bookinfo", "resourceVersion": "3"},
+        "spec": {"host": "reviews.bookinfo.svc.cluster.local",
+                 "trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 10, "http1MaxPendingRequests": 40, "maxRetries": 3}}}}});
+    let (client, seen, task) = fake(vec![Expect {
+        method: "GET",
+        path: DR_PATH,
+        status: 200,
+        answer: live,
+    }]);
     let mut w = Writer::new(client.clone(), WriterConfig::default());
     let out = w.reconcile(&rules(400.0), true, 1000, &|_, _| None).await;
     assert_eq!(out[0].1, Outcome::Recommended);
-    assert!(w
-        .recommendations
-        .contains_key(&("bookinfo".to_string(), "reviews".to_string())));
+    let rec = &w.recommendations[&("bookinfo".to_string(), "reviews".to_string())];
+    let changes = rec["changes"].as_array().unwrap();
+    let change = |p: &str| changes.iter().find(|c| c["path"] == p).cloned();
+    assert_eq!(
+        change(".spec.trafficPolicy.connectionPool.http.http2MaxRequests").unwrap()["live"],
+        10
+    );
+    assert_eq!(
+        change(".spec.trafficPolicy.connectionPool.http.http2MaxRequests").unwrap()["desired"],
+        80
+    );
+    assert!(
+        change(".spec.host").is_none(),
+        "unchanged fields are not listed"
+    );
+    assert!(change(".spec.trafficPolicy.connectionPool.http.maxRetries").is_none());
+    assert_eq!(
+        change(".spec.trafficPolicy.outlierDetection.consecutive5xxErrors").unwrap()["live"],
+        Value::Null
+    );
     let mut w = Writer::new(client, apply_config());
     let out = w.reconcile(&rules(400.0), false, 1000, &|_, _| None).await;
     assert_eq!(out[0].1, Outcome::NotLeader);
     task.await.unwrap();
-    assert!(seen.lock().unwrap().is_empty());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one read, no write");
+    assert_eq!(seen[0].0, "GET");
 }
 
 #[tokio::test]

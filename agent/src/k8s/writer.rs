@@ -7,7 +7,26 @@
 use crate::k8s::destinationrule::{significant_change, DesiredRule, FIELD_MANAGER};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// Every leaf of `desired` whose live value differs, as
+/// `{"path", "live", "desired"}` (live is null where the field is absent).
+pub fn diff(live: &Value, desired: &Value, path: &str) -> Vec<Value> {
+    match desired {
+        Value::Object(o) => o
+            .iter()
+            .flat_map(|(k, v)| {
+                diff(
+                    live.get(k).unwrap_or(&Value::Null),
+                    v,
+                    &format!("{path}.{k}"),
+                )
+            })
+            .collect(),
+        leaf if live != leaf => vec![json!({"path": path, "live": live, "desired": leaf})],
+        _ => Vec::new(),
+    }
+}
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +125,16 @@ impl Writer {
         }
     }
 
+    /// The live rule's spec, or null when there is none (or no Istio).
+    async fn live_spec(&self, namespace: &str, name: &str) -> Value {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &destination_rule_resource());
+        match api.get_opt(name).await {
+            Ok(Some(obj)) => obj.data.get("spec").cloned().unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
     async fn apply(&self, namespace: &str, name: &str, object: &Value) -> Outcome {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &destination_rule_resource());
@@ -145,7 +174,13 @@ impl Writer {
                 }
             }
             if self.config.mode == Mode::Recommend {
-                self.recommendations.insert(key.clone(), d.object.clone());
+                // What would change: meshtune's fields against the live rule (read only).
+                let live = self.live_spec(&d.namespace, &d.name).await;
+                let changes = diff(&live, &d.object["spec"], ".spec");
+                self.recommendations.insert(
+                    key.clone(),
+                    json!({"desired": d.object, "changes": changes}),
+                );
                 out.push((key, Outcome::Recommended));
                 continue;
             }
