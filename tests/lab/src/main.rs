@@ -112,6 +112,44 @@ fn fmt_ms(v: &serde_json::Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
 }
 
+/// The tuning the agent currently sends the filters.
+fn print_policy(agent_port: u16) {
+    let auth = format!("Bearer {}", meshtune_lab::mesh::TOKEN);
+    let Some((200, body)) = meshtune_lab::http::request_blocking(
+        agent_port,
+        "GET",
+        "/v1/policy",
+        &[("authorization", &auth)],
+        b"",
+    ) else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return;
+    };
+    let p = &v["policy"];
+    let mut line = format!("policy v{}:", p["version"]);
+    for (chain, c) in p["chains"].as_object().into_iter().flatten() {
+        let caps: Vec<String> = c["hop_budget_ms"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(svc, ms)| format!("{svc} ≤ {ms} ms"))
+            .collect();
+        line.push_str(&format!(
+            " {chain}: budget {} ms, {} priority, timeouts {};",
+            c["budget_ms"],
+            c["priority"].as_str().unwrap_or("normal"),
+            if caps.is_empty() {
+                "-".into()
+            } else {
+                caps.join(", ")
+            }
+        ));
+    }
+    println!("{line}");
+}
+
 fn print_view(chains: &serde_json::Value, elapsed: u64, rate: f64) {
     println!("\n[{elapsed:>4} s] offered load {rate:.0} req/s");
     println!(
@@ -165,8 +203,11 @@ async fn up(
     let offset = offset.min(counts.len().saturating_sub(steps));
     let rates = trace::scaled(&counts, offset, steps, peak);
     println!("meshtune-lab: starting 4 services with Envoy sidecars, the filter and the agent ...");
+    // With data-path control on: deadlines, retry budgets, adaptive
+    // concurrency, steered by the agent's policy (printed as it changes).
     let mesh = Mesh::start(MeshOptions {
         agent_window_secs: 30,
+        control: true,
         ..MeshOptions::default()
     })
     .await?;
@@ -230,6 +271,7 @@ async fn up(
         let idx = ((elapsed as f64 / spm) as usize).min(rates.len().saturating_sub(1));
         if let Some(chains) = mesh.chains_json() {
             print_view(&chains, elapsed, rates.get(idx).copied().unwrap_or(0.0));
+            print_policy(mesh.agent_port);
         }
         if loader.is_finished() {
             break;
