@@ -200,6 +200,7 @@ impl Hop {
         };
         self.hop = Some((direction, service.clone()));
         let mut state = shared.borrow_mut();
+        let max_upstreams = state.config.max_upstreams;
         let ctl = state.control.as_mut()?;
         let policy = ctl.policy.chain(&self.chain, now_ms).cloned();
         let mut deadline_ms = view.deadline_ms;
@@ -247,7 +248,11 @@ impl Hop {
                     }
                 }
                 Direction::Outbound => {
-                    if let Some(cfg) = ctl.config.retry_budget.clone() {
+                    // One budget per upstream, as many as the upstream cap allows
+                    // (the name comes from a request header): past it, no retries
+                    // are granted or denied, Envoy's route settings apply.
+                    let room = ctl.retry.len() < max_upstreams || ctl.retry.contains_key(&service);
+                    if let (Some(cfg), true) = (ctl.config.retry_budget.clone(), room) {
                         let budget = ctl
                             .retry
                             .entry(service.clone())

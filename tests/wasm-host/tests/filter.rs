@@ -395,3 +395,27 @@ fn entry_rules_from_the_agents_policy_apply_while_it_is_fresh() {
     );
     h.respond(c, 200, &[]).unwrap();
 }
+
+#[test]
+fn retry_budgets_are_capped_like_upstreams() {
+    let cfg = config("outbound", json!({"max_upstreams": 2}));
+    let mut h = load(&cfg);
+    for i in 0..50 {
+        let authority = format!("svc{i}:9080");
+        let (c, action, headers) = h
+            .request(&[
+                (":path", "/browse"),
+                (":authority", &authority),
+                ("x-meshtune-chain", "browse"),
+            ])
+            .unwrap();
+        assert_eq!(action, 0);
+        // Only the first two upstreams get a budget (and a retry header).
+        assert_eq!(
+            header(&headers, "x-envoy-max-retries").is_some(),
+            i < 2,
+            "upstream {i}"
+        );
+        h.respond(c, 200, &[]).unwrap();
+    }
+}
