@@ -49,13 +49,7 @@ pub fn features(first_minute: u64, window: &[f64]) -> (Vec<f32>, f64) {
 
 impl GruModel {
     pub fn load(path: &Path) -> TractResult<GruModel> {
-        let plan = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_path(path)?
-            .with_input_fact(0, f32::fact([1, INPUT_MINUTES, FEATURES]).into())?
-            .into_optimized()?
-            .into_runnable()?;
-        Ok(GruModel { plan })
+        Self::load_batched(path, 1)
     }
 
     /// A plan for `batch` windows at once (the model's batch axis is dynamic).
@@ -86,15 +80,7 @@ impl GruModel {
 
     /// Raw model output for one input tensor (60 × 5, row-major).
     pub fn run(&self, input: &[f32]) -> TractResult<Vec<f32>> {
-        let t: Tensor =
-            tract_ndarray::Array3::from_shape_vec((1, INPUT_MINUTES, FEATURES), input.to_vec())?
-                .into();
-        let out = self.plan.run(tvec!(t.into()))?;
-        Ok(out[0]
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
+        self.run_batch(1, input)
     }
 
     /// Requests/s forecast for the 10 minutes after `window`.
