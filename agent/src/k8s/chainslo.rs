@@ -123,6 +123,16 @@ impl ChainSLOSpec {
         out
     }
 
+    /// The filter's entry rule for this chain (sent in the agent's policy).
+    pub fn entry_rule(&self) -> meshtune_filter_core::rules::ChainRule {
+        meshtune_filter_core::rules::ChainRule {
+            chain: self.chain.clone(),
+            host: self.entry.host.clone(),
+            path_prefix: self.entry.path_prefix.clone(),
+            method: self.entry.method.clone(),
+        }
+    }
+
     /// The `Valid` condition to write to the object's status.
     pub fn validity(&self) -> Condition {
         let problems = self.problems();

@@ -42,12 +42,7 @@ async fn sync_chainslos(agent: &Agent, client: &Client) -> Result<(), kube::Erro
     for obj in all.list(&ListParams::default()).await? {
         let cond = obj.spec.validity();
         if cond.status == "True" {
-            rules.push(meshtune_filter_core::rules::ChainRule {
-                chain: obj.spec.chain.clone(),
-                host: obj.spec.entry.host.clone(),
-                path_prefix: obj.spec.entry.path_prefix.clone(),
-                method: obj.spec.entry.method.clone(),
-            });
+            rules.push(obj.spec.entry_rule());
             chains.insert(
                 obj.spec.chain.clone(),
                 ChainSpec {
