@@ -37,6 +37,7 @@ pub struct AgentMetrics {
     pub dr_rollbacks: Counter,
     pub dr_deferred: Counter,
     pub chainslo_invalid: Gauge,
+    pub chainslo_watch_errors: Counter,
 }
 
 impl AgentMetrics {
@@ -120,6 +121,11 @@ impl AgentMetrics {
             "meshtune_chainslo_invalid",
             "ChainSLO objects with a Valid=False condition",
             self.chainslo_invalid.clone(),
+        );
+        registry.register(
+            "meshtune_chainslo_watch_errors",
+            "Errors of the ChainSLO watch (it retries with backoff)",
+            self.chainslo_watch_errors.clone(),
         );
     }
 

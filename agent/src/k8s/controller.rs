@@ -1,5 +1,5 @@
-//! The agent's Kubernetes loop: read ChainSLO objects (and set their
-//! `Valid` condition), hold or follow the leader Lease, compute the desired
+//! The agent's Kubernetes loop: start the ChainSLO watch, hold or follow
+//! the leader Lease, compute the desired
 //! DestinationRules from this agent's window and hand them to the writer.
 //!
 //! Which data the leader writes from: every agent keeps its node's window;
@@ -7,13 +7,10 @@
 //! listing the agent pods) and merges them with its own, so its rules rest
 //! on the whole cluster's traffic. Non-leaders send nothing.
 
-use crate::config::ChainSpec;
-use crate::k8s::chainslo::ChainSLO;
 use crate::k8s::destinationrule::{desired, ServiceObservation, Tuning};
 use crate::k8s::lease::LeaderElector;
 use crate::k8s::writer::{Mode, Outcome, Writer, WriterConfig};
 use crate::server::Agent;
-use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,61 +27,6 @@ fn identity(cfg: &crate::config::KubernetesSpec) -> String {
                 .map(|h| h.trim().to_owned())
         })
         .unwrap_or_else(|| "meshtune-agent".into())
-}
-
-/// Reads every ChainSLO, keeps the valid ones as chains and writes each
-/// object's `Valid` condition when it changed.
-async fn sync_chainslos(agent: &Agent, client: &Client) -> Result<(), kube::Error> {
-    let all: Api<ChainSLO> = Api::all(client.clone());
-    let mut chains = BTreeMap::new();
-    let mut rules = Vec::new();
-    let mut invalid = 0;
-    for obj in all.list(&ListParams::default()).await? {
-        let cond = obj.spec.validity();
-        if cond.status == "True" {
-            rules.push(obj.spec.entry_rule());
-            chains.insert(
-                obj.spec.chain.clone(),
-                ChainSpec {
-                    slo_ms: obj.spec.objective.latency_ms,
-                    percentile: obj.spec.objective.percentile,
-                    description: String::new(),
-                    priority: obj.spec.priority.into(),
-                },
-            );
-        } else {
-            invalid += 1;
-        }
-        let current = obj
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
-        if current != Some(&cond) {
-            if let (Some(ns), Some(name)) = (
-                obj.metadata.namespace.as_deref(),
-                obj.metadata.name.as_deref(),
-            ) {
-                let api: Api<ChainSLO> = Api::namespaced(client.clone(), ns);
-                let status = serde_json::json!({"status": {"conditions": [cond]}});
-                if let Err(e) = api
-                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                    .await
-                {
-                    tracing::warn!("could not set the status of ChainSLO {ns}/{name}: {e}");
-                }
-            }
-        }
-    }
-    agent.metrics.chainslo_invalid.set(invalid);
-    match agent.declared_rules.lock() {
-        Ok(mut g) => *g = rules,
-        Err(p) => *p.into_inner() = rules,
-    }
-    match agent.declared_chains.lock() {
-        Ok(mut g) => *g = chains,
-        Err(p) => *p.into_inner() = chains,
-    }
-    Ok(())
 }
 
 /// What the window says about each service, server side.
@@ -156,6 +98,13 @@ pub async fn run(agent: Arc<Agent>, client: Client, mut stop: watch::Receiver<bo
         },
     );
     tracing::info!(identity = %me, mode = %cfg.mode, "kubernetes integration started");
+    if cfg.watch_chainslos {
+        tokio::spawn(crate::k8s::chainslo_watch::run(
+            agent.clone(),
+            client.clone(),
+            stop.clone(),
+        ));
+    }
     // Renew well within the lease so a live leader never looks expired.
     let tick = Duration::from_secs((cfg.lease_seconds / 3).clamp(1, cfg.interval_seconds.max(1)));
     let mut since_reconcile = Duration::MAX;
@@ -167,11 +116,6 @@ pub async fn run(agent: Arc<Agent>, client: Client, mut stop: watch::Receiver<bo
         agent.metrics.leader.set(i64::from(leader));
         if since_reconcile >= Duration::from_secs(cfg.interval_seconds) {
             since_reconcile = Duration::ZERO;
-            if cfg.watch_chainslos {
-                if let Err(e) = sync_chainslos(&agent, &client).await {
-                    tracing::warn!("reading ChainSLO objects failed: {e}");
-                }
-            }
             let (mut window, secs) = agent.lock().window(now_s, agent.config.window.as_secs());
             if leader {
                 // The leader writes for the whole cluster: add the other nodes' windows.

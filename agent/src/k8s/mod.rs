@@ -3,6 +3,7 @@
 //! applies them with server-side apply, and leader election on a Lease.
 
 pub mod chainslo;
+pub mod chainslo_watch;
 pub mod controller;
 pub mod destinationrule;
 pub mod lease;
