@@ -253,8 +253,8 @@ fn forecast_bench(series: usize, batch: usize, model: Option<PathBuf>) -> anyhow
         "--series must be a positive multiple of --batch"
     );
     let path = model.unwrap_or_else(default_model_path);
-    let m = GruModel::load_batched(&path, batch)
-        .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+    let m =
+        GruModel::load(&path).map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
     // Deterministic inputs: the cost does not depend on the values.
     let mut seed = 1u64;
     let input: Vec<f32> = (0..batch * INPUT_MINUTES * FEATURES)

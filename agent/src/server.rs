@@ -133,14 +133,17 @@ impl Agent {
 
     /// Recomputes every chain's forecast from its 1-minute history (the
     /// last two days: memory for the recent minutes, the store before).
+    /// Chains advance minute by minute together, so the GRU runs once per
+    /// minute for all of them (one batch), not once per chain.
     pub fn refresh_forecasts(&self, now_s: u64) {
         let now_min = now_s / 60;
         let chains: Vec<String> = self.lock().lifetime().keys().cloned().collect();
-        let mut out = std::collections::BTreeMap::new();
         let mut selectors = match self.selectors.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // Per chain: the requests/s of each minute still to feed, from `start`.
+        let mut feeds: Vec<(String, u64, std::collections::BTreeMap<u64, u64>)> = Vec::new();
         for chain in chains {
             // Each chain's selector is fed every complete minute once: a new
             // one replays the last two days, later refreshes only what came since.
@@ -160,37 +163,52 @@ impl Agent {
                     .into_iter()
                     .map(|(m, a)| (m, a.end_to_end.requests)),
             );
-            let sel = match selectors.get_mut(&chain) {
-                Some(s) => s,
-                None => {
-                    // Start where the chain's history starts.
-                    if per_min.is_empty() {
-                        continue;
+            let start = match selectors.get(&chain).and_then(|s| s.last_minute()) {
+                Some(m) => m + 1,
+                // A new selector starts where the chain's history starts.
+                None => match per_min.keys().next() {
+                    Some(first) => {
+                        selectors.insert(
+                            chain.clone(),
+                            crate::forecast::Selector::with_model(
+                                &FORECAST_HORIZONS,
+                                30,
+                                self.gru.clone(),
+                            ),
+                        );
+                        *first
                     }
-                    let s = crate::forecast::Selector::with_model(
-                        &FORECAST_HORIZONS,
-                        30,
-                        self.gru.clone(),
-                    );
-                    selectors.insert(chain.clone(), s);
-                    match selectors.get_mut(&chain) {
-                        Some(s) => s,
-                        None => continue,
-                    }
-                }
+                    None => continue,
+                },
             };
-            let start = sel.last_minute().map_or_else(
-                || per_min.keys().next().copied().unwrap_or(now_min),
-                |m| m + 1,
-            );
+            feeds.push((chain, start, per_min));
+        }
+        let first = feeds.iter().map(|f| f.1).min().unwrap_or(now_min);
+        for m in first..now_min {
+            let due: Vec<&(String, u64, _)> = feeds.iter().filter(|f| f.1 <= m).collect();
             // A minute without reports had no traffic: zero, not a gap.
-            for m in start..now_min {
-                sel.update(m, per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0);
+            for (chain, _, per_min) in &due {
+                if let Some(sel) = selectors.get_mut(chain) {
+                    sel.observe(m, per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0);
+                }
             }
-            if let Some(f) = sel.chain_forecast() {
-                out.insert(chain, f);
+            if let Some(model) = &self.gru {
+                let grus: Vec<&crate::forecast::gru::Gru> = due
+                    .iter()
+                    .filter_map(|(c, _, _)| selectors.get(c).and_then(|s| s.gru()))
+                    .collect();
+                crate::forecast::gru::run_pending(model, &grus);
+            }
+            for (chain, _, _) in &due {
+                if let Some(sel) = selectors.get_mut(chain) {
+                    sel.record(m);
+                }
             }
         }
+        let out: std::collections::BTreeMap<_, _> = selectors
+            .iter()
+            .filter_map(|(c, s)| Some((c.clone(), s.chain_forecast()?)))
+            .collect();
         match self.forecasts.lock() {
             Ok(mut g) => *g = out,
             Err(p) => *p.into_inner() = out,

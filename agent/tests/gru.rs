@@ -74,3 +74,45 @@ fn the_gru_forecasts_a_slice_of_the_trace_sensibly() {
         );
     }
 }
+
+/// The agent runs every chain's GRU window in one batch; each chain gets
+/// what a run of its own would give.
+#[test]
+fn a_batch_of_chains_equals_their_runs_one_by_one() {
+    use meshtune_agent::forecast::gru::{run_pending, Gru};
+    use meshtune_agent::forecast::Forecaster;
+    let model = std::sync::Arc::new(GruModel::load(&default_model_path()).unwrap());
+    let trace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces/worldcup98_1min.csv");
+    let (first, values) = read_trace(&trace).unwrap();
+    let starts = [
+        values.len() * 8 / 10,
+        values.len() * 8 / 10 + 333,
+        values.len() * 9 / 10,
+    ];
+    let feed = |g: &mut Gru, s: usize| {
+        for (i, v) in values[s..s + INPUT_MINUTES].iter().enumerate() {
+            g.update(first + (s + i) as u64, *v);
+        }
+    };
+    let mut batched: Vec<Gru> = starts.iter().map(|_| Gru::new(model.clone())).collect();
+    let mut alone: Vec<Gru> = starts.iter().map(|_| Gru::new(model.clone())).collect();
+    for (i, s) in starts.iter().enumerate() {
+        feed(&mut batched[i], *s);
+        feed(&mut alone[i], *s);
+    }
+    let refs: Vec<&Gru> = batched.iter().collect();
+    assert_eq!(run_pending(&model, &refs), 3, "three windows in one run");
+    assert_eq!(run_pending(&model, &refs), 0, "nothing left to run");
+    for (b, a) in batched.iter().zip(&alone) {
+        for h in [1, 5, 10] {
+            let (x, y) = (b.forecast(h), a.forecast(h));
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                "h={h}: {x} vs {y}"
+            );
+        }
+    }
+    // Different windows, different forecasts: the batch kept them apart.
+    assert_ne!(batched[0].forecast(10), batched[2].forecast(10));
+}

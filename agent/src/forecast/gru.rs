@@ -15,10 +15,18 @@ pub const FEATURES: usize = 5;
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// A loaded model, shared by every chain's forecaster.
+/// A loaded model, shared by every chain's forecaster: the parsed graph
+/// and one optimized plan per batch size used. tract plans a fixed batch
+/// about twice as fast as a symbolic one (its kernels are chosen for the
+/// exact shapes), and the agent's batch is its number of chains, which
+/// rarely changes; so plans are made on first use and kept.
 pub struct GruModel {
-    plan: Plan,
+    graph: InferenceModel,
+    plans: std::sync::Mutex<std::collections::BTreeMap<usize, Plan>>,
 }
+
+/// Distinct batch sizes kept planned; beyond it the cache starts over.
+const PLANS_KEPT: usize = 8;
 
 /// The default model shipped in the repository.
 pub fn default_model_path() -> std::path::PathBuf {
@@ -48,19 +56,40 @@ pub fn features(first_minute: u64, window: &[f64]) -> (Vec<f32>, f64) {
 }
 
 impl GruModel {
+    /// Parses the model and plans a batch of one (so a model tract cannot
+    /// run is refused here, not at the first forecast).
     pub fn load(path: &Path) -> TractResult<GruModel> {
-        Self::load_batched(path, 1)
+        let graph = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(path)?;
+        let model = GruModel {
+            graph,
+            plans: std::sync::Mutex::default(),
+        };
+        model.plan(1)?;
+        Ok(model)
     }
 
-    /// A plan for `batch` windows at once (the model's batch axis is dynamic).
-    pub fn load_batched(path: &Path, batch: usize) -> TractResult<GruModel> {
-        let plan = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_path(path)?
+    /// The plan for `batch` windows, made on first use.
+    fn plan(&self, batch: usize) -> TractResult<Plan> {
+        let mut plans = match self.plans.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(p) = plans.get(&batch) {
+            return Ok(p.clone());
+        }
+        let plan = self
+            .graph
+            .clone()
             .with_input_fact(0, f32::fact([batch, INPUT_MINUTES, FEATURES]).into())?
             .into_optimized()?
             .into_runnable()?;
-        Ok(GruModel { plan })
+        if plans.len() >= PLANS_KEPT {
+            plans.clear();
+        }
+        plans.insert(batch, plan.clone());
+        Ok(plan)
     }
 
     /// Raw outputs for `batch` input windows laid end to end.
@@ -70,7 +99,7 @@ impl GruModel {
             input.to_vec(),
         )?
         .into();
-        let out = self.plan.run(tvec!(t.into()))?;
+        let out = self.plan(batch)?.run(tvec!(t.into()))?;
         Ok(out[0]
             .to_plain_array_view::<f32>()?
             .iter()
@@ -95,13 +124,15 @@ impl GruModel {
     }
 }
 
-/// The GRU as an online [`Forecaster`]: one inference per update once an
-/// hour of history is there.
+/// The GRU as an online [`Forecaster`]: once an hour of history is there,
+/// every update leaves a window to run. [`run_pending`] runs the windows of
+/// many chains in one batch; a forecast asked for before that runs its own.
 pub struct Gru {
     model: Arc<GruModel>,
     window: VecDeque<f64>,
     first_minute: u64,
-    next: Vec<f64>,
+    /// The forecast of the current window, once run.
+    next: std::sync::Mutex<Option<Vec<f64>>>,
     seen: usize,
 }
 
@@ -111,10 +142,60 @@ impl Gru {
             model,
             window: VecDeque::new(),
             first_minute: 0,
-            next: Vec::new(),
+            next: std::sync::Mutex::new(None),
             seen: 0,
         }
     }
+
+    fn next(&self) -> std::sync::MutexGuard<'_, Option<Vec<f64>>> {
+        match self.next.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The model input of a window not yet run, and its mean.
+    pub fn pending(&self) -> Option<(Vec<f32>, f64)> {
+        if self.window.len() < INPUT_MINUTES || self.next().is_some() {
+            return None;
+        }
+        let w: Vec<f64> = self.window.iter().copied().collect();
+        Some(features(self.first_minute, &w))
+    }
+
+    fn set_output(&self, y: &[f32], mean: f64) {
+        *self.next() = Some(
+            y.iter()
+                .map(|v| (f64::from(*v) + mean).exp_m1().max(0.0))
+                .collect(),
+        );
+    }
+}
+
+/// Runs the pending windows of every GRU in `grus` as one batch; returns
+/// how many ran (0 when none was pending or the run failed, in which case
+/// each forecaster runs its own when asked).
+pub fn run_pending(model: &GruModel, grus: &[&Gru]) -> usize {
+    let mut who = Vec::new();
+    let mut input = Vec::new();
+    for g in grus {
+        if let Some((x, mean)) = g.pending() {
+            input.extend_from_slice(&x);
+            who.push((*g, mean));
+        }
+    }
+    if who.is_empty() {
+        return 0;
+    }
+    let Ok(y) = model.run_batch(who.len(), &input) else {
+        return 0;
+    };
+    for (i, (g, mean)) in who.iter().enumerate() {
+        if let Some(out) = y.get(i * OUTPUT_MINUTES..(i + 1) * OUTPUT_MINUTES) {
+            g.set_output(out, *mean);
+        }
+    }
+    who.len()
 }
 
 impl Forecaster for Gru {
@@ -131,19 +212,22 @@ impl Forecaster for Gru {
         }
         self.first_minute = minute + 1 - self.window.len() as u64;
         self.seen += 1;
-        if self.window.len() == INPUT_MINUTES {
-            let w: Vec<f64> = self.window.iter().copied().collect();
-            self.next = self
-                .model
-                .forecast(self.first_minute, &w)
-                .unwrap_or_default();
-        }
+        *self.next() = None;
     }
     fn forecast(&self, h: usize) -> f64 {
-        self.next
-            .get(h.clamp(1, OUTPUT_MINUTES) - 1)
-            .copied()
+        if let Some((x, mean)) = self.pending() {
+            match self.model.run(&x) {
+                Ok(y) => self.set_output(&y, mean),
+                Err(_) => *self.next() = Some(Vec::new()),
+            }
+        }
+        self.next()
+            .as_ref()
+            .and_then(|n| n.get(h.clamp(1, OUTPUT_MINUTES) - 1).copied())
             .unwrap_or_else(|| self.window.back().copied().unwrap_or(0.0))
+    }
+    fn as_gru(&self) -> Option<&Gru> {
+        Some(self)
     }
     fn seen(&self) -> usize {
         self.seen

@@ -4,15 +4,18 @@
 //! each observation (minutes since the Unix epoch), never read here.
 //!
 //! Methods: last value (`naive`), `seasonal_naive` (same minute one day
-//! earlier), additive `holt_winters` with a daily season, and `harmonic`:
-//! daily harmonics fitted on recent history, in the spirit of Crane's DSP
-//! predictor but useful after hours rather than 48 of them.
+//! earlier), additive `holt_winters` with a daily season, `harmonic`:
+//! daily harmonics fitted on recent history, `fft`: the periodogram's
+//! strongest periods carried forward, in the style of Crane's DSP predictor
+//! but useful after an hour rather than 48, and `gru` when a model is loaded.
 
 pub mod eval;
 pub mod gru;
 mod methods;
+mod periodogram;
 
 pub use methods::{HarmonicDaily, HoltWinters, Naive, SeasonalNaive};
+pub use periodogram::Periodogram;
 
 /// Minutes in the daily season.
 pub const DAY: usize = 1440;
@@ -29,6 +32,10 @@ pub trait Forecaster: Send {
     fn forecast(&self, h: usize) -> f64;
     /// Observations seen so far.
     fn seen(&self) -> usize;
+    /// The GRU, whose runs are batched across chains.
+    fn as_gru(&self) -> Option<&gru::Gru> {
+        None
+    }
 }
 
 /// Replaces NaN, infinities and negative counts with the previous good
@@ -55,6 +62,7 @@ pub fn all_methods(model: Option<std::sync::Arc<gru::GruModel>>) -> Vec<Box<dyn 
     }
     all.push(Box::new(HoltWinters::new(DAY, 0.3, 0.001, 0.2)));
     all.push(Box::new(HarmonicDaily::new(4, 2 * DAY, 30)));
+    all.push(Box::new(Periodogram::new(2 * DAY, 30, 8)));
     all.push(Box::new(SeasonalNaive::new(DAY)));
     all.push(Box::new(Naive::default()));
     all
@@ -122,6 +130,20 @@ impl Selector {
     /// Feeds minute `minute`'s value: scores the forecasts that targeted
     /// it, updates every method, and records their new forecasts.
     pub fn update(&mut self, minute: u64, value: f64) {
+        self.observe(minute, value);
+        self.record(minute);
+    }
+
+    /// The GRU among the methods, if any (to batch its runs, see
+    /// [`gru::run_pending`] between [`Selector::observe`] and
+    /// [`Selector::record`]).
+    pub fn gru(&self) -> Option<&gru::Gru> {
+        self.methods.iter().find_map(|m| m.as_gru())
+    }
+
+    /// The first half of [`Selector::update`]: scores the forecasts that
+    /// targeted `minute` and updates every method.
+    pub fn observe(&mut self, minute: u64, value: f64) {
         self.last_minute = Some(minute);
         for (m, method) in self.methods.iter_mut().enumerate() {
             for (k, _) in self.horizons.iter().enumerate() {
@@ -138,6 +160,13 @@ impl Selector {
                 }
             }
             method.update(minute, value);
+        }
+    }
+
+    /// The second half of [`Selector::update`]: records every method's new
+    /// forecasts, to be scored when their minutes come.
+    pub fn record(&mut self, minute: u64) {
+        for (m, method) in self.methods.iter().enumerate() {
             if method.seen() >= method.min_history() {
                 for (k, h) in self.horizons.iter().enumerate() {
                     let f = method.forecast(*h);
