@@ -91,7 +91,9 @@ impl Periodogram {
             .plan_fft_forward(n)
             .process(&mut buf);
         // The periodogram over the positive frequencies, strongest first.
-        let mut bins: Vec<(usize, f64)> = (1..n.div_ceil(2))
+        // A period is believed only after two whole cycles (k ≥ 2): the
+        // window's own length as a "period" would wrap its start onto its end.
+        let mut bins: Vec<(usize, f64)> = (2..n.div_ceil(2))
             .filter(|k| nf / *k as f64 >= self.min_period)
             .map(|k| (k, buf[k].norm_sqr()))
             .collect();
@@ -107,7 +109,13 @@ impl Periodogram {
                 phase: buf[k].arg(),
             })
             .collect();
-        self.bias = 0.0;
+        // Anchor on the recent level: the mean residual of the last
+        // half hour (a trend or a shift inside the window is not periodic).
+        let recent = n.min(30);
+        self.bias = (n - recent..n)
+            .map(|t| x[t] - (self.level + self.periodic(self.fit_start + t as u64)))
+            .sum::<f64>()
+            / recent as f64;
     }
 }
 
@@ -129,7 +137,7 @@ impl Forecaster for Periodogram {
             self.fit();
         }
         let residual = value - (self.level + self.periodic(minute));
-        self.bias = 0.9 * self.bias + 0.1 * residual;
+        self.bias = 0.8 * self.bias + 0.2 * residual;
     }
     fn forecast(&self, h: usize) -> f64 {
         let m = self.last_minute + h as u64;

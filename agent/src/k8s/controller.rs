@@ -29,13 +29,53 @@ fn identity(cfg: &crate::config::KubernetesSpec) -> String {
         .unwrap_or_else(|| "meshtune-agent".into())
 }
 
-/// What the window says about each service, server side.
+/// The most a forecast may scale a chain's observed rate up by.
+pub const MAX_GROWTH: f64 = 4.0;
+
+/// Each service's request rate to plan for: the rate each chain sends it in
+/// the window, scaled up by the growth that chain's load forecast expects
+/// (`forecast_rps`: each chain's expected requests/s at the longest horizon),
+/// so connection pools are sized before a rise, not after it. A forecast
+/// of less traffic does not shrink them (that waits for the traffic to fall).
+pub fn expected_service_rps(
+    window: &BTreeMap<String, crate::aggregate::ChainAgg>,
+    secs: f64,
+    forecast_rps: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    if secs <= 0.0 {
+        return out;
+    }
+    for (chain, agg) in window {
+        let now = agg.end_to_end.requests as f64 / secs;
+        let growth = match forecast_rps.get(chain) {
+            Some(f) if now > 0.0 && f.is_finite() => (f / now).clamp(1.0, MAX_GROWTH),
+            _ => 1.0,
+        };
+        for (svc, hop) in &agg.hops {
+            *out.entry(svc.clone()).or_insert(0.0) +=
+                hop.preferred().0.requests as f64 / secs * growth;
+        }
+    }
+    out
+}
+
+/// What the window says about each service, server side, with each
+/// service's rate as [`expected_service_rps`] plans it.
 pub fn observations(
     agent: &Agent,
     window: &BTreeMap<String, crate::aggregate::ChainAgg>,
     secs: f64,
 ) -> (Vec<ServiceObservation>, BTreeMap<String, f64>) {
     let specs = agent.chains();
+    let forecast_rps: BTreeMap<String, f64> = match agent.forecasts.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+    .into_iter()
+    .filter_map(|(c, f)| Some((c, *f.rps.values().next_back()?)))
+    .collect();
+    let expected = expected_service_rps(window, secs, &forecast_rps);
     let mut per_service: BTreeMap<String, crate::aggregate::Agg> = BTreeMap::new();
     // Worst SLO attainment among the chains through each service.
     let mut attainment: BTreeMap<String, f64> = BTreeMap::new();
@@ -65,7 +105,10 @@ pub fn observations(
                 .services
                 .get(&svc)
                 .map_or_else(|| "default".into(), |s| s.namespace.clone()),
-            rps: a.requests as f64 / secs,
+            rps: expected
+                .get(&svc)
+                .copied()
+                .unwrap_or(a.requests as f64 / secs),
             p99_ms: a.latency.quantile(0.99).unwrap_or(0.0) / 1e6,
             error_rate: a.errors as f64 / a.requests as f64,
             service: svc,
@@ -186,5 +229,55 @@ pub async fn run(agent: Arc<Agent>, client: Client, mut stop: watch::Receiver<bo
             _ = tokio::time::sleep(tick) => since_reconcile += tick,
             _ = stop.changed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::ChainAgg;
+    use meshtune_filter_core::{Direction, HopRecord, Sketch};
+
+    fn chain(name: &str, services: &[(&str, u64)]) -> ChainAgg {
+        let mut agg = ChainAgg::default();
+        for (i, (svc, n)) in services.iter().enumerate() {
+            let mut latency = Sketch::new();
+            (0..*n).for_each(|_| latency.record(5_000_000));
+            agg.add_record(&HopRecord {
+                chain: name.into(),
+                service: (*svc).into(),
+                direction: Direction::Inbound,
+                entry: i == 0,
+                requests: *n,
+                errors: 0,
+                latency,
+                shed: 0,
+                deadline_exceeded: 0,
+                retries: 0,
+            });
+        }
+        agg
+    }
+
+    #[test]
+    fn forecast_growth_scales_each_chains_share_of_a_service() {
+        let mut window = BTreeMap::new();
+        // 60 s window: "shop" sends 10/s through front and 10/s to db;
+        // "admin" sends 5/s to db.
+        window.insert(
+            "shop".to_string(),
+            chain("shop", &[("front", 600), ("db", 600)]),
+        );
+        window.insert("admin".to_string(), chain("admin", &[("db", 300)]));
+        let none = expected_service_rps(&window, 60.0, &BTreeMap::new());
+        assert_eq!((none["front"], none["db"]), (10.0, 15.0));
+        // shop is forecast to double, admin to fall by half (ignored).
+        let f = BTreeMap::from([("shop".to_string(), 20.0), ("admin".to_string(), 2.5)]);
+        let e = expected_service_rps(&window, 60.0, &f);
+        assert_eq!((e["front"], e["db"]), (20.0, 25.0));
+        // A wild forecast is capped.
+        let f = BTreeMap::from([("shop".to_string(), 1e9)]);
+        let e = expected_service_rps(&window, 60.0, &f);
+        assert_eq!(e["front"], 10.0 * MAX_GROWTH);
     }
 }
