@@ -1,7 +1,7 @@
 """Trains meshtune's GRU load forecaster and exports it to ONNX.
 
     python3 -m pip install -r models/requirements.txt
-    python3 models/train_gru.py            # writes models/gru.onnx, gru.json, gru_check.json
+    python3 models/train_gru.py            # writes models/gru.onnx, gru_torch.onnx, gru.json, gru_check.json
                                            # (~3 minutes on 2 cores)
 
 Input: 60 minutes of requests/s with time-of-day and day-of-week encodings;
@@ -105,9 +105,10 @@ def main():
         print(f"epoch {epoch}: train mse {total / len(xt):.5f} validation mse {val:.5f}", file=sys.stderr)
     # torch exports an ONNX GRU node; the committed model is the same
     # computation in explicit operators (unroll_gru.py), checked equal here.
-    import tempfile
+    # The export itself is kept as gru_torch.onnx: onnxruntime's fused GRU
+    # kernel runs it, the reference `meshtune-agent forecast-bench` times too.
     from unroll_gru import unroll
-    torch_path = os.path.join(tempfile.mkdtemp(), "gru_torch.onnx")
+    torch_path = os.path.join(HERE, "gru_torch.onnx")
     torch.onnx.export(model, torch.zeros(1, IN, FEATURES), torch_path, input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17, dynamo=False)
     onnx.checker.check_model(onnx.load(torch_path))

@@ -65,6 +65,75 @@ pub struct ServiceSpec {
     pub max_cpu: Option<f64>,
     pub min_memory: Option<f64>,
     pub max_memory: Option<f64>,
+    /// Locality load balancing written into the service's DestinationRule
+    /// (`trafficPolicy.loadBalancer.localityLbSetting`).
+    pub locality: Option<LocalitySpec>,
+}
+
+/// Istio's locality settings, one of them: `failover: {from, to}` (regions)
+/// or `distribute: {from, to: {locality: weight}}` (weights sum to 100).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalitySpec {
+    pub failover: Option<FailoverSpec>,
+    pub distribute: Option<DistributeSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSpec {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistributeSpec {
+    pub from: String,
+    pub to: BTreeMap<String, u32>,
+}
+
+impl LocalitySpec {
+    /// The writer's form of the setting (validated by `AgentConfig::parse`).
+    pub fn to_locality(&self) -> Option<crate::k8s::destinationrule::Locality> {
+        use crate::k8s::destinationrule::Locality;
+        match (&self.failover, &self.distribute) {
+            (Some(f), None) => Some(Locality::Failover {
+                from: f.from.clone(),
+                to: f.to.clone(),
+            }),
+            (None, Some(d)) => Some(Locality::Distribute {
+                from: d.from.clone(),
+                to: d.to.iter().map(|(k, w)| (k.clone(), *w)).collect(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> Option<(&'static str, String)> {
+        match (&self.failover, &self.distribute) {
+            (Some(_), Some(_)) | (None, None) => Some((
+                "locality",
+                "give exactly one of `failover` and `distribute`".into(),
+            )),
+            (Some(f), None) if f.from.is_empty() || f.to.is_empty() || f.from == f.to => Some((
+                "failover",
+                "`from` and `to` are two different regions".into(),
+            )),
+            (None, Some(d)) if d.from.is_empty() || d.to.is_empty() => Some((
+                "distribute",
+                "`from` and at least one `to` locality are needed".into(),
+            )),
+            (None, Some(d)) if d.to.values().sum::<u32>() != 100 => Some((
+                "distribute",
+                format!(
+                    "the `to` weights must sum to 100 (they sum to {})",
+                    d.to.values().sum::<u32>()
+                ),
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -371,6 +440,14 @@ impl AgentConfig {
                     ));
                 }
             }
+            if let Some((field, message)) = spec.locality.as_ref().and_then(|l| l.problem()) {
+                let path = if field == "locality" {
+                    format!("services.{svc}.locality")
+                } else {
+                    format!("services.{svc}.locality.{field}")
+                };
+                return Err(invalid(path, field, message));
+            }
             for (field, lo, hi) in [
                 ("cpu", spec.min_cpu, spec.max_cpu),
                 ("memory", spec.min_memory, spec.max_memory),
@@ -544,6 +621,54 @@ mod tests {
             let msg = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(msg.contains(&format!("`{path}`")), "{path}: {msg}");
             assert!(msg.contains(line), "{path}: {msg}");
+        }
+    }
+
+    #[test]
+    fn locality_settings_are_checked_and_reach_the_writer() {
+        use crate::k8s::destinationrule::Locality;
+        let ok = parse(
+            "services:\n  reviews:\n    locality:\n      distribute:\n        from: edge/*\n        to: {edge/*: 70, cloud/*: 30}\n  ratings:\n    locality:\n      failover: {from: edge, to: cloud}\n",
+        );
+        let cfg = match ok {
+            Ok(c) => c,
+            Err(e) => unreachable!("{e}"),
+        };
+        let l = cfg.services["reviews"]
+            .locality
+            .as_ref()
+            .and_then(|l| l.to_locality());
+        assert_eq!(
+            l,
+            Some(Locality::Distribute {
+                from: "edge/*".into(),
+                to: vec![("cloud/*".into(), 30), ("edge/*".into(), 70)]
+            })
+        );
+        let l = cfg.services["ratings"]
+            .locality
+            .as_ref()
+            .and_then(|l| l.to_locality());
+        assert!(matches!(l, Some(Locality::Failover { .. })));
+        for (text, path, words) in [
+            (
+                "services:\n  r:\n    locality:\n      distribute: {from: a, to: {a: 60, b: 30}}\n",
+                "services.r.locality.distribute",
+                "sum to 90",
+            ),
+            (
+                "services:\n  r:\n    locality: {}\n",
+                "services.r.locality",
+                "exactly one",
+            ),
+            (
+                "services:\n  r:\n    locality:\n      failover: {from: a, to: a}\n",
+                "services.r.locality.failover",
+                "different",
+            ),
+        ] {
+            let msg = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(path) && msg.contains(words), "{msg}");
         }
     }
 }

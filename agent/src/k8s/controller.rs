@@ -188,7 +188,15 @@ pub async fn run(agent: Arc<Agent>, client: Client, mut stop: watch::Receiver<bo
                 }
             }
             let (obs, attainment) = observations(&agent, &window, secs);
-            let rules = desired(&obs, &[], &Tuning::default());
+            let locality: Vec<_> = agent
+                .config
+                .services
+                .iter()
+                .filter_map(|(svc, spec)| {
+                    Some((svc.clone(), spec.locality.as_ref()?.to_locality()?))
+                })
+                .collect();
+            let rules = desired(&obs, &locality, &Tuning::default());
             let att = |_: &str, name: &str| attainment.get(name).copied();
             for ((ns, name), outcome) in writer.reconcile(&rules, leader, now_s, &att).await {
                 match outcome {
