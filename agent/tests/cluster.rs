@@ -9,7 +9,9 @@
 //! istioctl install -y --set profile=minimal
 //! kubectl create namespace bookinfo
 //! kubectl label namespace bookinfo istio-injection=enabled meshtune.io/enabled=true
+//! printf 'token=%s\n' "$(openssl rand -hex 16)" | tee manifests/agent-token.env > istio/namespace/agent-token.env
 //! kubectl apply -k manifests
+//! kubectl apply -k istio/namespace
 //! cargo test -p meshtune-agent --test cluster -- --ignored
 //! ```
 
