@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meshtune_agent::{Agent, AgentConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The meshtune node agent. Runs on every node (a DaemonSet), receives the
 /// latency reports of the meshtune filters in the node's Envoy sidecars,
@@ -46,8 +46,9 @@ enum Command {
     ForecastBench {
         #[arg(long, default_value_t = 10_000)]
         series: usize,
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
+        /// Batch sizes to time, comma-separated (each must divide --series).
+        #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
+        batch: Vec<usize>,
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -188,7 +189,7 @@ fn main() -> anyhow::Result<()> {
             series,
             batch,
             model,
-        } => forecast_bench(series, batch, model),
+        } => forecast_bench(series, &batch, model),
         Command::Crd => {
             print!("{}", meshtune_agent::k8s::chainslo::crd_yaml());
             Ok(())
@@ -244,99 +245,133 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forecasting cost: tract on `series` windows in batches, then the same
-/// batches in onnxruntime through Python, in one run.
-fn forecast_bench(series: usize, batch: usize, model: Option<PathBuf>) -> anyhow::Result<()> {
+/// Times onnxruntime (through `models/bench_onnxruntime.py`, one thread)
+/// on `model`; `None` (and a line saying why) when it cannot.
+fn onnxruntime_seconds(model: &Path, series: usize, batch: usize) -> Option<f64> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bench_onnxruntime.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--model", &model.display().to_string()])
+        .args([
+            "--series",
+            &series.to_string(),
+            "--batch",
+            &batch.to_string(),
+        ])
+        .args(["--repeat", "3"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let s = text
+                .lines()
+                .find_map(|l| l.strip_prefix("seconds=")?.trim().parse::<f64>().ok());
+            if s.is_none() {
+                println!("onnxruntime: no timing in {text:?}");
+            }
+            s
+        }
+        Ok(o) => {
+            println!(
+                "onnxruntime: not measured ({}); install it with `python3 -m pip install -r models/requirements.txt`",
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            );
+            None
+        }
+        Err(e) => {
+            println!("onnxruntime: not measured (python3: {e})");
+            None
+        }
+    }
+}
+
+/// Forecasting cost per series: tract on `series` windows at each batch
+/// size, then onnxruntime on the same file and batches, and on the torch
+/// export beside it (ONNX GRU node, onnxruntime's fused kernel), in one run.
+fn forecast_bench(series: usize, batches: &[usize], model: Option<PathBuf>) -> anyhow::Result<()> {
     use meshtune_agent::forecast::gru::{default_model_path, GruModel, FEATURES, INPUT_MINUTES};
     anyhow::ensure!(
-        series > 0 && batch > 0 && series.is_multiple_of(batch),
-        "--series must be a positive multiple of --batch"
+        series > 0
+            && !batches.is_empty()
+            && batches.iter().all(|b| *b > 0 && series.is_multiple_of(*b)),
+        "--series must be a positive multiple of every --batch size"
     );
     let path = model.unwrap_or_else(default_model_path);
     let m =
         GruModel::load(&path).map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
-    // Deterministic inputs: the cost does not depend on the values.
-    let mut seed = 1u64;
-    let input: Vec<f32> = (0..batch * INPUT_MINUTES * FEATURES)
-        .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    m.run_batch(batch, &input)
-        .map_err(|e| anyhow::anyhow!("{e}"))?; // warm-up
-                                               // Best of three: the least disturbed run of each side.
-    let mut tract_s = f64::MAX;
-    for _ in 0..3 {
-        let t0 = std::time::Instant::now();
-        for _ in 0..series / batch {
-            m.run_batch(batch, &input)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        tract_s = tract_s.min(t0.elapsed().as_secs_f64());
-    }
-    println!(
-        "tract:       {series} series in {:.3} s ({:.1} µs per series, batch {batch}, one core, {})",
-        tract_s,
-        tract_s * 1e6 / series as f64,
-        path.display()
-    );
-    // onnxruntime on the same file, and on the torch export beside it
-    // (ONNX GRU node, onnxruntime's fused kernel) when there is one.
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bench_onnxruntime.py");
     let mut models = vec![path.clone()];
     let torch_form = path.with_file_name("gru_torch.onnx");
     if torch_form.is_file() && torch_form != path {
         models.push(torch_form);
     }
-    let mut best: Option<f64> = None;
-    for model in models {
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .args([
-                "--model",
-                &model.display().to_string(),
-                "--series",
-                &series.to_string(),
-                "--batch",
-                &batch.to_string(),
-                "--repeat",
-                "3",
-            ])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let text = String::from_utf8_lossy(&o.stdout);
-                match text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("seconds=")?.trim().parse::<f64>().ok())
-                {
-                    Some(ort_s) => {
-                        println!(
-                            "onnxruntime: {series} series in {ort_s:.3} s ({:.1} µs per series, batch {batch}, one thread, {})",
-                            ort_s * 1e6 / series as f64,
-                            model.display()
-                        );
-                        best = Some(best.map_or(ort_s, |b: f64| b.min(ort_s)));
-                    }
-                    None => println!("onnxruntime: no timing in {text:?}"),
-                }
+    println!("{series} series of {INPUT_MINUTES} minutes; one core; best of three runs each; µs per series");
+    println!(
+        "{:>6} {:>10} {:>20} {:>26}",
+        "batch", "tract", "onnxruntime (same)", "onnxruntime (torch form)"
+    );
+    let mut best_tract = (f64::MAX, 0);
+    let mut best_ort = (f64::MAX, 0);
+    for &batch in batches {
+        // Deterministic inputs: the cost does not depend on the values.
+        let mut seed = 1u64;
+        let input: Vec<f32> = (0..batch * INPUT_MINUTES * FEATURES)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        // Warm-up, which also makes the plan for this batch size.
+        m.run_batch(batch, &input)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut tract_s = f64::MAX;
+        for _ in 0..3 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..series / batch {
+                m.run_batch(batch, &input)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            Ok(o) => println!(
-                "onnxruntime: not measured ({}); install it with `python3 -m pip install -r models/requirements.txt`",
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-            ),
-            Err(e) => println!("onnxruntime: not measured (python3: {e})"),
+            tract_s = tract_s.min(t0.elapsed().as_secs_f64());
         }
-    }
-    if let Some(ort_s) = best {
+        let per = |s: f64| s * 1e6 / series as f64;
+        if tract_s < best_tract.0 {
+            best_tract = (tract_s, batch);
+        }
+        let ort: Vec<Option<f64>> = models
+            .iter()
+            .map(|p| onnxruntime_seconds(p, series, batch))
+            .collect();
+        for s in ort.iter().flatten() {
+            if *s < best_ort.0 {
+                best_ort = (*s, batch);
+            }
+        }
+        let show = |s: Option<&Option<f64>>| {
+            s.and_then(|v| v.map(|v| format!("{:.1}", per(v))))
+                .unwrap_or_else(|| "-".into())
+        };
         println!(
-            "ratio per_series tract/onnxruntime_best={:.2} tract_10k_series_s={:.3}",
-            tract_s / ort_s,
-            tract_s * 10_000.0 / series as f64
+            "{batch:>6} {:>10.1} {:>20} {:>26}",
+            per(tract_s),
+            show(ort.first()),
+            show(ort.get(1))
+        );
+    }
+    if best_ort.1 > 0 {
+        println!(
+            "ratio per_series tract/onnxruntime_best={:.2} (tract at batch {}, onnxruntime at batch {}) tract_10k_series_s={:.3}",
+            best_tract.0 / best_ort.0,
+            best_tract.1,
+            best_ort.1,
+            best_tract.0 * 10_000.0 / series as f64
+        );
+    } else {
+        println!(
+            "tract_10k_series_s={:.3} (batch {})",
+            best_tract.0 * 10_000.0 / series as f64,
+            best_tract.1
         );
     }
     Ok(())

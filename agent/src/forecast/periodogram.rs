@@ -27,6 +27,8 @@ pub struct Periodogram {
     top: usize,
     /// ...each with at least this share of the detrended signal's power.
     min_power_share: f64,
+    /// Share of the power the kept sinusoids must explain together.
+    min_explained: f64,
     /// Periods shorter than this (minutes) are noise to a forecaster.
     min_period: f64,
     history: VecDeque<f64>,
@@ -47,8 +49,9 @@ impl Periodogram {
             window: window.max(2),
             refit: refit.max(1),
             top,
-            min_power_share: 0.02,
+            min_power_share: 0.05,
             min_period: 10.0,
+            min_explained: 0.3,
             history: VecDeque::new(),
             fit_start: 0,
             level: 0.0,
@@ -109,6 +112,16 @@ impl Periodogram {
                 phase: buf[k].arg(),
             })
             .collect();
+        // Periods that explain little of the signal are noise that happened
+        // to line up: without a clear cycle, forecast the level alone.
+        let explained: f64 = self
+            .components
+            .iter()
+            .map(|c| (c.amplitude * nf / 2.0).powi(2))
+            .sum();
+        if total <= 0.0 || explained < self.min_explained * total {
+            self.components.clear();
+        }
         // Anchor on the recent level: the mean residual of the last
         // half hour (a trend or a shift inside the window is not periodic).
         let recent = n.min(30);
