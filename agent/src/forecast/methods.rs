@@ -50,7 +50,12 @@ impl SeasonalNaive {
 
 impl Forecaster for SeasonalNaive {
     fn name(&self) -> &'static str {
-        "seasonal_naive"
+        // A day is the season; an hour is the one a short history allows.
+        match self.season {
+            DAY => "seasonal_naive",
+            60 => "seasonal_naive_1h",
+            _ => "seasonal_naive_other",
+        }
     }
     fn min_history(&self) -> usize {
         self.season

@@ -4,7 +4,8 @@
 //! each observation (minutes since the Unix epoch), never read here.
 //!
 //! Methods: last value (`naive`), `seasonal_naive` (same minute one day
-//! earlier), additive `holt_winters` with a daily season, `harmonic`:
+//! earlier), `seasonal_naive_1h` (one hour earlier, for histories shorter
+//! than a day), additive `holt_winters` with a daily season, `harmonic`:
 //! daily harmonics fitted on recent history, `fft`: the periodogram's
 //! strongest periods carried forward, in the style of Crane's DSP predictor
 //! but useful after an hour rather than 48, and `gru` when a model is loaded.
@@ -64,6 +65,7 @@ pub fn all_methods(model: Option<std::sync::Arc<gru::GruModel>>) -> Vec<Box<dyn 
     all.push(Box::new(HarmonicDaily::new(4, 2 * DAY, 30)));
     all.push(Box::new(Periodogram::new(2 * DAY, 30, 8)));
     all.push(Box::new(SeasonalNaive::new(DAY)));
+    all.push(Box::new(SeasonalNaive::new(60)));
     all.push(Box::new(Naive::default()));
     all
 }
