@@ -42,16 +42,60 @@ pub struct Hop {
     retries_granted: u32,
 }
 
-/// What the request headers say, read in one host call where possible.
+/// The request headers as fetched from the host: every pair in one
+/// buffer, or only the chain header when nothing else is needed.
+enum Fetched {
+    Pairs(Vec<u8>),
+    Chain {
+        chain: Option<Vec<u8>>,
+        request_id: Option<String>,
+    },
+}
+
+/// What the request headers say, borrowed from [`Fetched`]: each request
+/// costs one host buffer, not a string per header (every allocation is a
+/// few hundred wasm operations).
 #[derive(Default)]
-struct RequestView {
-    chain: Option<String>,
-    host: String,
-    path: String,
-    method: String,
+struct RequestView<'a> {
+    chain: Option<&'a [u8]>,
+    host: &'a str,
+    path: &'a str,
+    method: &'a str,
     deadline_ms: Option<u64>,
     timeout_ms: Option<u64>,
-    request_id: Option<String>,
+    request_id: Option<&'a str>,
+}
+
+impl Fetched {
+    fn view(&self, cfg: &meshtune_filter_core::FilterConfig) -> RequestView<'_> {
+        match self {
+            Fetched::Chain { chain, request_id } => RequestView {
+                chain: chain.as_deref(),
+                request_id: request_id.as_deref(),
+                ..RequestView::default()
+            },
+            Fetched::Pairs(buf) => {
+                let deadline_header = cfg.control.as_ref().map(|c| c.deadline_header.as_bytes());
+                let mut view = RequestView::default();
+                for (k, v) in parse_pairs(buf) {
+                    let text = || std::str::from_utf8(v).unwrap_or("");
+                    match k {
+                        b":authority" => view.host = text(),
+                        b":path" => view.path = text(),
+                        b":method" => view.method = text(),
+                        b"x-request-id" if cfg.debug_log_durations => {
+                            view.request_id = Some(text())
+                        }
+                        b"x-envoy-upstream-rq-timeout-ms" => view.timeout_ms = parse_deadline(v),
+                        k if k == cfg.chain_header.as_bytes() => view.chain = Some(v),
+                        k if Some(k) == deadline_header => view.deadline_ms = parse_deadline(v),
+                        _ => {}
+                    }
+                }
+                view
+            }
+        }
+    }
 }
 
 /// Direction and service of a hop from its cluster name (one property read
@@ -111,42 +155,22 @@ impl Hop {
         }
     }
 
-    fn read_request(&self, state: &Shared) -> RequestView {
+    fn fetch(state: &Shared) -> Fetched {
         let cfg = &state.config;
         let needs = state.rule_needs;
         let outbound = cfg.direction == Some(Direction::Outbound);
         if !(needs.host || needs.path || needs.method || outbound || cfg.control.is_some()) {
             // Only the chain header matters: read just it.
-            let chain = header(MapType::HttpRequestHeaders, &cfg.chain_header)
-                .map(|v| label(&String::from_utf8_lossy(&v)));
-            let request_id = cfg
-                .debug_log_durations
-                .then(|| header_str(MapType::HttpRequestHeaders, "x-request-id"))
-                .flatten();
-            return RequestView {
-                chain,
-                request_id,
-                ..RequestView::default()
+            return Fetched::Chain {
+                chain: header(MapType::HttpRequestHeaders, &cfg.chain_header),
+                request_id: cfg
+                    .debug_log_durations
+                    .then(|| header_str(MapType::HttpRequestHeaders, "x-request-id"))
+                    .flatten(),
             };
         }
         // One host call fetches every request header.
-        let buf = header_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
-        let deadline_header = cfg.control.as_ref().map(|c| c.deadline_header.as_bytes());
-        let mut view = RequestView::default();
-        for (k, v) in parse_pairs(&buf) {
-            let text = || std::str::from_utf8(v).unwrap_or("").to_owned();
-            match k {
-                b":authority" => view.host = text(),
-                b":path" => view.path = text(),
-                b":method" => view.method = text(),
-                b"x-request-id" if cfg.debug_log_durations => view.request_id = Some(text()),
-                b"x-envoy-upstream-rq-timeout-ms" => view.timeout_ms = parse_deadline(v),
-                k if k == cfg.chain_header.as_bytes() => view.chain = Some(label(&text())),
-                k if Some(k) == deadline_header => view.deadline_ms = parse_deadline(v),
-                _ => {}
-            }
-        }
-        view
+        Fetched::Pairs(header_pairs(MapType::HttpRequestHeaders).unwrap_or_default())
     }
 
     /// Answers the request here; the borrow of the shared state must be
@@ -184,7 +208,11 @@ impl Hop {
 
     /// Deadline, concurrency and retry decisions for this request; `Some`
     /// when the filter must answer it instead of forwarding.
-    fn control(&mut self, shared: &Rc<RefCell<Shared>>, view: &RequestView) -> Option<LocalReply> {
+    fn control(
+        &mut self,
+        shared: &Rc<RefCell<Shared>>,
+        view: &RequestView<'_>,
+    ) -> Option<LocalReply> {
         let now_ms = self.start_ns / 1_000_000;
         let (direction, service) = {
             let state = shared.borrow();
@@ -399,13 +427,6 @@ impl Hop {
             RecordOutcome::Overflow => FilterMetrics::bump(state.filter_metrics.overflow_requests),
         }
     }
-
-    /// Makes this hop the chain's entry and forwards the chain downstream.
-    fn assign(&mut self, chain_header: &str, chain: &str) {
-        self.chain = chain.to_owned();
-        self.entry = true;
-        set_header(MapType::HttpRequestHeaders, chain_header, chain);
-    }
 }
 
 impl Context for Hop {}
@@ -416,47 +437,45 @@ impl HttpContext for Hop {
             return Action::Continue;
         };
         self.start_ns = now_ns();
-        let (view, chain_header, rules_chain, controlled) = {
-            let state = shared.borrow();
-            let view = self.read_request(&state);
-            let chain = match &view.chain {
-                Some(_) => None,
-                None => {
-                    // Rules from the agent's fresh policy first, then the plugin's.
-                    let now_ms = self.start_ns / 1_000_000;
-                    let declared = state
-                        .control
-                        .as_ref()
-                        .and_then(|c| c.policy.fresh(now_ms))
-                        .map(|p| p.rules.as_slice());
-                    let (h, p, m) = (&view.host, &view.path, &view.method);
-                    let found = declared
-                        .and_then(|r| rules::assign(r, h, p, m))
-                        .or_else(|| rules::assign(&state.config.rules, h, p, m));
-                    Some(found.unwrap_or(OTHER_CHAIN).to_owned())
-                }
-            };
-            if state.config.direction == Some(Direction::Outbound) {
-                let up = service_from_authority(&view.host);
-                self.upstream = if up.is_empty() {
-                    String::new()
-                } else {
-                    sanitize(up)
-                };
+        let state = shared.borrow();
+        let fetched = Self::fetch(&state);
+        let view = fetched.view(&state.config);
+        match view.chain {
+            Some(raw) => self.chain = label(&String::from_utf8_lossy(raw)),
+            None => {
+                // The entry hop: rules from the agent's fresh policy first,
+                // then the plugin's; the chain is forwarded downstream.
+                let now_ms = self.start_ns / 1_000_000;
+                let declared = state
+                    .control
+                    .as_ref()
+                    .and_then(|c| c.policy.fresh(now_ms))
+                    .map(|p| p.rules.as_slice());
+                let (h, p, m) = (view.host, view.path, view.method);
+                let chain = declared
+                    .and_then(|r| rules::assign(r, h, p, m))
+                    .or_else(|| rules::assign(&state.config.rules, h, p, m))
+                    .unwrap_or(OTHER_CHAIN);
+                self.chain = chain.to_owned();
+                self.entry = true;
+                set_header(
+                    MapType::HttpRequestHeaders,
+                    &state.config.chain_header,
+                    chain,
+                );
             }
-            (
-                view,
-                state.config.chain_header.clone(),
-                chain,
-                state.control.is_some(),
-            )
-        };
-        self.request_id = view.request_id.clone();
-        match (&view.chain, rules_chain) {
-            (Some(c), _) => self.chain = c.clone(),
-            (None, Some(c)) => self.assign(&chain_header, &c),
-            (None, None) => self.assign(&chain_header, OTHER_CHAIN),
         }
+        if state.config.direction == Some(Direction::Outbound) {
+            let up = service_from_authority(view.host);
+            self.upstream = if up.is_empty() {
+                String::new()
+            } else {
+                sanitize(up)
+            };
+        }
+        self.request_id = view.request_id.map(str::to_owned);
+        let controlled = state.control.is_some();
+        drop(state);
         if !controlled {
             return Action::Continue;
         }

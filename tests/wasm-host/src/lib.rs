@@ -394,7 +394,11 @@ impl Host {
             match cache.iter().find(|(p, _, _)| p == wasm) {
                 Some((_, e, m)) => (e.clone(), m.clone()),
                 None => {
-                    let engine = Engine::default();
+                    // Fuel counts the wasm operators executed: a deterministic
+                    // measure of the filter's own work (host calls excluded).
+                    let mut config = wasmtime::Config::new();
+                    config.consume_fuel(true);
+                    let engine = Engine::new(&config)?;
                     let module = Module::from_file(&engine, wasm)?;
                     cache.push((wasm.to_path_buf(), engine.clone(), module.clone()));
                     (engine, module)
@@ -427,6 +431,7 @@ impl Host {
             }
         }
         let mut store = Store::new(&engine, dummy_state());
+        store.set_fuel(u64::MAX)?;
         store.data_mut().plugin_config = config.to_vec();
         store.data_mut().now_ns = 1_800_000_000_000_000_000;
         let instance = linker.instantiate(&mut store, &module)?;
@@ -461,6 +466,11 @@ impl Host {
         self.func::<(i32, i32), ()>(name)?
             .call(&mut self.store, (a, b))?;
         Ok(())
+    }
+
+    /// Wasm operators executed so far (fuel consumed).
+    pub fn wasm_ops(&self) -> u64 {
+        u64::MAX - self.store.get_fuel().unwrap_or(u64::MAX)
     }
 
     pub fn state(&self) -> &HostState {

@@ -3,7 +3,9 @@
 
 use crate::sketch::Sketch;
 use crate::wire::{Direction, FilterCounters, HopRecord, Report, Source, SCHEMA_VERSION};
-use std::collections::HashMap;
+// FxHash: these maps are looked up on every request with short keys; SipHash
+// costs several hundred wasm operations per lookup, FxHash a few dozen.
+use rustc_hash::FxHashMap as HashMap;
 
 /// Counts of one key waiting to be published as Envoy counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +99,11 @@ impl Aggregator {
             max_chains,
             max_services,
             chains: Vec::new(),
-            chain_ids: HashMap::new(),
+            chain_ids: HashMap::default(),
             services: Vec::new(),
-            service_ids: HashMap::new(),
+            service_ids: HashMap::default(),
             keys: Vec::new(),
-            key_ids: HashMap::new(),
+            key_ids: HashMap::default(),
             stats: Vec::new(),
             counters: FilterCounters::default(),
             next_seq: 1,
