@@ -78,7 +78,29 @@ impl Default for MeshOptions {
     }
 }
 
+/// A port for a listener started later (by Envoy, say). Taken below the
+/// kernel's ephemeral range (32768 and up on Linux), where port-0 binds and
+/// outgoing connections take theirs: a port from there can be taken by a
+/// connection between this check and the listener's bind. Each port is
+/// handed out once per process, starting at an offset from the process id
+/// so parallel test processes rarely probe the same ones.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
