@@ -78,6 +78,7 @@ pub async fn open_loop(
         .flat_map(|(p, w)| std::iter::repeat_n(*p, *w as usize))
         .collect();
     let mut n: usize = 0;
+    let mut in_flight = tokio::task::JoinSet::new();
     for rate in rates {
         if *stop.borrow() {
             break;
@@ -94,14 +95,18 @@ pub async fn open_loop(
             let (c, sent, ok) = (c.clone(), sent.clone(), ok.clone());
             let url = format!("http://127.0.0.1:{port}{path}");
             sent.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
+            in_flight.spawn(async move {
                 if matches!(get(&c, &url, &[]).await, Ok((200, _))) {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
             });
             tokio::time::sleep(gap).await;
         }
+        // Reap what finished so the set stays small on long runs.
+        while in_flight.try_join_next().is_some() {}
         tokio::time::sleep_until(step_end.into()).await;
     }
+    // Requests still in flight count once they are answered.
+    while in_flight.join_next().await.is_some() {}
     (sent.load(Ordering::Relaxed), ok.load(Ordering::Relaxed))
 }
