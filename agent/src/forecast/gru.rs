@@ -13,7 +13,9 @@ pub const INPUT_MINUTES: usize = 60;
 pub const OUTPUT_MINUTES: usize = 10;
 pub const FEATURES: usize = 5;
 
-type Plan = Arc<TypedRunnableModel>;
+/// A plan and its run state, kept between runs (a fresh state per run
+/// would set up every node's state again each time).
+type Plan = TypedSimpleState;
 
 /// A loaded model, shared by every chain's forecaster: the parsed graph
 /// and one optimized plan per batch size used. tract plans a fixed batch
@@ -66,30 +68,32 @@ impl GruModel {
             graph,
             plans: std::sync::Mutex::default(),
         };
-        model.plan(1)?;
+        model.run_planned(1, Tensor::zero::<f32>(&[1, INPUT_MINUTES, FEATURES])?)?;
         Ok(model)
     }
 
-    /// The plan for `batch` windows, made on first use.
-    fn plan(&self, batch: usize) -> TractResult<Plan> {
+    /// Runs `input` through the plan for `batch` windows, made on first use.
+    fn run_planned(&self, batch: usize, input: Tensor) -> TractResult<TVec<TValue>> {
         let mut plans = match self.plans.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some(p) = plans.get(&batch) {
-            return Ok(p.clone());
+        if !plans.contains_key(&batch) {
+            let plan = self
+                .graph
+                .clone()
+                .with_input_fact(0, f32::fact([batch, INPUT_MINUTES, FEATURES]).into())?
+                .into_optimized()?
+                .into_runnable()?;
+            if plans.len() >= PLANS_KEPT {
+                plans.clear();
+            }
+            plans.insert(batch, plan.spawn()?);
         }
-        let plan = self
-            .graph
-            .clone()
-            .with_input_fact(0, f32::fact([batch, INPUT_MINUTES, FEATURES]).into())?
-            .into_optimized()?
-            .into_runnable()?;
-        if plans.len() >= PLANS_KEPT {
-            plans.clear();
+        match plans.get_mut(&batch) {
+            Some(state) => state.run(tvec!(input.into())),
+            None => Err(anyhow::anyhow!("no plan for batch {batch}")),
         }
-        plans.insert(batch, plan.clone());
-        Ok(plan)
     }
 
     /// Raw outputs for `batch` input windows laid end to end.
@@ -99,7 +103,7 @@ impl GruModel {
             input.to_vec(),
         )?
         .into();
-        let out = self.plan(batch)?.run(tvec!(t.into()))?;
+        let out = self.run_planned(batch, t)?;
         Ok(out[0]
             .to_plain_array_view::<f32>()?
             .iter()
