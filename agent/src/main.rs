@@ -44,11 +44,14 @@ enum Command {
     /// Time the GRU forecaster (tract) on many series, one core, side by
     /// side with onnxruntime when Python has it (models/bench_onnxruntime.py).
     ForecastBench {
+        /// Windows (series) forecast at each batch size.
         #[arg(long, default_value_t = 10_000)]
         series: usize,
         /// Batch sizes to time, comma-separated (each must divide --series).
         #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
         batch: Vec<usize>,
+        /// The ONNX model [default: models/gru.onnx]; a `gru_torch.onnx` beside
+        /// it is timed in onnxruntime too.
         #[arg(long)]
         model: Option<PathBuf>,
     },
