@@ -260,8 +260,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 /// Times onnxruntime (through `models/bench_onnxruntime.py`, one thread)
 /// on `model`; `None` (and a line saying why) when it cannot.
 fn onnxruntime_seconds(model: &Path, series: usize, batch: usize) -> Option<f64> {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bench_onnxruntime.py");
+    let script = meshtune_agent::forecast::gru::repo_dir().join("models/bench_onnxruntime.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
         .args(["--model", &model.display().to_string()])

