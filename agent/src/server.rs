@@ -147,7 +147,8 @@ impl Agent {
         for chain in chains {
             // Each chain's selector is fed every complete minute once: a new
             // one replays the last two days, later refreshes only what came since.
-            let from = match selectors.get(&chain).and_then(|s| s.last_minute()) {
+            let last_fed = selectors.get(&chain).and_then(|s| s.last_minute());
+            let from = match last_fed {
                 Some(m) => m + 1,
                 None => now_min.saturating_sub(2 * crate::forecast::DAY as u64),
             };
@@ -163,8 +164,8 @@ impl Agent {
                     .into_iter()
                     .map(|(m, a)| (m, a.end_to_end.requests)),
             );
-            let start = match selectors.get(&chain).and_then(|s| s.last_minute()) {
-                Some(m) => m + 1,
+            let start = match last_fed {
+                Some(_) => from,
                 // A new selector starts where the chain's history starts.
                 None => match per_min.keys().next() {
                     Some(first) => {

@@ -2,14 +2,13 @@
 //! sets the declared chains and every object's `Valid` condition; later
 //! watch events (added, modified, deleted) take effect without a re-list.
 
-use http_body_util::BodyExt;
-use kube::client::Body;
 use kube::Client;
 use meshtune_agent::{Agent, AgentConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
+mod common;
+use common::Handle;
 
 const LIST: &str = "/apis/meshtune.io/v1alpha1/chainslos";
 
@@ -34,37 +33,14 @@ fn chainslo(name: &str, chain: &str, latency_ms: f64, valid: Option<bool>) -> Va
     o
 }
 
-fn respond(send: tower_test::mock::SendResponse<http::Response<Body>>, body: Vec<u8>) {
-    send.send_response(
-        http::Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap(),
-    );
+/// The next request as (method, path, query, JSON body) and its responder.
+async fn next(handle: &mut Handle) -> (String, String, String, Value, common::Responder) {
+    let (req, send) = common::next_request(handle).await.expect("a request");
+    (req.method, req.path, req.query, req.body, send)
 }
 
-async fn next(
-    handle: &mut Handle,
-) -> (
-    String,
-    String,
-    String,
-    Value,
-    tower_test::mock::SendResponse<http::Response<Body>>,
-) {
-    let (req, send) = handle.next_request().await.expect("a request");
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (method, path, query, body, send)
+fn respond(send: common::Responder, body: Vec<u8>) {
+    common::respond(send, 200, body)
 }
 
 #[tokio::test]

@@ -43,6 +43,13 @@ fn object_meta() -> Value {
     k8s_schema("ConfigMap", "v1").unwrap()["properties"]["metadata"].clone()
 }
 
+/// Where `scripts/setup.sh` puts what it downloads.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("MESHTUNE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meshtune"))
+}
+
 /// The upstream Kubernetes 1.33 strict schemas with shared definitions
 /// (`v1.33.0-local-strict` of the PyPI wheel kubernetes-validate 1.37.0, the
 /// source `../shared/schemas` names), for the kinds `../shared/schemas` does
@@ -52,10 +59,7 @@ fn upstream_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MESHTUNE_K8S_SCHEMAS") {
         return PathBuf::from(dir);
     }
-    let cache = std::env::var_os("MESHTUNE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meshtune"));
-    cache.join("k8s-schemas/v1.33.0-local-strict")
+    cache_dir().join("k8s-schemas/v1.33.0-local-strict")
 }
 
 /// The upstream strict schema of a kind, its `$ref`s pointed at the
@@ -180,10 +184,7 @@ fn check(schema: &Value, doc: &Value, what: &str) -> Vec<String> {
 /// operator's CRDs (npm `@kubernetes-models/prometheus-operator` 6.0.0,
 /// installed by `scripts/setup.sh`), run with Node.js, plus ObjectMeta.
 fn servicemonitor_errors(doc: &Value, what: &str) -> Vec<String> {
-    let cache = std::env::var_os("MESHTUNE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meshtune"));
-    let npm = cache.join("npm");
+    let npm = cache_dir().join("npm");
     assert!(
         npm.join("node_modules/@kubernetes-models/prometheus-operator")
             .is_dir(),

@@ -2,9 +2,7 @@
 //! fake API server that asserts every request (method, path, query, content
 //! type, body), as kube-rs' controller examples do with `tower-test`.
 
-use http_body_util::BodyExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::client::Body;
 use kube::Client;
 use meshtune_agent::k8s::destinationrule::{desired, ServiceObservation, Tuning};
 use meshtune_agent::k8s::lease::LeaderElector;
@@ -12,7 +10,8 @@ use meshtune_agent::k8s::writer::{Mode, Outcome, Writer, WriterConfig};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
-type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
+mod common;
+use common::Handle;
 
 /// One expected request and the answer to give.
 struct Expect {
@@ -31,37 +30,18 @@ fn fake(expects: Vec<Expect>) -> (Client, Seen, tokio::task::JoinHandle<()>) {
     let log = seen.clone();
     let task = tokio::spawn(async move {
         for e in expects {
-            let Some((req, send)) = handle.next_request().await else {
+            let Some((req, send)) = common::next_request(&mut handle).await else {
                 panic!("expected {} {}", e.method, e.path)
             };
-            let method = req.method().to_string();
-            let path = req.uri().path().to_string();
-            let query = req.uri().query().unwrap_or("").to_string();
-            let ctype = req
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let bytes = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             assert_eq!(
-                (method.as_str(), path.as_str()),
+                (req.method.as_str(), req.path.as_str()),
                 (e.method, e.path),
                 "unexpected request"
             );
-            log.lock().unwrap().push((method, path, query, ctype, body));
-            let resp = http::Response::builder()
-                .status(e.status)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&e.answer).unwrap()))
-                .unwrap();
-            send.send_response(resp);
+            log.lock()
+                .unwrap()
+                .push((req.method, req.path, req.query, req.content_type, req.body));
+            common::respond(send, e.status, serde_json::to_vec(&e.answer).unwrap());
         }
     });
     (Client::new(service, "default"), seen, task)

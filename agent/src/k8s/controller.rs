@@ -68,13 +68,17 @@ pub fn observations(
     secs: f64,
 ) -> (Vec<ServiceObservation>, BTreeMap<String, f64>) {
     let specs = agent.chains();
-    let forecast_rps: BTreeMap<String, f64> = match agent.forecasts.lock() {
-        Ok(g) => g.clone(),
-        Err(p) => p.into_inner().clone(),
-    }
-    .into_iter()
-    .filter_map(|(c, f)| Some((c, *f.rps.values().next_back()?)))
-    .collect();
+    let forecast_rps: BTreeMap<String, f64> = {
+        let forecasts = match agent.forecasts.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        // Each chain's forecast at the longest horizon.
+        forecasts
+            .iter()
+            .filter_map(|(c, f)| Some((c.clone(), *f.rps.values().next_back()?)))
+            .collect()
+    };
     let expected = expected_service_rps(window, secs, &forecast_rps);
     let mut per_service: BTreeMap<String, crate::aggregate::Agg> = BTreeMap::new();
     // Worst SLO attainment among the chains through each service.

@@ -59,7 +59,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         (
             "noop",
             FilterKind::Wasm {
-                path: noop,
+                path: noop.clone(),
                 config_json: String::new(),
             },
         ),
@@ -91,7 +91,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         (
             "noop+8",
             FilterKind::Wasm {
-                path: find_wasm("meshtune_noop_filter.wasm")?,
+                path: noop,
                 config_json: CLOCK_READS.to_string(),
             },
         ),
