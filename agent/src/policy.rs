@@ -6,6 +6,50 @@ use crate::config::{ChainSpec, PolicySpec};
 use meshtune_filter_core::control::{ChainPolicy, Policy};
 use std::collections::BTreeMap;
 
+/// The most a forecast may scale a chain's observed rate up by.
+pub const MAX_GROWTH: f64 = meshtune_filter_core::control::concurrency::MAX_GROWTH;
+
+/// Growth below this is not sent: a forecast is not that precise.
+pub const MIN_SENT_GROWTH: f64 = 1.05;
+
+/// How much the chain's load forecast (`forecast_rps`, requests/s) exceeds
+/// its rate in the window, in [1, [`MAX_GROWTH`]]: a forecast of less
+/// traffic does not shrink anything (that waits for the traffic to fall).
+pub fn chain_growth(agg: &ChainAgg, window_secs: f64, forecast_rps: Option<f64>) -> f64 {
+    let now = agg.end_to_end.requests as f64 / window_secs;
+    match forecast_rps {
+        Some(f) if now > 0.0 && f.is_finite() && window_secs > 0.0 => {
+            (f / now).clamp(1.0, MAX_GROWTH)
+        }
+        _ => 1.0,
+    }
+}
+
+/// Each service's expected load growth for the policy: its chains' growths
+/// weighted by the requests each chain sends it, server side. Services
+/// whose growth is below [`MIN_SENT_GROWTH`] are left out.
+pub fn load_growth(
+    window: &BTreeMap<String, ChainAgg>,
+    window_secs: f64,
+    forecast_rps: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (chain, agg) in window {
+        let g = chain_growth(agg, window_secs, forecast_rps.get(chain).copied());
+        for (svc, hop) in &agg.hops {
+            let n = hop.preferred().0.requests as f64;
+            let e = sums.entry(svc.as_str()).or_default();
+            e.0 += n * g;
+            e.1 += n;
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, (_, n))| *n > 0.0)
+        .map(|(svc, (w, n))| (svc.to_owned(), ((w / n) * 100.0).round() / 100.0))
+        .filter(|(_, g)| *g >= MIN_SENT_GROWTH)
+        .collect()
+}
+
 /// Requests a hop needs in the window before its share is trusted.
 pub const MIN_HOP_SAMPLES: u64 = 20;
 
@@ -60,6 +104,7 @@ pub fn compute(
         ttl_ms: spec.ttl_seconds * 1000,
         chains,
         rules: Vec::new(),
+        load_growth: BTreeMap::new(),
     }
 }
 
@@ -127,6 +172,41 @@ mod tests {
         );
         assert!(!c.hop_budget_ms.contains_key("rare"), "too few samples");
         assert_eq!(p.chains["idle"].budget_ms, 51);
+        assert!(p.validate().is_ok());
+    }
+
+    #[test]
+    fn load_growth_weights_each_chains_forecast_by_its_requests_to_the_service() {
+        // Two chains share `back` equally; `a` is forecast to double, `b` to fall.
+        let mut window = BTreeMap::new();
+        for (chain, front) in [("a", "fa"), ("b", "fb")] {
+            let mut agg = ChainAgg::default();
+            for mut r in [
+                rec(front, Direction::Inbound, true, 20, 120),
+                rec("back", Direction::Inbound, false, 5, 120),
+            ] {
+                r.chain = chain.into();
+                agg.add_record(&r);
+            }
+            window.insert(chain.to_string(), agg);
+        }
+        // 120 requests in 60 s: 2 requests/s each now.
+        let forecast: BTreeMap<String, f64> =
+            [("a".to_string(), 4.0), ("b".to_string(), 1.0)].into();
+        let g = load_growth(&window, 60.0, &forecast);
+        assert_eq!(g.get("fa"), Some(&2.0));
+        assert_eq!(g.get("fb"), None, "a fall is not sent");
+        assert_eq!(g.get("back"), Some(&1.5), "half its load doubles");
+        // Capped, and a NaN forecast counts as none.
+        let wild: BTreeMap<String, f64> =
+            [("a".to_string(), 1e9), ("b".to_string(), f64::NAN)].into();
+        let g = load_growth(&window, 60.0, &wild);
+        assert_eq!(g.get("fa"), Some(&MAX_GROWTH));
+        assert_eq!(g.get("back"), Some(&2.5));
+        assert!(load_growth(&window, 60.0, &BTreeMap::new()).is_empty());
+        // What the agent sends, the filter accepts.
+        let mut p = compute(&BTreeMap::new(), &window, &PolicySpec::default(), 1);
+        p.load_growth = g;
         assert!(p.validate().is_ok());
     }
 }

@@ -5,6 +5,7 @@ use crate::metrics::{AgentMetrics, ChainCollector};
 use crate::state::ChainState;
 use crate::store::{Store, StoreError};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -227,6 +228,18 @@ impl Agent {
         all
     }
 
+    /// Each chain's forecast requests/s at the longest horizon.
+    pub fn forecast_at_longest_horizon(&self) -> BTreeMap<String, f64> {
+        let forecasts = match self.forecasts.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        forecasts
+            .iter()
+            .filter_map(|(c, f)| Some((c.clone(), *f.rps.values().next_back()?)))
+            .collect()
+    }
+
     /// The policy for the filters, recomputed from the window when older
     /// than [`POLICY_REFRESH_MS`]; `None` when policies are switched off.
     pub fn current_policy(&self, now_ms: u64) -> Option<meshtune_filter_core::control::Policy> {
@@ -250,6 +263,11 @@ impl Agent {
             .as_ref()
             .map_or(now_ms, |(p, _)| now_ms.max(p.version + 1));
         let mut p = crate::policy::compute(&self.chains(), &window, &self.config.policy, version);
+        p.load_growth = crate::policy::load_growth(
+            &window,
+            self.config.window.as_secs_f64(),
+            &self.forecast_at_longest_horizon(),
+        );
         p.rules = match self.declared_rules.lock() {
             Ok(g) => g.clone(),
             Err(e) => e.into_inner().clone(),

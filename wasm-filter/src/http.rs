@@ -2,7 +2,7 @@
 //! (deadline, concurrency, retries), time the hop, record it.
 
 use crate::host::{
-    header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
+    add_header, header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
     property_str as string_property, send_local_response, set_header,
 };
 use crate::metrics::{FilterMetrics, HopMetrics};
@@ -458,7 +458,8 @@ impl HttpContext for Hop {
                     .unwrap_or(OTHER_CHAIN);
                 self.chain = chain.to_owned();
                 self.entry = true;
-                set_header(
+                // Absent, or this would not be the entry hop.
+                add_header(
                     MapType::HttpRequestHeaders,
                     &state.config.chain_header,
                     chain,

@@ -352,14 +352,18 @@ impl RootContext for Root {
                 crate::metrics::vm_memory_bytes(),
             );
             if let Some(shared) = &self.shared {
-                let state = shared.borrow();
-                if let Some(ctl) = &state.control {
+                let mut guard = shared.borrow_mut();
+                let state = &mut *guard;
+                if let Some(ctl) = &mut state.control {
                     let now_ms = crate::host::now_ns() / 1_000_000;
                     crate::metrics::set_gauge(
                         self.filter_metrics.policy_version,
                         ctl.policy.version(now_ms),
                     );
-                    if let Some(l) = &ctl.limit {
+                    let growth = ctl.policy.load_growth(&state.inbound_service, now_ms);
+                    if let Some(l) = &mut ctl.limit {
+                        // Once per tick, not per request; expiry falls back to none.
+                        l.set_expected_growth(growth);
                         crate::metrics::set_gauge(
                             self.filter_metrics.concurrency_limit,
                             u64::from(l.limit()),

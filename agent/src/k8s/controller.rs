@@ -29,8 +29,7 @@ fn identity(cfg: &crate::config::KubernetesSpec) -> String {
         .unwrap_or_else(|| "meshtune-agent".into())
 }
 
-/// The most a forecast may scale a chain's observed rate up by.
-pub const MAX_GROWTH: f64 = 4.0;
+pub use crate::policy::MAX_GROWTH;
 
 /// Each service's request rate to plan for: the rate each chain sends it in
 /// the window, scaled up by the growth that chain's load forecast expects
@@ -47,11 +46,7 @@ pub fn expected_service_rps(
         return out;
     }
     for (chain, agg) in window {
-        let now = agg.end_to_end.requests as f64 / secs;
-        let growth = match forecast_rps.get(chain) {
-            Some(f) if now > 0.0 && f.is_finite() => (f / now).clamp(1.0, MAX_GROWTH),
-            _ => 1.0,
-        };
+        let growth = crate::policy::chain_growth(agg, secs, forecast_rps.get(chain).copied());
         for (svc, hop) in &agg.hops {
             *out.entry(svc.clone()).or_insert(0.0) +=
                 hop.preferred().0.requests as f64 / secs * growth;
@@ -68,18 +63,7 @@ pub fn observations(
     secs: f64,
 ) -> (Vec<ServiceObservation>, BTreeMap<String, f64>) {
     let specs = agent.chains();
-    let forecast_rps: BTreeMap<String, f64> = {
-        let forecasts = match agent.forecasts.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        // Each chain's forecast at the longest horizon.
-        forecasts
-            .iter()
-            .filter_map(|(c, f)| Some((c.clone(), *f.rps.values().next_back()?)))
-            .collect()
-    };
-    let expected = expected_service_rps(window, secs, &forecast_rps);
+    let expected = expected_service_rps(window, secs, &agent.forecast_at_longest_horizon());
     let mut per_service: BTreeMap<String, crate::aggregate::Agg> = BTreeMap::new();
     // Worst SLO attainment among the chains through each service.
     let mut attainment: BTreeMap<String, f64> = BTreeMap::new();

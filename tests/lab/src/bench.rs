@@ -5,14 +5,70 @@
 use crate::envoy::{find_envoy, find_wasm, Envoy, FilterKind, SidecarSpec};
 use crate::load::closed_loop;
 use crate::mesh::{filter_config, free_port, MeshOptions};
+use anyhow::Context;
 use meshtune_agent::{Agent, AgentConfig};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub rounds: usize,
     pub requests: usize,
     pub concurrency: usize,
+    /// Variants to run by name; empty runs them all.
+    pub variants: Vec<String>,
+    /// Count the instructions each proxy executes per request (Envoy under
+    /// valgrind's callgrind): exact where CPU time on a shared machine is not.
+    pub instructions: bool,
+}
+
+/// Every variant `bench filter` knows, in the order it prints them.
+pub const VARIANTS: [&str; 7] = [
+    "none",
+    "noop",
+    "meshtune",
+    "mt-1plugin",
+    "mt-control",
+    "native-ac",
+    "noop+8",
+];
+
+/// valgrind's callgrind with instrumentation off until the measured rounds
+/// start; `--smc-check` because V8 writes the filter's machine code at run time.
+fn callgrind_launcher(out: &std::path::Path) -> Vec<String> {
+    [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--smc-check=all-non-file",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--callgrind-out-file={}", out.display())])
+    .collect()
+}
+
+/// Instructions executed while instrumentation was on (`summary:` line).
+fn callgrind_total(path: &std::path::Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading callgrind output {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no `summary:` line in {}", path.display()))
+}
+
+fn require_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    match std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "--instructions needs `{program}` ({e}); install it with `sudo apt-get install -y valgrind`"
+        ),
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -96,8 +152,22 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
             },
         ),
     ];
+    for v in &opts.variants {
+        anyhow::ensure!(
+            VARIANTS.contains(&v.as_str()),
+            "--variants: unknown variant {v:?}; known: {}",
+            VARIANTS.join(", ")
+        );
+    }
+    if opts.instructions {
+        require_tool("valgrind", &["--version"])?;
+        require_tool("callgrind_control", &["-h"])?;
+    }
     let mut envoys = Vec::new();
     for (name, filter) in variants {
+        if !opts.variants.is_empty() && !opts.variants.iter().any(|v| v == name) {
+            continue;
+        }
         let spec = SidecarSpec {
             service: "bench".into(),
             namespace: "bench".into(),
@@ -121,8 +191,18 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
             spec.bootstrap(),
             spec.admin_port,
         );
-        let e = tokio::task::spawn_blocking(move || Envoy::start(&bin, &d, name, &boot, 1, admin))
-            .await??;
+        let launcher = if opts.instructions {
+            callgrind_launcher(&dir.path().join(format!("{name}.callgrind")))
+        } else {
+            Vec::new()
+        };
+        if opts.instructions {
+            eprintln!("starting {name} under callgrind (a minute or more)");
+        }
+        let e = tokio::task::spawn_blocking(move || {
+            Envoy::start_under(&launcher, &bin, &d, name, &boot, 1, admin)
+        })
+        .await??;
         envoys.push((name, spec.inbound_port, e));
     }
 
@@ -135,6 +215,21 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
             "warm",
         )
         .await;
+    }
+    if opts.instructions {
+        // Count only the measured rounds, not start-up and warm-up.
+        for (name, _, e) in &envoys {
+            let ok = std::process::Command::new("callgrind_control")
+                .args(["--instr=on", &e.child.id().to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()?
+                .success();
+            anyhow::ensure!(
+                ok,
+                "callgrind_control could not switch on counting for {name}"
+            );
+        }
     }
     let mut totals = vec![Totals::default(); envoys.len()];
     for round in 0..opts.rounds {
@@ -162,26 +257,66 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
         eprintln!("round {}/{} done", round + 1, opts.rounds);
     }
     // Let one report interval pass so the memory gauge is set.
-    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
-
-    println!(
-        "{:<10} {:>10} {:>12} {:>14} {:>10}",
-        "proxy", "requests", "req/s", "cpu_us/req", "rss_MiB"
-    );
-    let per_req: Vec<f64> = totals
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let vm_mem = envoys
+        .iter()
+        .find(|(name, _, _)| *name == "meshtune")
+        .and_then(|(_, _, e)| {
+            e.stats_prometheus()
+                .lines()
+                .find(|l| l.starts_with("meshtune_vm_memory_bytes"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    let rss: Vec<f64> = envoys
+        .iter()
+        .map(|(_, _, e)| crate::proc::rss_kib(e.child.id()) as f64 / 1024.0)
+        .collect();
+    let cpu: Vec<f64> = totals
         .iter()
         .map(|t| t.cpu_us as f64 / t.requests.max(1) as f64)
         .collect();
-    for (i, (name, _, e)) in envoys.iter().enumerate() {
+    let mut instructions = Vec::new();
+    if opts.instructions {
+        // callgrind writes its counts when Envoy exits.
+        for (name, _, e) in &mut envoys {
+            e.quit(Duration::from_secs(120))?;
+            let total = callgrind_total(&dir.path().join(format!("{name}.callgrind")))?;
+            instructions.push(total as f64);
+        }
+        for (i, t) in totals.iter().enumerate() {
+            instructions[i] /= t.requests.max(1) as f64;
+        }
+    }
+    let _ = stop.send(true);
+
+    let names: Vec<&str> = envoys.iter().map(|(n, _, _)| *n).collect();
+    print!(
+        "{:<10} {:>10} {:>12} {:>14} {:>10}",
+        "proxy", "requests", "req/s", "cpu_us/req", "rss_MiB"
+    );
+    println!(
+        "{}",
+        if opts.instructions {
+            "   instr/req"
+        } else {
+            ""
+        }
+    );
+    for (i, name) in names.iter().enumerate() {
         let t = &totals[i];
-        println!(
+        print!(
             "{:<10} {:>10} {:>12.0} {:>14.2} {:>10.1}",
             name,
             t.requests,
             t.requests as f64 / t.wall_s.max(1e-9),
-            per_req[i],
-            crate::proc::rss_kib(e.child.id()) as f64 / 1024.0
+            cpu[i],
+            rss[i]
         );
+        match instructions.get(i) {
+            Some(n) => println!(" {n:>11.0}"),
+            None => println!(),
+        }
         if t.ok != t.requests {
             println!(
                 "  warning: {} of {} requests failed",
@@ -190,38 +325,67 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<()> {
             );
         }
     }
-    let mem = envoys[2].2.stats_prometheus();
-    let vm_mem = mem
-        .lines()
-        .find(|l| l.starts_with("meshtune_vm_memory_bytes"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    println!("(meshtune: one plugin per side, as installed; mt-1plugin: one plugin on both sides, reading each request's cluster name)");
-    println!(
-        "meshtune filter VM linear memory: {:.1} KiB per worker VM",
-        vm_mem / 1024.0
-    );
-    let _ = stop.send(true);
+    if opts.instructions {
+        println!("(under callgrind: cpu_us/req and req/s are valgrind's, instr/req is exact and comparable)");
+    }
+    if let Some(m) = vm_mem {
+        println!("(meshtune: one plugin per side, as installed; mt-1plugin: one plugin on both sides, reading each request's cluster name)");
+        println!(
+            "meshtune filter VM linear memory: {:.1} KiB per worker VM",
+            m / 1024.0
+        );
+    }
     println!(
         "(mt-control: meshtune with deadlines, retry budgets and adaptive concurrency on; native-ac: Envoy's adaptive_concurrency filter, no wasm)"
     );
-    println!(
-        "ratio cpu_per_request mt-control/noop={:.2} mt-control/native-ac={:.2} native-ac/none={:.2}",
-        per_req[4] / per_req[1].max(1e-9),
-        per_req[4] / per_req[5].max(1e-9),
-        per_req[5] / per_req[0].max(1e-9)
-    );
-    println!(
-        "(noop+8: the no-op filter making {CLOCK_READS} clock reads per request) one host call: {:.2} µs of proxy CPU; meshtune over noop: {:.1} µs, {:.1} such calls' worth",
-        (per_req[6] - per_req[1]) / f64::from(CLOCK_READS),
-        per_req[2] - per_req[1],
-        (per_req[2] - per_req[1]) / ((per_req[6] - per_req[1]) / f64::from(CLOCK_READS)).max(1e-9)
-    );
-    println!(
-        "ratio cpu_per_request meshtune/noop={:.2} meshtune/none={:.2}",
-        per_req[2] / per_req[1].max(1e-9),
-        per_req[2] / per_req[0].max(1e-9)
-    );
+    let per_req = |metric: &[f64], name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| metric.get(i).copied())
+    };
+    let ratios = |label: &str, metric: &[f64], pairs: &[(&str, &str)]| {
+        let parts: Vec<String> = pairs
+            .iter()
+            .filter_map(|(a, b)| {
+                let (x, y) = (per_req(metric, a)?, per_req(metric, b)?);
+                Some(format!("{a}/{b}={:.2}", x / y.max(1e-9)))
+            })
+            .collect();
+        if !parts.is_empty() {
+            println!("ratio {label} {}", parts.join(" "));
+        }
+    };
+    let control_pairs = [
+        ("mt-control", "noop"),
+        ("mt-control", "native-ac"),
+        ("native-ac", "none"),
+    ];
+    let main_pairs = [("meshtune", "noop"), ("meshtune", "none")];
+    let (metric, unit, digits) = if opts.instructions {
+        (&instructions, "instructions", 0)
+    } else {
+        (&cpu, "µs of proxy CPU", 2)
+    };
+    if let (Some(noop), Some(noop8), Some(mt)) = (
+        per_req(metric, "noop"),
+        per_req(metric, "noop+8"),
+        per_req(metric, "meshtune"),
+    ) {
+        let call = (noop8 - noop) / f64::from(CLOCK_READS);
+        println!(
+            "(noop+8: the no-op filter making {CLOCK_READS} clock reads per request) one host call: {call:.digits$} {unit}; meshtune over noop: {:.digits$} {unit}, {:.1} such calls' worth",
+            mt - noop,
+            (mt - noop) / call.max(1e-9)
+        );
+    }
+    if opts.instructions {
+        println!("(instructions include Envoy's timer work, stats flushes and the filter's reports, which under valgrind fall on fewer requests per second; variants with control shed more under valgrind's slowness and so do less per request)");
+        ratios("instructions_per_request", &instructions, &control_pairs);
+        ratios("instructions_per_request", &instructions, &main_pairs);
+    } else {
+        ratios("cpu_per_request", &cpu, &control_pairs);
+        ratios("cpu_per_request", &cpu, &main_pairs);
+    }
     Ok(())
 }

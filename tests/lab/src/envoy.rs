@@ -270,11 +270,35 @@ impl Envoy {
         concurrency: u32,
         admin_port: u16,
     ) -> anyhow::Result<Envoy> {
+        Self::start_under(&[], envoy, dir, name, bootstrap, concurrency, admin_port)
+    }
+
+    /// Starts Envoy as the last argument of `launcher` (e.g. valgrind's
+    /// command line); with an empty launcher, directly.
+    pub fn start_under(
+        launcher: &[String],
+        envoy: &Path,
+        dir: &Path,
+        name: &str,
+        bootstrap: &serde_json::Value,
+        concurrency: u32,
+        admin_port: u16,
+    ) -> anyhow::Result<Envoy> {
         let cfg = dir.join(format!("{name}.json"));
         std::fs::write(&cfg, serde_json::to_vec_pretty(bootstrap)?)?;
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(envoy)
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(envoy);
+                c
+            }
+            None => Command::new(envoy),
+        };
+        // Under an instrumenting launcher Envoy starts many times slower.
+        let ready_within = Duration::from_secs(if launcher.is_empty() { 30 } else { 600 });
+        let child = command
             .arg("-c")
             .arg(&cfg)
             .args(["--concurrency", &concurrency.to_string()])
@@ -290,7 +314,7 @@ impl Envoy {
             child,
             log_path,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Ok(Some(status)) = e.child.try_wait() {
                 let log = std::fs::read_to_string(&e.log_path).unwrap_or_default();
@@ -307,12 +331,31 @@ impl Envoy {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "envoy {name} did not become ready in 30 s; see {}",
+                    "envoy {name} did not become ready in {} s; see {}",
+                    ready_within.as_secs(),
                     e.log_path.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Asks Envoy to exit (admin `/quitquitquit`) and waits for it, so a
+    /// launcher that writes its results at exit gets to write them.
+    pub fn quit(&mut self, within: Duration) -> anyhow::Result<()> {
+        let _ = crate::http::request_blocking(self.admin_port, "POST", "/quitquitquit", &[], b"");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "envoy {} did not exit within {} s",
+            self.name,
+            within.as_secs()
+        )
     }
 
     pub fn stats_prometheus(&self) -> String {

@@ -57,6 +57,16 @@ enum BenchCommand {
         requests: usize,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Comma-separated variants to run (default: all): none, noop,
+        /// meshtune, mt-1plugin, mt-control, native-ac, noop+8.
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        /// Also count the instructions each proxy executes per request, by
+        /// running Envoy under valgrind's callgrind (Debian package
+        /// `valgrind`): exact and repeatable where CPU time on a shared
+        /// machine is not. Slow: use e.g. `--rounds 1 --requests 3000`.
+        #[arg(long)]
+        instructions: bool,
     },
     /// The overload scenario (a shared service with a fixed worker pool,
     /// open-loop load above its capacity on a high- and a low-priority
@@ -89,11 +99,15 @@ fn main() -> anyhow::Result<()> {
                     rounds,
                     requests,
                     concurrency,
+                    variants,
+                    instructions,
                 },
         } => rt.block_on(bench::filter(bench::BenchOptions {
             rounds,
             requests,
             concurrency,
+            variants,
+            instructions,
         })),
         Command::Bench {
             which: BenchCommand::Overload { seconds, only },

@@ -132,7 +132,7 @@ fn text(b: Vec<u8>) -> String {
 }
 
 /// The host functions modelled here.
-const HOST_FUNCS: [&str; 14] = [
+const HOST_FUNCS: [&str; 15] = [
     "proxy_log",
     "proxy_get_current_time_nanoseconds",
     "proxy_set_tick_period_milliseconds",
@@ -140,6 +140,7 @@ const HOST_FUNCS: [&str; 14] = [
     "proxy_get_header_map_pairs",
     "proxy_get_header_map_value",
     "proxy_replace_header_map_value",
+    "proxy_add_header_map_value",
     "proxy_get_property",
     "proxy_send_local_response",
     "proxy_http_call",
@@ -243,6 +244,22 @@ fn define_host(linker: &mut Linker<HostState>) -> Result<()> {
             let map = c.data_mut().maps.entry(kind).or_default();
             map.retain(|(kk, _)| *kk != k);
             map.push((k, v));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut c: Caller<'_, HostState>,
+         kind: i32,
+         kp: i32,
+         kl: i32,
+         vp: i32,
+         vl: i32|
+         -> Result<i32> {
+            // Appends, as Envoy does: a key already present ends up twice.
+            let (k, v) = (text(read(&mut c, kp, kl)?), text(read(&mut c, vp, vl)?));
+            c.data_mut().maps.entry(kind).or_default().push((k, v));
             Ok(OK)
         },
     )?;

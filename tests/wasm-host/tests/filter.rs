@@ -155,9 +155,18 @@ fn low_priority_is_shed_first_at_the_concurrency_limit_and_the_limit_recovers() 
 fn the_limit_settles_near_a_saturated_services_parallelism() {
     let mut h = load(&config("inbound", json!({})));
     // A service with 8 workers, 10 ms per request, offered far more than it serves.
-    let workers = 8u64;
+    drive_service(&mut h, 8, 3000);
+    h.tick().unwrap();
+    let limit = h.metric("meshtune_concurrency_limit", "");
+    assert!((8..=24).contains(&limit), "limit {limit} for 8 workers");
+}
+
+/// Drives the filter in front of a service with `workers` slots taking
+/// 10 ms each, offered 4 requests per ms for `ms`; returns the requests shed.
+fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
     let mut inflight: Vec<(u32, u64)> = Vec::new();
-    for _ in 0..3000 {
+    let mut shed = 0;
+    for _ in 0..ms {
         for _ in 0..4 {
             if let Ok((c, 0, _)) =
                 h.request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
@@ -173,20 +182,55 @@ fn the_limit_settles_near_a_saturated_services_parallelism() {
         for (c, _) in done {
             h.respond(c, 200, &[]).unwrap();
         }
-        // Requests the limit refused end at once.
-        let shed: Vec<u32> = h
+        let refused: Vec<u32> = h
             .state_mut()
             .local_responses
             .drain(..)
             .map(|r| r.context)
             .collect();
-        for c in shed {
+        shed += refused.len() as u64;
+        for c in refused {
             h.end(c).unwrap();
         }
     }
+    for (c, _) in inflight {
+        h.respond(c, 200, &[]).unwrap();
+    }
+    shed
+}
+
+/// An overloaded service (8 workers) gets room again (64 workers) while its
+/// load stays high; returns what the limit shed while catching up, with the
+/// agent's policy expecting `growth` of the service's load.
+fn shed_while_recovering(growth: Option<f64>) -> u64 {
+    let mut h = load(&config("inbound", json!({})));
+    drive_service(&mut h, 8, 1500);
     h.tick().unwrap();
-    let limit = h.metric("meshtune_concurrency_limit", "");
-    assert!((8..=24).contains(&limit), "limit {limit} for 8 workers");
+    let call = h.state().http_calls.last().cloned().expect("a report");
+    let mut policy = json!({"version": 1, "ttl_ms": 60000});
+    if let Some(g) = growth {
+        policy["load_growth"] = json!({"ratings": g});
+    }
+    h.http_call_response(
+        call.token,
+        200,
+        &serde_json::to_vec(&json!({"policy": policy})).unwrap(),
+    )
+    .unwrap();
+    // The next tick hands the policy's growth to the limit.
+    h.tick().unwrap();
+    drive_service(&mut h, 64, 200)
+}
+
+#[test]
+fn the_forecast_growth_in_the_policy_lets_the_limit_make_room_sooner() {
+    let without = shed_while_recovering(None);
+    let with = shed_while_recovering(Some(3.0));
+    assert!(without > 0, "the limit sheds while it catches up");
+    assert!(
+        with * 2 < without,
+        "with the forecast's growth {with} shed, without {without}"
+    );
 }
 
 #[test]

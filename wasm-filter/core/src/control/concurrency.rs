@@ -10,6 +10,12 @@
 //! queueing under overload never inflates the baseline. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
 //! limit, so a reserve always stays for it.
+//!
+//! The agent's load forecast reaches the limit as an expected growth of the
+//! service's load (policy `load_growth`): while latency shows no queueing,
+//! the limit keeps room for the last window's peak concurrency times that
+//! growth, so a forecast rise is admitted as it arrives instead of being shed
+//! while the gradient catches up. Once latency rises the gradient rules again.
 
 use crate::control::policy::Priority;
 use serde::{Deserialize, Serialize};
@@ -135,7 +141,12 @@ pub struct AdaptiveLimit {
     /// Highest in-flight count during the current sample window.
     window_peak: u32,
     shed: u64,
+    /// Expected growth of the load (≥ 1) from the agent's forecast.
+    growth: f64,
 }
+
+/// Largest growth the limit makes room for ahead of the load.
+pub const MAX_GROWTH: f64 = 4.0;
 
 impl AdaptiveLimit {
     pub fn new(cfg: ConcurrencyConfig) -> Self {
@@ -147,7 +158,22 @@ impl AdaptiveLimit {
             min_rtt_ns: None,
             window_peak: 0,
             shed: 0,
+            growth: 1.0,
         }
+    }
+
+    /// Sets the load growth the forecast expects (1 = none; clamped to
+    /// [1, [`MAX_GROWTH`]], anything not finite counts as none).
+    pub fn set_expected_growth(&mut self, growth: f64) {
+        self.growth = if growth.is_finite() {
+            growth.clamp(1.0, MAX_GROWTH)
+        } else {
+            1.0
+        };
+    }
+
+    pub fn expected_growth(&self) -> f64 {
+        self.growth
     }
 
     pub fn limit(&self) -> u32 {
@@ -207,6 +233,7 @@ impl AdaptiveLimit {
         self.samples.clear();
         let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0
             || f64::from(self.window_peak) < self.limit / 2.0;
+        let peak = f64::from(self.window_peak);
         self.window_peak = self.inflight;
         let min_rtt = match self.min_rtt_ns {
             Some(m) if unconstrained => (m * (1.0 + self.cfg.min_rtt_drift)).min(sample),
@@ -217,7 +244,11 @@ impl AdaptiveLimit {
         self.min_rtt_ns = Some(min_rtt);
         let gradient = ((min_rtt * (1.0 + self.cfg.tolerance)) / sample.max(1.0)).clamp(0.5, 2.0);
         let target = self.limit * gradient + self.limit.sqrt();
-        let next = (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target;
+        let mut next = (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target;
+        if gradient >= 1.0 {
+            // No queueing: keep room for the load the forecast expects.
+            next = next.max(peak * self.growth);
+        }
         self.limit = next.clamp(f64::from(self.cfg.min_limit), f64::from(self.cfg.max_limit));
     }
 }
@@ -278,6 +309,46 @@ mod tests {
             "recovered to {} from {slow} (was {before})",
             l.limit()
         );
+    }
+
+    /// After an overload episode the service has room again (scaled out)
+    /// while its load keeps rising; returns the requests shed meanwhile.
+    fn shed_during_recovery(growth: f64) -> u64 {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 200, 400, 16);
+        l.set_expected_growth(growth);
+        let before = l.shed_count();
+        drive(&mut l, 120, 30, 1000);
+        l.shed_count() - before
+    }
+
+    #[test]
+    fn a_forecast_rise_is_admitted_as_it_arrives() {
+        let without = shed_during_recovery(1.0);
+        let with = shed_during_recovery(2.0);
+        assert!(
+            with * 2 < without,
+            "with the forecast the limit makes room sooner: {with} shed vs {without} without"
+        );
+    }
+
+    #[test]
+    fn the_forecast_makes_no_room_while_latency_shows_queueing() {
+        let mut hinted = AdaptiveLimit::new(ConcurrencyConfig::default());
+        hinted.set_expected_growth(MAX_GROWTH);
+        let mut plain = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut hinted, 200, 400, 16);
+        drive(&mut plain, 200, 400, 16);
+        assert!(
+            hinted.limit() <= plain.limit() + 8,
+            "under overload the growth hint must not hold the limit up: {} vs {}",
+            hinted.limit(),
+            plain.limit()
+        );
+        hinted.set_expected_growth(f64::NAN);
+        assert_eq!(hinted.expected_growth(), 1.0);
+        hinted.set_expected_growth(100.0);
+        assert_eq!(hinted.expected_growth(), MAX_GROWTH);
     }
 
     #[test]

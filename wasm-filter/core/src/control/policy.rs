@@ -53,6 +53,11 @@ pub struct Policy {
     /// policy is fresh they are tried before the plugin's own rules.
     #[serde(default)]
     pub rules: Vec<crate::rules::ChainRule>,
+    /// Per service: the growth of its load the agent's forecast expects
+    /// (forecast ÷ now, in [1, 4]); its concurrency limit makes room for it
+    /// while latency shows no queueing. Services absent: no growth expected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load_growth: BTreeMap<String, f64>,
 }
 
 /// Largest budget accepted: ten minutes.
@@ -102,6 +107,17 @@ impl Policy {
         for (i, r) in self.rules.iter().enumerate() {
             r.validate()
                 .map_err(|(f, m)| format!("rules[{i}].{f}: {m}"))?;
+        }
+        for (svc, g) in &self.load_growth {
+            if !is_label_safe(svc) {
+                return Err(format!("load_growth: bad service name {svc:?}"));
+            }
+            if !(1.0..=crate::control::concurrency::MAX_GROWTH).contains(g) {
+                return Err(format!(
+                    "load_growth.{svc}: must be between 1 and {}",
+                    crate::control::concurrency::MAX_GROWTH
+                ));
+            }
         }
         Ok(())
     }
@@ -180,6 +196,14 @@ impl PolicyState {
             None => true,
             Some((p, at)) => now_ms >= at.saturating_add(p.ttl_ms / 2),
         }
+    }
+
+    /// The load growth the fresh policy expects for `service` (1: none,
+    /// or no fresh policy).
+    pub fn load_growth(&self, service: &str, now_ms: u64) -> f64 {
+        self.fresh(now_ms)
+            .and_then(|p| p.load_growth.get(service).copied())
+            .unwrap_or(1.0)
     }
 
     pub fn version(&self, now_ms: u64) -> u64 {
@@ -265,6 +289,40 @@ mod tests {
         assert!(st
             .offer(bad, 2)
             .is_err_and(|e| e.contains("rules[0].path_prefix")));
+    }
+
+    #[test]
+    fn load_growth_is_validated_and_expires_with_the_policy() {
+        let mut st = PolicyState::new(BTreeMap::new());
+        let p = br#"{"version": 1, "ttl_ms": 5000, "load_growth": {"ratings": 1.5}}"#;
+        assert!(st.offer(p, 0).is_ok());
+        assert_eq!(st.load_growth("ratings", 10), 1.5);
+        assert_eq!(st.load_growth("reviews", 10), 1.0);
+        assert_eq!(
+            st.load_growth("ratings", 5000),
+            1.0,
+            "expired with the policy"
+        );
+        for (bad, field) in [
+            (
+                &br#"{"version": 2, "ttl_ms": 5000, "load_growth": {"ratings": 0.5}}"#[..],
+                "load_growth.ratings",
+            ),
+            (
+                br#"{"version": 2, "ttl_ms": 5000, "load_growth": {"ratings": 9}}"#,
+                "load_growth.ratings",
+            ),
+            (
+                br#"{"version": 2, "ttl_ms": 5000, "load_growth": {"a b": 2}}"#,
+                "load_growth: bad service",
+            ),
+        ] {
+            assert!(
+                st.offer(bad, 1).is_err_and(|e| e.contains(field)),
+                "{field}"
+            );
+        }
+        assert_eq!(st.version(2), 1, "rejected whole, the previous stays");
     }
 
     #[test]
