@@ -364,6 +364,52 @@ async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
 }
 
 #[tokio::test]
+async fn the_policy_carries_the_load_growth_the_forecast_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path());
+    let fetch = || {
+        Request::get("/v1/policy")
+            .header("authorization", "Bearer t0ken")
+            .body(Body::empty())
+            .unwrap()
+    };
+    send(
+        &agent,
+        post(
+            serde_json::to_vec(&report("vm", 1, "product", &[10; 30])).unwrap(),
+            Some("t0ken"),
+        ),
+    )
+    .await;
+    let (_, before) = send(&agent, fetch()).await;
+    assert!(
+        before["policy"].get("load_growth").is_none(),
+        "no forecast, no growth: {before}"
+    );
+    // A forecast three times the window's rate (30 requests in the window).
+    let now_rps = 30.0 / 60.0;
+    agent.forecasts.lock().unwrap().insert(
+        "product".into(),
+        meshtune_agent::forecast::ChainForecast {
+            method: "gru",
+            basis: "backtest",
+            history_minutes: 90,
+            rps: [(1, now_rps), (10, 3.0 * now_rps)].into(),
+        },
+    );
+    // Policies are recomputed at most every few seconds: ask for a later one.
+    let later_ms =
+        meshtune_agent::now_secs() * 1000 + meshtune_agent::server::POLICY_REFRESH_MS + 1000;
+    let after = agent.current_policy(later_ms).expect("policies are on");
+    assert_eq!(
+        after.load_growth.get("productpage"),
+        Some(&3.0),
+        "{after:?}"
+    );
+    assert!(after.validate().is_ok());
+}
+
+#[tokio::test]
 async fn declared_entry_rules_travel_in_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(dir.path());
