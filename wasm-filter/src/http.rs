@@ -45,7 +45,8 @@ pub struct Hop {
 /// The request headers as fetched from the host: every pair in one
 /// buffer, or only the chain header when nothing else is needed.
 enum Fetched {
-    Pairs(Vec<u8>),
+    /// `None` when the host could not give them.
+    Pairs(Option<Vec<u8>>),
     Chain {
         chain: Option<Vec<u8>>,
         request_id: Option<String>,
@@ -63,7 +64,25 @@ struct RequestView<'a> {
     method: &'a str,
     deadline_ms: Option<u64>,
     timeout_ms: Option<u64>,
+    /// The headers were present (parsable or not): set them by replacing,
+    /// else by adding, which is cheaper for Envoy.
+    deadline_present: bool,
+    timeout_present: bool,
+    /// Every header was read, so an absent one is known to be absent.
+    complete: bool,
     request_id: Option<&'a str>,
+}
+
+impl RequestView<'_> {
+    /// How to set a request header: add it when known to be absent
+    /// (one step for Envoy), else replace it.
+    fn setter(&self, present: bool) -> fn(MapType, &str, &str) -> bool {
+        if self.complete && !present {
+            add_header
+        } else {
+            set_header
+        }
+    }
 }
 
 impl Fetched {
@@ -74,9 +93,13 @@ impl Fetched {
                 request_id: request_id.as_deref(),
                 ..RequestView::default()
             },
-            Fetched::Pairs(buf) => {
+            Fetched::Pairs(None) => RequestView::default(),
+            Fetched::Pairs(Some(buf)) => {
                 let deadline_header = cfg.control.as_ref().map(|c| c.deadline_header.as_bytes());
-                let mut view = RequestView::default();
+                let mut view = RequestView {
+                    complete: true,
+                    ..RequestView::default()
+                };
                 for (k, v) in parse_pairs(buf) {
                     let text = || std::str::from_utf8(v).unwrap_or("");
                     match k {
@@ -86,9 +109,15 @@ impl Fetched {
                         b"x-request-id" if cfg.debug_log_durations => {
                             view.request_id = Some(text())
                         }
-                        b"x-envoy-upstream-rq-timeout-ms" => view.timeout_ms = parse_deadline(v),
+                        b"x-envoy-upstream-rq-timeout-ms" => {
+                            view.timeout_present = true;
+                            view.timeout_ms = parse_deadline(v)
+                        }
                         k if k == cfg.chain_header.as_bytes() => view.chain = Some(v),
-                        k if Some(k) == deadline_header => view.deadline_ms = parse_deadline(v),
+                        k if Some(k) == deadline_header => {
+                            view.deadline_present = true;
+                            view.deadline_ms = parse_deadline(v)
+                        }
                         _ => {}
                     }
                 }
@@ -170,7 +199,7 @@ impl Hop {
             };
         }
         // One host call fetches every request header.
-        Fetched::Pairs(header_pairs(MapType::HttpRequestHeaders).unwrap_or_default())
+        Fetched::Pairs(header_pairs(MapType::HttpRequestHeaders))
     }
 
     /// Answers the request here; the borrow of the shared state must be
@@ -239,7 +268,7 @@ impl Hop {
             }
         }
         if let (true, Some(d)) = (self.entry, deadline_ms) {
-            set_header(
+            view.setter(view.deadline_present)(
                 MapType::HttpRequestHeaders,
                 &ctl.config.deadline_header,
                 &d.to_string(),
@@ -259,7 +288,11 @@ impl Hop {
             timeout_ms: Some(t),
         } = decision
         {
-            set_header(MapType::HttpRequestHeaders, TIMEOUT_HEADER, &t.to_string());
+            view.setter(view.timeout_present)(
+                MapType::HttpRequestHeaders,
+                TIMEOUT_HEADER,
+                &t.to_string(),
+            );
         }
         if let DeadlineDecision::Expired { .. } = decision {
             return Some(LocalReply::DeadlineExceeded);
@@ -459,7 +492,7 @@ impl HttpContext for Hop {
                 self.chain = chain.to_owned();
                 self.entry = true;
                 // Absent, or this would not be the entry hop.
-                add_header(
+                view.setter(false)(
                     MapType::HttpRequestHeaders,
                     &state.config.chain_header,
                     chain,

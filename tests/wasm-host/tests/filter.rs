@@ -75,6 +75,24 @@ fn the_entry_hop_stamps_the_deadline_and_the_upstream_timeout() {
     h.advance_ms(7);
     h.respond(ctx, 200, &[]).unwrap();
     assert!(h.state().local_responses.is_empty());
+    // Headers the request already had, even unreadable ones, are replaced,
+    // not doubled; absent ones are added once.
+    let (_, _, headers) = h
+        .request(&[
+            (":path", "/checkout/pay"),
+            ("x-envoy-upstream-rq-timeout-ms", "soon"),
+            ("x-meshtune-deadline", "later"),
+        ])
+        .unwrap();
+    for (k, want) in [
+        ("x-meshtune-chain", 1),
+        ("x-meshtune-deadline", 1),
+        ("x-envoy-upstream-rq-timeout-ms", 1),
+    ] {
+        let n = headers.iter().filter(|(kk, _)| kk == k).count();
+        assert_eq!(n, want, "{k} in {headers:?}");
+    }
+    assert_eq!(header(&headers, "x-envoy-upstream-rq-timeout-ms"), Some("98"));
 }
 
 #[test]
