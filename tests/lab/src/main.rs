@@ -102,13 +102,15 @@ fn main() -> anyhow::Result<()> {
                     variants,
                     instructions,
                 },
-        } => rt.block_on(bench::filter(bench::BenchOptions {
-            rounds,
-            requests,
-            concurrency,
-            variants,
-            instructions,
-        })),
+        } => rt
+            .block_on(bench::filter(bench::BenchOptions {
+                rounds,
+                requests,
+                concurrency,
+                variants,
+                instructions,
+            }))
+            .map(|_| ()),
         Command::Bench {
             which: BenchCommand::Overload { seconds, only },
         } => rt.block_on(bench_overload(seconds, only)),

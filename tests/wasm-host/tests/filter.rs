@@ -92,7 +92,10 @@ fn the_entry_hop_stamps_the_deadline_and_the_upstream_timeout() {
         let n = headers.iter().filter(|(kk, _)| kk == k).count();
         assert_eq!(n, want, "{k} in {headers:?}");
     }
-    assert_eq!(header(&headers, "x-envoy-upstream-rq-timeout-ms"), Some("98"));
+    assert_eq!(
+        header(&headers, "x-envoy-upstream-rq-timeout-ms"),
+        Some("98")
+    );
 }
 
 #[test]
