@@ -1,6 +1,8 @@
 """Rewrites the torch-exported GRU (an ONNX `GRU` node, a loop inside the
 runtime) as the same computation in plain ONNX operators, one set per time
-step, with the input projection of all 60 steps done as one MatMul.
+step, with the input projection of all 60 steps done as one MatMul and split
+into per-step gate inputs once; every per-step tensor keeps its
+[batch, 1, features] shape, so no step needs a reshape (12 operators a step).
 
 Same weights, same arithmetic (outputs equal to onnxruntime's on the
 original to ~1e-7); tract runs the explicit form about twice as fast as its
@@ -41,39 +43,42 @@ def unroll(m, steps=60):
     # Input projection for every step at once: [B, T, 3H]
     nodes.append(helper.make_node("MatMul", ["x", "Wt"], ["xw0"]))
     nodes.append(helper.make_node("Add", ["xw0", "bin"], ["xw"]))
-    c("splitT", np.array([1]*T, dtype=np.int64))
-    nodes.append(helper.make_node("Split", ["xw", "splitT"], [f"xs{t}" for t in range(T)], axis=1))
-    c("ax1", np.array([1], dtype=np.int64))
+    # Gates apart once for all steps, then one slice per step along time:
+    # every per-step tensor keeps its [batch, 1, .] shape, no squeezes.
     c("split3", np.array([2*H, H], dtype=np.int64))
+    nodes.append(helper.make_node("Split", ["xw", "split3"], ["xzr_all", "xn_all"], axis=2))
+    c("splitT", np.array([1]*T, dtype=np.int64))
+    nodes.append(helper.make_node("Split", ["xzr_all", "splitT"], [f"xzr{t}" for t in range(T)], axis=1))
+    nodes.append(helper.make_node("Split", ["xn_all", "splitT"], [f"xn{t}" for t in range(T)], axis=1))
+    # The recurrent projection with the n gate's bias folded in (zero for z, r).
+    c("rbias", np.concatenate([np.zeros(2*H, dtype=np.float32), rb_n]))
     h = None
     for t in range(T):
-        nodes.append(helper.make_node("Squeeze", [f"xs{t}", "ax1"], [f"x{t}"]))
-        nodes.append(helper.make_node("Split", [f"x{t}", "split3"], [f"xzr{t}", f"xn{t}"], axis=1))
         if h is None:
-            # h0 = 0: gates from the input alone.
             nodes.append(helper.make_node("Sigmoid", [f"xzr{t}"], [f"zr{t}"]))
-            nodes.append(helper.make_node("Split", [f"zr{t}", "splitH"], [f"z{t}", f"r{t}"], axis=1))
+            nodes.append(helper.make_node("Split", [f"zr{t}", "splitH"], [f"z{t}", f"r{t}"], axis=2))
             nodes.append(helper.make_node("Mul", [f"r{t}", "rbn"], [f"rn{t}"]))
             nodes.append(helper.make_node("Add", [f"xn{t}", f"rn{t}"], [f"na{t}"]))
             nodes.append(helper.make_node("Tanh", [f"na{t}"], [f"n{t}"]))
-            # h = (1 - z) * n
             nodes.append(helper.make_node("Mul", [f"z{t}", f"n{t}"], [f"zn{t}"]))
             nodes.append(helper.make_node("Sub", [f"n{t}", f"zn{t}"], [f"h{t}"]))
         else:
-            nodes.append(helper.make_node("MatMul", [h, "Rt"], [f"hr{t}"]))
-            nodes.append(helper.make_node("Split", [f"hr{t}", "split3"], [f"hzr{t}", f"hn0{t}"], axis=1))
+            nodes.append(helper.make_node("MatMul", [h, "Rt"], [f"hr0{t}"]))
+            nodes.append(helper.make_node("Add", [f"hr0{t}", "rbias"], [f"hr{t}"]))
+            nodes.append(helper.make_node("Split", [f"hr{t}", "split3"], [f"hzr{t}", f"hn{t}"], axis=2))
             nodes.append(helper.make_node("Add", [f"xzr{t}", f"hzr{t}"], [f"zra{t}"]))
             nodes.append(helper.make_node("Sigmoid", [f"zra{t}"], [f"zr{t}"]))
-            nodes.append(helper.make_node("Split", [f"zr{t}", "splitH"], [f"z{t}", f"r{t}"], axis=1))
-            nodes.append(helper.make_node("Add", [f"hn0{t}", "rbn"], [f"hn{t}"]))
+            nodes.append(helper.make_node("Split", [f"zr{t}", "splitH"], [f"z{t}", f"r{t}"], axis=2))
             nodes.append(helper.make_node("Mul", [f"r{t}", f"hn{t}"], [f"rn{t}"]))
             nodes.append(helper.make_node("Add", [f"xn{t}", f"rn{t}"], [f"na{t}"]))
             nodes.append(helper.make_node("Tanh", [f"na{t}"], [f"n{t}"]))
-            # h = n + z * (h - n)
             nodes.append(helper.make_node("Sub", [h, f"n{t}"], [f"d{t}"]))
             nodes.append(helper.make_node("Mul", [f"z{t}", f"d{t}"], [f"zd{t}"]))
             nodes.append(helper.make_node("Add", [f"n{t}", f"zd{t}"], [f"h{t}"]))
         h = f"h{t}"
+    c("ax1", np.array([1], dtype=np.int64))
+    nodes.append(helper.make_node("Squeeze", [h, "ax1"], ["hlast"]))
+    h = "hlast"
     c("splitH", np.array([H, H], dtype=np.int64))
     nodes.append(helper.make_node("MatMul", [h, "headW"], ["y0"]))
     nodes.append(helper.make_node("Add", ["y0", "headB"], ["y"]))
