@@ -47,8 +47,9 @@ enum Command {
         /// Windows (series) forecast at each batch size.
         #[arg(long, default_value_t = 10_000)]
         series: usize,
-        /// Batch sizes to time, comma-separated (each must divide --series).
-        #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
+        /// Batch sizes to time, comma-separated (each must divide --series);
+        /// 10000 is how the agent runs 10,000 chains: all in one batch.
+        #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000,10000")]
         batch: Vec<usize>,
         /// The ONNX model [default: models/gru.onnx]; a `gru_torch.onnx` beside
         /// it is timed in onnxruntime too.
