@@ -230,39 +230,32 @@ fn define_host(linker: &mut Linker<HostState>) -> Result<()> {
             }
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut c: Caller<'_, HostState>,
-         kind: i32,
-         kp: i32,
-         kl: i32,
-         vp: i32,
-         vl: i32|
-         -> Result<i32> {
-            let (k, v) = (text(read(&mut c, kp, kl)?), text(read(&mut c, vp, vl)?));
-            let map = c.data_mut().maps.entry(kind).or_default();
-            map.retain(|(kk, _)| *kk != k);
-            map.push((k, v));
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut c: Caller<'_, HostState>,
-         kind: i32,
-         kp: i32,
-         kl: i32,
-         vp: i32,
-         vl: i32|
-         -> Result<i32> {
-            // Appends, as Envoy does: a key already present ends up twice.
-            let (k, v) = (text(read(&mut c, kp, kl)?), text(read(&mut c, vp, vl)?));
-            c.data_mut().maps.entry(kind).or_default().push((k, v));
-            Ok(OK)
-        },
-    )?;
+    // Replace drops the key first; add appends, as Envoy does (a key
+    // already present then stands twice).
+    for (name, replace) in [
+        ("proxy_replace_header_map_value", true),
+        ("proxy_add_header_map_value", false),
+    ] {
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut c: Caller<'_, HostState>,
+                  kind: i32,
+                  kp: i32,
+                  kl: i32,
+                  vp: i32,
+                  vl: i32|
+                  -> Result<i32> {
+                let (k, v) = (text(read(&mut c, kp, kl)?), text(read(&mut c, vp, vl)?));
+                let map = c.data_mut().maps.entry(kind).or_default();
+                if replace {
+                    map.retain(|(kk, _)| *kk != k);
+                }
+                map.push((k, v));
+                Ok(OK)
+            },
+        )?;
+    }
     linker.func_wrap(
         "env",
         "proxy_get_property",
