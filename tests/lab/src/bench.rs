@@ -22,7 +22,7 @@ pub struct BenchOptions {
 }
 
 /// Every variant `bench filter` knows, in the order it prints them.
-pub const VARIANTS: [&str; 7] = [
+pub const VARIANTS: [&str; 8] = [
     "none",
     "noop",
     "meshtune",
@@ -30,6 +30,7 @@ pub const VARIANTS: [&str; 7] = [
     "mt-control",
     "native-ac",
     "noop+8",
+    "noop+read",
 ];
 
 /// valgrind's callgrind with instrumentation off until the measured rounds
@@ -183,8 +184,15 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
         (
             "noop+8",
             FilterKind::Wasm {
-                path: noop,
+                path: noop.clone(),
                 config_json: CLOCK_READS.to_string(),
+            },
+        ),
+        (
+            "noop+read",
+            FilterKind::Wasm {
+                path: noop,
+                config_json: "read".into(),
             },
         ),
     ];
@@ -398,6 +406,9 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
         ("native-ac", "none"),
     ];
     let main_pairs = [("meshtune", "noop"), ("meshtune", "none")];
+    // The least any filter that attributes requests and counts errors pays:
+    // one request header and the status handed into the VM.
+    let floor_pairs = [("noop+read", "noop"), ("meshtune", "noop+read")];
     let (metric, unit, digits) = if opts.instructions {
         (&instructions, "instructions", 0)
     } else {
@@ -414,6 +425,15 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
             mt - noop,
             (mt - noop) / call.max(1e-9)
         );
+    }
+    if per_req(metric, "noop+read").is_some() {
+        println!("(noop+read: the no-op filter reading `:path` and `:status`, the least a filter that attributes requests and counts errors asks of Envoy)");
+        let label = if opts.instructions {
+            "instructions_per_request"
+        } else {
+            "cpu_per_request"
+        };
+        ratios(label, metric, &floor_pairs);
     }
     if opts.instructions {
         println!("(the worker's count includes its share of timer work, e.g. the filter's reports, which under valgrind fall on fewer requests; with control, requests shed under valgrind's slowness cost less)");

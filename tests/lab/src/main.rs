@@ -58,7 +58,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
         /// Comma-separated variants to run (default: all): none, noop,
-        /// meshtune, mt-1plugin, mt-control, native-ac, noop+8.
+        /// meshtune, mt-1plugin, mt-control, native-ac, noop+8, noop+read.
         #[arg(long, value_delimiter = ',')]
         variants: Vec<String>,
         /// Also count the instructions each proxy executes per request, by
