@@ -18,6 +18,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// Counters and gauges about the agent itself.
 #[derive(Debug, Default, Clone)]
 pub struct AgentMetrics {
@@ -31,6 +38,7 @@ pub struct AgentMetrics {
     pub store_entries_skipped: Counter,
     pub ready: Gauge,
     pub policy_version: Gauge,
+    pub policy_load_growth: Family<ServiceLabel, FloatGauge>,
     pub leader: Gauge,
     pub dr_applies: Counter,
     pub dr_conflicts: Counter,
@@ -91,6 +99,11 @@ impl AgentMetrics {
             "meshtune_policy_version",
             "Version of the policy last computed for the filters",
             self.policy_version.clone(),
+        );
+        registry.register(
+            "meshtune_policy_load_growth",
+            "Growth of each service's load the last policy expects from the forecast (forecast over the window's rate; services without are expected not to grow)",
+            self.policy_load_growth.clone(),
         );
         registry.register(
             "meshtune_leader",

@@ -273,6 +273,15 @@ impl Agent {
             Err(e) => e.into_inner().clone(),
         };
         self.metrics.policy_version.set(version as i64);
+        self.metrics.policy_load_growth.clear();
+        for (service, g) in &p.load_growth {
+            self.metrics
+                .policy_load_growth
+                .get_or_create(&crate::metrics::ServiceLabel {
+                    service: service.clone(),
+                })
+                .set(*g);
+        }
         *cached = Some((p.clone(), now_ms));
         Some(p)
     }

@@ -407,6 +407,11 @@ async fn the_policy_carries_the_load_growth_the_forecast_expects() {
         "{after:?}"
     );
     assert!(after.validate().is_ok());
+    let text = metrics(&agent).await;
+    assert!(
+        text.contains("meshtune_policy_load_growth{service=\"productpage\"} 3.0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
