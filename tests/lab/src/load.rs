@@ -63,16 +63,27 @@ pub async fn closed_loop(
 
 /// Follows `rates` (requests per second, one entry per `step`), choosing
 /// paths round-robin by weight; returns (sent, succeeded).
+/// What an open-loop run sent and how it was answered.
+#[derive(Debug, Default, Clone)]
+pub struct OpenLoopOutcome {
+    pub sent: u64,
+    pub ok: u64,
+    /// Requests not answered 200, by what happened: the status, with the
+    /// `x-meshtune-reason` of a reply meshtune made itself, or the error.
+    pub failed: std::collections::BTreeMap<String, u64>,
+}
+
 pub async fn open_loop(
     port: u16,
     rates: &[f64],
     step: Duration,
     paths: &[(&str, u32)],
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> (u64, u64) {
+) -> OpenLoopOutcome {
     let c = client();
     let sent = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let wheel: Vec<&str> = paths
         .iter()
         .flat_map(|(p, w)| std::iter::repeat_n(*p, *w as usize))
@@ -92,12 +103,30 @@ pub async fn open_loop(
                 .copied()
                 .unwrap_or("/productpage");
             n += 1;
-            let (c, sent, ok) = (c.clone(), sent.clone(), ok.clone());
+            let (c, sent, ok, failed) = (c.clone(), sent.clone(), ok.clone(), failed.clone());
             let url = format!("http://127.0.0.1:{port}{path}");
             sent.fetch_add(1, Ordering::Relaxed);
             in_flight.spawn(async move {
-                if matches!(get(&c, &url, &[]).await, Ok((200, _))) {
-                    ok.fetch_add(1, Ordering::Relaxed);
+                let what = match get(&c, &url, &[]).await {
+                    Ok((200, _)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok((status, body)) => {
+                        // meshtune's own replies say why in their body.
+                        let text = String::from_utf8_lossy(&body);
+                        match text.strip_prefix("meshtune: ") {
+                            Some(_) if status == 504 => {
+                                format!("{status} (meshtune: deadline exceeded)")
+                            }
+                            Some(_) => format!("{status} (meshtune: shed)"),
+                            None => status.to_string(),
+                        }
+                    }
+                    Err(_) => "no response".to_string(),
+                };
+                if let Ok(mut f) = failed.lock() {
+                    *f.entry(what).or_insert(0) += 1;
                 }
             });
             tokio::time::sleep(gap).await;
@@ -108,5 +137,13 @@ pub async fn open_loop(
     }
     // Requests still in flight count once they are answered.
     while in_flight.join_next().await.is_some() {}
-    (sent.load(Ordering::Relaxed), ok.load(Ordering::Relaxed))
+    let failed = match failed.lock() {
+        Ok(f) => f.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    OpenLoopOutcome {
+        sent: sent.load(Ordering::Relaxed),
+        ok: ok.load(Ordering::Relaxed),
+        failed,
+    }
 }

@@ -293,12 +293,15 @@ async fn up(
             break;
         }
     }
-    let (sent, ok) = loader.await.context("load task")?;
+    let outcome = loader.await.context("load task")?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     if let Some(chains) = mesh.chains_json() {
         print_view(&chains, started.elapsed().as_secs(), 0.0);
     }
-    println!("\nsent {sent} requests, {ok} succeeded");
+    println!("\nsent {} requests, {} succeeded", outcome.sent, outcome.ok);
+    for (what, n) in &outcome.failed {
+        println!("  {n} answered {what}");
+    }
     if let Some(p) = &prom {
         if let Ok(r) = p.query("sum by (chain) (meshtune_chain_requests_total)") {
             for s in r {
