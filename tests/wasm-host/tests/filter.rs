@@ -124,30 +124,54 @@ fn a_request_whose_budget_is_spent_is_answered_not_forwarded() {
 #[test]
 fn low_priority_is_shed_first_at_the_concurrency_limit_and_the_limit_recovers() {
     let mut h = load(&config("inbound", json!({})));
-    // Initial limit 2: low chains may fill 60 % of it, high all of it.
-    let (low1, a1, _) = h
+    // Before the first window every class may use the starting limit (2).
+    let (first, _, _) = h
         .request(&[(":path", "/browse"), ("x-meshtune-chain", "browse")])
         .unwrap();
-    let (low2, a2, _) = h
+    let (second, a, _) = h
         .request(&[(":path", "/browse"), ("x-meshtune-chain", "browse")])
         .unwrap();
-    let (high, a3, _) = h
+    assert_eq!(
+        a, 0,
+        "a low request is not shed before the service is measured"
+    );
+    h.advance_ms(5);
+    h.respond(first, 200, &[]).unwrap();
+    h.respond(second, 200, &[]).unwrap();
+    // The first window (20 samples, flat latency) doubles the limit to 4.
+    for _ in 0..18 {
+        let (c, _, _) = h
+            .request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
+            .unwrap();
+        h.advance_ms(5);
+        h.respond(c, 200, &[]).unwrap();
+    }
+    // Now low chains may fill 60 % of it (two in flight), high all of it.
+    let low = |h: &mut Host| {
+        h.request(&[(":path", "/browse"), ("x-meshtune-chain", "browse")])
+            .unwrap()
+    };
+    let (low1, a1, _) = low(&mut h);
+    let (low2, a2, _) = low(&mut h);
+    let (low3, a3, _) = low(&mut h);
+    let (high, a4, _) = h
         .request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
         .unwrap();
     assert_eq!(
-        (a1, a2, a3),
-        (0, 1, 0),
-        "the second low request is shed, the high one admitted"
+        (a1, a2, a3, a4),
+        (0, 0, 1, 0),
+        "the third low request is shed, the high one admitted"
     );
     let shed = &h.state().local_responses[0];
-    assert_eq!((shed.context, shed.status), (low2, 503));
+    assert_eq!((shed.context, shed.status), (low3, 503));
     assert!(shed
         .headers
         .iter()
         .any(|(k, v)| k == "retry-after" && v == "1"));
-    h.end(low2).unwrap();
+    h.end(low3).unwrap();
     h.advance_ms(5);
     h.respond(low1, 200, &[]).unwrap();
+    h.respond(low2, 200, &[]).unwrap();
     h.respond(high, 200, &[]).unwrap();
     // A steady, fast service: the limit grows well past its start.
     for _ in 0..200 {

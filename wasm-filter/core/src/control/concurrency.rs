@@ -143,6 +143,9 @@ pub struct AdaptiveLimit {
     shed: u64,
     /// Expected growth of the load (≥ 1) from the agent's forecast.
     growth: f64,
+    /// Until latency first shows queueing the limit doubles every window,
+    /// as TCP's slow start does, so a low start does not shed light load.
+    slow_start: bool,
 }
 
 /// Largest growth the limit makes room for ahead of the load.
@@ -159,6 +162,7 @@ impl AdaptiveLimit {
             window_peak: 0,
             shed: 0,
             growth: 1.0,
+            slow_start: true,
         }
     }
 
@@ -204,7 +208,16 @@ impl AdaptiveLimit {
     /// Admits a request of class `p` (and counts it in flight) or sheds it:
     /// admitted, the class must stay within its share of the limit.
     pub fn try_acquire(&mut self, p: Priority) -> Admission {
-        if f64::from(self.inflight + 1) > self.threshold(p) {
+        // Until the first window has measured the service (a VM that has
+        // seen little traffic yet), every class may use the whole starting
+        // limit: it is kept low to learn the uncongested latency, not to
+        // ration a service nothing says is loaded.
+        let threshold = if self.min_rtt_ns.is_none() {
+            self.limit
+        } else {
+            self.threshold(p)
+        };
+        if f64::from(self.inflight + 1) > threshold {
             self.shed += 1;
             return Admission::Shed;
         }
@@ -245,6 +258,13 @@ impl AdaptiveLimit {
         let gradient = ((min_rtt * (1.0 + self.cfg.tolerance)) / sample.max(1.0)).clamp(0.5, 2.0);
         let target = self.limit * gradient + self.limit.sqrt();
         let mut next = (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target;
+        if self.slow_start {
+            if gradient >= 1.0 {
+                next = next.max(self.limit * 2.0);
+            } else {
+                self.slow_start = false;
+            }
+        }
         if gradient >= 1.0 {
             // No queueing: keep room for the load the forecast expects.
             next = next.max(peak * self.growth);
@@ -358,16 +378,32 @@ mod tests {
             ..ConcurrencyConfig::default()
         };
         let mut l = AdaptiveLimit::new(cfg);
+        // Before the first window every class may use the starting limit.
+        let learning: Vec<Admission> = (0..11).map(|_| l.try_acquire(Priority::Low)).collect();
+        assert_eq!(
+            learning.iter().filter(|a| **a == Admission::Admit).count(),
+            10
+        );
+        // The window measures a flat service: slow start doubles the limit to 20.
+        for _ in 0..10 {
+            l.release(5_000_000);
+        }
+        for _ in 0..10 {
+            assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
+            l.release(5_000_000);
+        }
+        assert_eq!(l.limit(), 20);
+        let before = l.shed_count();
         let mut admitted = |p| {
-            (0..20)
+            (0..30)
                 .filter(|_| l.try_acquire(p) == Admission::Admit)
                 .count()
         };
-        assert_eq!(admitted(Priority::Low), 6, "low fills 60 % of the limit");
-        assert_eq!(admitted(Priority::Normal), 2, "normal up to 85 %");
-        assert_eq!(admitted(Priority::High), 2, "high takes the rest");
+        assert_eq!(admitted(Priority::Low), 12, "low fills 60 % of the limit");
+        assert_eq!(admitted(Priority::Normal), 5, "normal up to 85 %");
+        assert_eq!(admitted(Priority::High), 3, "high takes the rest");
         assert_eq!(admitted(Priority::High), 0);
-        assert_eq!(l.shed_count(), 14 + 18 + 18 + 20);
+        assert_eq!(l.shed_count() - before, 18 + 25 + 27 + 30);
     }
 
     #[test]
