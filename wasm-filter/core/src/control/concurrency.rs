@@ -7,7 +7,10 @@
 //! lowest sample seen. It drifts up slowly only while the limit is not what
 //! holds latency up (the limit is near its floor, or in-flight requests stay
 //! well below it), so a service that really became slower is followed while
-//! queueing under overload never inflates the baseline. When in-flight requests reach a class's share of the limit
+//! queueing under overload never inflates the baseline. It starts low, as
+//! TCP's slow start does, so the first samples show the uncongested latency,
+//! and doubles every window until latency first shows queueing; before the
+//! first window every class may use the whole starting limit. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
 //! limit, so a reserve always stays for it.
 //!
