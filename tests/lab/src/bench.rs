@@ -33,69 +33,6 @@ pub const VARIANTS: [&str; 8] = [
     "noop+read",
 ];
 
-/// valgrind's callgrind with instrumentation off until the measured rounds
-/// start; `--smc-check` because V8 writes the filter's machine code at run
-/// time; one count per thread, so the worker's can be told from the main
-/// thread's timer work (stats flushes, admin), which under valgrind's
-/// slowdown would fall on few requests and blur the comparison.
-fn callgrind_launcher(out: &std::path::Path) -> Vec<String> {
-    [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        "--smc-check=all-non-file",
-        "--separate-threads=yes",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--callgrind-out-file={}", out.display())])
-    .collect()
-}
-
-/// Instructions the worker thread executed while instrumentation was on:
-/// callgrind writes one file per thread (`OUT-01`, `OUT-02`, …); with one
-/// worker serving every request, the worker's is the largest.
-fn callgrind_worker_total(out: &std::path::Path) -> anyhow::Result<u64> {
-    let (dir, stem) = match (out.parent(), out.file_name().and_then(|n| n.to_str())) {
-        (Some(d), Some(n)) => (d, format!("{n}-")),
-        _ => anyhow::bail!("bad callgrind output path {}", out.display()),
-    };
-    let mut best = None;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let is_thread = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(&stem));
-        if !is_thread {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading callgrind output {}", path.display()))?;
-        let total: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("summary:"))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no `summary:` line in {}", path.display()))?;
-        best = best.max(Some(total));
-    }
-    best.with_context(|| format!("no callgrind output {}*", out.display()))
-}
-
-fn require_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    match std::process::Command::new(program)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-    {
-        Ok(_) => Ok(()),
-        Err(e) => anyhow::bail!(
-            "--instructions needs `{program}` ({e}); install it with `sudo apt-get install -y valgrind`"
-        ),
-    }
-}
-
 #[derive(Debug, Default, Clone)]
 struct Totals {
     requests: u64,
@@ -204,8 +141,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
         );
     }
     if opts.instructions {
-        require_tool("valgrind", &["--version"])?;
-        require_tool("callgrind_control", &["-h"])?;
+        crate::callgrind::require()?;
     }
     let mut envoys = Vec::new();
     for (name, filter) in variants {
@@ -236,7 +172,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
             spec.admin_port,
         );
         let launcher = if opts.instructions {
-            callgrind_launcher(&dir.path().join(format!("{name}.callgrind")))
+            crate::callgrind::launcher(&dir.path().join(format!("{name}.callgrind")))
         } else {
             Vec::new()
         };
@@ -263,16 +199,8 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
     if opts.instructions {
         // Count only the measured rounds, not start-up and warm-up.
         for (name, _, e) in &envoys {
-            let ok = std::process::Command::new("callgrind_control")
-                .args(["--instr=on", &e.child.id().to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()?
-                .success();
-            anyhow::ensure!(
-                ok,
-                "callgrind_control could not switch on counting for {name}"
-            );
+            crate::callgrind::start_counting(e.child.id())
+                .with_context(|| format!("switching on counting for {name}"))?;
         }
     }
     let mut totals = vec![Totals::default(); envoys.len()];
@@ -325,7 +253,8 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
         // callgrind writes its counts when Envoy exits.
         for (name, _, e) in &mut envoys {
             e.quit(Duration::from_secs(120))?;
-            let total = callgrind_worker_total(&dir.path().join(format!("{name}.callgrind")))?;
+            let total =
+                crate::callgrind::worker_total(&dir.path().join(format!("{name}.callgrind")))?;
             instructions.push(total as f64);
         }
         for (i, t) in totals.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! the end-to-end tests and the benchmarks.
 
 pub mod bench;
+pub mod callgrind;
 pub mod envoy;
 pub mod http;
 pub mod load;
