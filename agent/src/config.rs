@@ -188,6 +188,11 @@ pub struct PolicySpec {
     /// A hop's timeout cap is its observed share of the chain's latency times this.
     #[serde(default = "default_hop_headroom")]
     pub hop_headroom: f64,
+    /// A retry budget for every filter's upstreams (`ratio`, `min_per_second`,
+    /// `window_s`, `max_retries`, `retry_on`), in place of each plugin's own
+    /// while the policy is fresh; unset: each plugin's applies.
+    #[serde(default)]
+    pub retry_budget: Option<meshtune_filter_core::control::RetryBudgetConfig>,
 }
 
 fn default_namespace() -> String {
@@ -272,6 +277,7 @@ impl Default for PolicySpec {
             enabled: true,
             ttl_seconds: default_policy_ttl(),
             hop_headroom: default_hop_headroom(),
+            retry_budget: None,
         }
     }
 }
@@ -498,6 +504,15 @@ impl AgentConfig {
                 "must be between 1 and 100".into(),
             ));
         }
+        if let Some(r) = &raw.policy.retry_budget {
+            r.validate().map_err(|(field, msg)| {
+                invalid(
+                    format!("policy.retry_budget.{field}"),
+                    field,
+                    msg.to_string(),
+                )
+            })?;
+        }
         if !matches!(raw.kubernetes.mode.as_str(), "recommend" | "apply") {
             return Err(invalid(
                 "kubernetes.mode".into(),
@@ -585,6 +600,18 @@ mod tests {
         assert_eq!(cfg.chains["ratings"].percentile, 99.0);
         assert_eq!(cfg.token.as_deref(), Some("s3cret"));
         assert_eq!(cfg.retention, Duration::from_secs(8 * 86_400));
+        assert_eq!(
+            cfg.policy.retry_budget, None,
+            "each plugin's own by default"
+        );
+        let with_budget = parse("policy:\n  retry_budget:\n    ratio: 0.1\n");
+        assert_eq!(
+            with_budget
+                .ok()
+                .and_then(|c| c.policy.retry_budget)
+                .map(|r| (r.ratio, r.min_per_second)),
+            Some((0.1, 10.0))
+        );
     }
 
     #[test]
@@ -615,6 +642,11 @@ mod tests {
                 "line 2",
             ),
             ("window_seconds: 1\n", "window_seconds", "line 1"),
+            (
+                "policy:\n  retry_budget:\n    ratio: 20\n",
+                "policy.retry_budget.ratio",
+                "line 3",
+            ),
             ("auth:\n  token: a\n  token_file: /x\n", "auth", "line 1"),
         ];
         for (text, path, line) in cases {

@@ -105,6 +105,7 @@ pub fn compute(
         chains,
         rules: Vec::new(),
         load_growth: BTreeMap::new(),
+        retry_budget: spec.retry_budget.clone(),
     }
 }
 
@@ -173,6 +174,16 @@ mod tests {
         assert!(!c.hop_budget_ms.contains_key("rare"), "too few samples");
         assert_eq!(p.chains["idle"].budget_ms, 51);
         assert!(p.validate().is_ok());
+        assert!(p.retry_budget.is_none(), "each plugin's own retry budget");
+        let spec = PolicySpec {
+            retry_budget: Some(meshtune_filter_core::control::RetryBudgetConfig {
+                ratio: 0.05,
+                ..Default::default()
+            }),
+            ..PolicySpec::default()
+        };
+        let p = compute(&specs, &window, &spec, 8);
+        assert_eq!(p.retry_budget.map(|r| r.ratio), Some(0.05));
     }
 
     #[test]

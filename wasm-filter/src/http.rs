@@ -313,11 +313,16 @@ impl Hop {
                     // (the name comes from a request header): past it, no retries
                     // are granted or denied, Envoy's route settings apply.
                     let room = ctl.retry.len() < max_upstreams || ctl.retry.contains_key(&service);
-                    if let (Some(cfg), true) = (ctl.config.retry_budget.clone(), room) {
+                    // The agent's budget while its policy is fresh, else the plugin's.
+                    let terms = ctl
+                        .policy
+                        .retry_budget(now_ms)
+                        .or(ctl.config.retry_budget.as_ref());
+                    if let (Some(cfg), true) = (terms, room) {
                         let budget = ctl
                             .retry
                             .entry(service.clone())
-                            .or_insert_with(|| RetryBudget::new(cfg));
+                            .or_insert_with(|| RetryBudget::new(cfg.clone()));
                         let granted = budget.on_request(now_ms / 1000);
                         set_header(
                             MapType::HttpRequestHeaders,

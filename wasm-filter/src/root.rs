@@ -46,6 +46,20 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// Gives every upstream's retry budget the terms in force at `now_ms`:
+    /// the agent's while its policy is fresh, the plugin's after.
+    fn apply_retry_terms(&mut self, now_ms: u64) {
+        if let Some(terms) = self
+            .policy
+            .retry_budget(now_ms)
+            .or(self.config.retry_budget.as_ref())
+        {
+            for budget in self.retry.values_mut() {
+                budget.set_config(terms);
+            }
+        }
+    }
+
     fn new(config: ControlConfig) -> Self {
         ControlState {
             policy: PolicyState::new(config.chains.clone()),
@@ -240,6 +254,7 @@ impl Root {
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
+        ctl.apply_retry_terms(now_ms);
         if let Err(e) = offered {
             FilterMetrics::bump(self.filter_metrics.policy_rejected);
             log(
@@ -360,6 +375,7 @@ impl RootContext for Root {
                         self.filter_metrics.policy_version,
                         ctl.policy.version(now_ms),
                     );
+                    ctl.apply_retry_terms(now_ms);
                     let growth = ctl.policy.load_growth(&state.inbound_service, now_ms);
                     if let Some(l) = &mut ctl.limit {
                         // Once per tick, not per request; expiry falls back to none.

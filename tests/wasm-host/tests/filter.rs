@@ -362,6 +362,38 @@ fn retries_are_granted_only_within_the_budget() {
     assert!(h.metric("meshtune_retries_total", "service=.=ratings") >= 8);
 }
 
+#[test]
+fn the_agents_retry_budget_replaces_the_plugins_while_fresh() {
+    let mut h = load(&config("outbound", json!({})));
+    let grant = |h: &mut Host| {
+        let (c, _, headers) = h
+            .request(&[
+                (":path", "/browse"),
+                (":authority", "ratings:9080"),
+                ("x-meshtune-chain", "browse"),
+            ])
+            .unwrap();
+        h.respond(c, 200, &[]).unwrap();
+        header(&headers, "x-envoy-max-retries").map(str::to_owned)
+    };
+    // The plugin's default budget (10 retries a second to spare) grants two.
+    assert_eq!(grant(&mut h).as_deref(), Some("2"));
+    h.tick().unwrap();
+    let call = h.state().http_calls.last().cloned().expect("a report");
+    let answer = json!({"policy": {"version": 1, "ttl_ms": 2000,
+        "retry_budget": {"ratio": 0.0, "min_per_second": 0.0}}});
+    h.http_call_response(call.token, 200, &serde_json::to_vec(&answer).unwrap())
+        .unwrap();
+    // The agent says no retries: the existing budget takes the new terms.
+    assert_eq!(grant(&mut h).as_deref(), Some("0"));
+    h.tick().unwrap();
+    assert_eq!(grant(&mut h).as_deref(), Some("0"));
+    // Past the policy's TTL the plugin's budget is back.
+    h.advance_ms(2500);
+    h.tick().unwrap();
+    assert_eq!(grant(&mut h).as_deref(), Some("2"));
+}
+
 /// A small deterministic generator, so the hostile inputs repeat.
 fn lcg(seed: &mut u64) -> u64 {
     *seed = seed

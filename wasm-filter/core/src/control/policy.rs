@@ -58,6 +58,10 @@ pub struct Policy {
     /// while latency shows no queueing. Services absent: no growth expected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub load_growth: BTreeMap<String, f64>,
+    /// The retry budget every upstream uses while the policy is fresh, in
+    /// place of the plugin's `control.retry_budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<crate::control::RetryBudgetConfig>,
 }
 
 /// Largest budget accepted: ten minutes.
@@ -107,6 +111,10 @@ impl Policy {
         for (i, r) in self.rules.iter().enumerate() {
             r.validate()
                 .map_err(|(f, m)| format!("rules[{i}].{f}: {m}"))?;
+        }
+        if let Some(r) = &self.retry_budget {
+            r.validate()
+                .map_err(|(f, m)| format!("retry_budget.{f}: {m}"))?;
         }
         for (svc, g) in &self.load_growth {
             if !is_label_safe(svc) {
@@ -204,6 +212,11 @@ impl PolicyState {
         self.fresh(now_ms)
             .and_then(|p| p.load_growth.get(service).copied())
             .unwrap_or(1.0)
+    }
+
+    /// The retry budget of the fresh policy, if it sets one.
+    pub fn retry_budget(&self, now_ms: u64) -> Option<&crate::control::RetryBudgetConfig> {
+        self.fresh(now_ms).and_then(|p| p.retry_budget.as_ref())
     }
 
     pub fn version(&self, now_ms: u64) -> u64 {
@@ -323,6 +336,24 @@ mod tests {
             );
         }
         assert_eq!(st.version(2), 1, "rejected whole, the previous stays");
+    }
+
+    #[test]
+    fn the_agents_retry_budget_applies_while_fresh_and_is_validated() {
+        let mut st = PolicyState::new(BTreeMap::new());
+        let p = br#"{"version": 1, "ttl_ms": 5000, "retry_budget": {"ratio": 0.05, "min_per_second": 1}}"#;
+        assert!(st.offer(p, 0).is_ok());
+        assert_eq!(st.retry_budget(10).map(|r| r.ratio), Some(0.05));
+        assert_eq!(
+            st.retry_budget(10).map(|r| r.max_retries),
+            Some(2),
+            "defaults fill the rest"
+        );
+        assert!(st.retry_budget(5000).is_none(), "expired with the policy");
+        let bad = br#"{"version": 2, "ttl_ms": 5000, "retry_budget": {"ratio": -1}}"#;
+        assert!(st
+            .offer(bad, 1)
+            .is_err_and(|e| e.contains("retry_budget.ratio")));
     }
 
     #[test]

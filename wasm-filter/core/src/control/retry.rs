@@ -148,6 +148,13 @@ impl RetryBudget {
         }
     }
 
+    /// Changes the budget's terms, keeping what the window has counted.
+    pub fn set_config(&mut self, cfg: &RetryBudgetConfig) {
+        if self.cfg != *cfg {
+            self.cfg = cfg.clone();
+        }
+    }
+
     pub fn config(&self) -> &RetryBudgetConfig {
         &self.cfg
     }
