@@ -300,10 +300,9 @@ async fn report_answers_carry_the_policy_and_it_can_be_fetched() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path());
+/// An agent that has counted one report: 30 requests of chain `product`.
+async fn agent_with_30_product_requests(dir: &std::path::Path) -> Arc<Agent> {
+    let agent = agent(dir);
     send(
         &agent,
         post(
@@ -312,6 +311,13 @@ async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
         ),
     )
     .await;
+    agent
+}
+
+#[tokio::test]
+async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_30_product_requests(dir.path()).await;
     // The current minute is not complete; forecast from the next one on.
     agent.refresh_forecasts(meshtune_agent::now_secs() + 60);
     let (_, chains) = send(
@@ -366,21 +372,13 @@ async fn forecasts_appear_in_the_chain_view_and_the_metrics() {
 #[tokio::test]
 async fn the_policy_carries_the_load_growth_the_forecast_expects() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path());
+    let agent = agent_with_30_product_requests(dir.path()).await;
     let fetch = || {
         Request::get("/v1/policy")
             .header("authorization", "Bearer t0ken")
             .body(Body::empty())
             .unwrap()
     };
-    send(
-        &agent,
-        post(
-            serde_json::to_vec(&report("vm", 1, "product", &[10; 30])).unwrap(),
-            Some("t0ken"),
-        ),
-    )
-    .await;
     let (_, before) = send(&agent, fetch()).await;
     assert!(
         before["policy"].get("load_growth").is_none(),

@@ -313,11 +313,7 @@ impl Hop {
                     // (the name comes from a request header): past it, no retries
                     // are granted or denied, Envoy's route settings apply.
                     let room = ctl.retry.len() < max_upstreams || ctl.retry.contains_key(&service);
-                    // The agent's budget while its policy is fresh, else the plugin's.
-                    let terms = ctl
-                        .policy
-                        .retry_budget(now_ms)
-                        .or(ctl.config.retry_budget.as_ref());
+                    let terms = crate::root::retry_terms(&ctl.policy, &ctl.config, now_ms);
                     if let (Some(cfg), true) = (terms, room) {
                         let budget = ctl
                             .retry

@@ -5,7 +5,7 @@ use crate::http::Hop;
 use crate::metrics::{FilterMetrics, HopMetrics};
 use meshtune_filter_core::config::ControlConfig;
 use meshtune_filter_core::control::policy::{policy_in_answer, PolicyState};
-use meshtune_filter_core::control::{AdaptiveLimit, RetryBudget};
+use meshtune_filter_core::control::{AdaptiveLimit, RetryBudget, RetryBudgetConfig};
 use meshtune_filter_core::naming::sanitize;
 use meshtune_filter_core::wire::Source;
 use meshtune_filter_core::{Aggregator, FilterConfig};
@@ -45,15 +45,21 @@ pub struct ControlState {
     pub retry: HashMap<String, RetryBudget>,
 }
 
+/// The retry budget terms in force at `now_ms`: the agent's while its policy
+/// is fresh, else the plugin's. Takes the two fields, not the whole state, so
+/// a caller may hold the budgets mutably meanwhile.
+pub fn retry_terms<'a>(
+    policy: &'a PolicyState,
+    config: &'a ControlConfig,
+    now_ms: u64,
+) -> Option<&'a RetryBudgetConfig> {
+    policy.retry_budget(now_ms).or(config.retry_budget.as_ref())
+}
+
 impl ControlState {
-    /// Gives every upstream's retry budget the terms in force at `now_ms`:
-    /// the agent's while its policy is fresh, the plugin's after.
+    /// Gives every upstream's retry budget the terms in force at `now_ms`.
     fn apply_retry_terms(&mut self, now_ms: u64) {
-        if let Some(terms) = self
-            .policy
-            .retry_budget(now_ms)
-            .or(self.config.retry_budget.as_ref())
-        {
+        if let Some(terms) = retry_terms(&self.policy, &self.config, now_ms) {
             for budget in self.retry.values_mut() {
                 budget.set_config(terms);
             }

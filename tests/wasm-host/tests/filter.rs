@@ -325,6 +325,19 @@ fn the_agents_policy_applies_until_its_ttl_then_the_static_one_returns() {
     h.respond(c, 200, &[]).unwrap();
 }
 
+/// An outbound request of chain `browse` to `ratings`: its context and the
+/// headers the filter forwards.
+fn browse_to_ratings(h: &mut Host) -> (u32, Vec<(String, String)>) {
+    let (c, _, headers) = h
+        .request(&[
+            (":path", "/browse"),
+            (":authority", "ratings:9080"),
+            ("x-meshtune-chain", "browse"),
+        ])
+        .unwrap();
+    (c, headers)
+}
+
 #[test]
 fn retries_are_granted_only_within_the_budget() {
     let cfg = config(
@@ -334,13 +347,7 @@ fn retries_are_granted_only_within_the_budget() {
     let mut h = load(&cfg);
     let mut granted = Vec::new();
     for _ in 0..40 {
-        let (c, _, headers) = h
-            .request(&[
-                (":path", "/browse"),
-                (":authority", "ratings:9080"),
-                ("x-meshtune-chain", "browse"),
-            ])
-            .unwrap();
+        let (c, headers) = browse_to_ratings(&mut h);
         let g: u32 = header(&headers, "x-envoy-max-retries")
             .and_then(|v| v.parse().ok())
             .unwrap_or(99);
@@ -366,13 +373,7 @@ fn retries_are_granted_only_within_the_budget() {
 fn the_agents_retry_budget_replaces_the_plugins_while_fresh() {
     let mut h = load(&config("outbound", json!({})));
     let grant = |h: &mut Host| {
-        let (c, _, headers) = h
-            .request(&[
-                (":path", "/browse"),
-                (":authority", "ratings:9080"),
-                ("x-meshtune-chain", "browse"),
-            ])
-            .unwrap();
+        let (c, headers) = browse_to_ratings(h);
         h.respond(c, 200, &[]).unwrap();
         header(&headers, "x-envoy-max-retries").map(str::to_owned)
     };

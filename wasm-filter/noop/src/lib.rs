@@ -32,33 +32,29 @@ extern "C" {
     ) -> Status;
 }
 
-/// Reads one header value and drops it; its length, so the read is used.
-fn header_len(map: MapType, key: &str) -> usize {
+/// Runs a host call that answers with a buffer and takes the buffer.
+fn host_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> Status) -> Vec<u8> {
     let (mut ptr, mut size) = (null_mut(), 0usize);
-    // SAFETY: a valid key slice and out-pointers; an answer is a buffer the
-    // host allocated through the VM's allocator, owned by us from here on.
-    match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut ptr, &mut size) } {
-        Status::Ok if !ptr.is_null() => unsafe { Vec::from_raw_parts(ptr, size, size) }.len(),
-        _ => 0,
-    }
-}
-
-fn plugin_configuration() -> Vec<u8> {
-    let (mut ptr, mut size) = (null_mut(), 0usize);
-    // SAFETY: the host answers with a buffer it allocated through the VM's
-    // allocator, owned by us from here on.
-    match unsafe {
-        proxy_get_buffer_bytes(
-            BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-            &mut ptr,
-            &mut size,
-        )
-    } {
+    match call(&mut ptr, &mut size) {
+        // SAFETY: on Ok the host allocated the buffer through the VM's
+        // allocator; it is ours from here on.
         Status::Ok if !ptr.is_null() => unsafe { Vec::from_raw_parts(ptr, size, size) },
         _ => Vec::new(),
     }
+}
+
+/// Reads one header value and drops it; its length, so the read is used.
+fn header_len(map: MapType, key: &str) -> usize {
+    // SAFETY: a valid key slice and out-pointers.
+    host_buffer(|p, n| unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), p, n) })
+        .len()
+}
+
+fn plugin_configuration() -> Vec<u8> {
+    // SAFETY: valid out-pointers.
+    host_buffer(|p, n| unsafe {
+        proxy_get_buffer_bytes(BufferType::PluginConfiguration, 0, usize::MAX, p, n)
+    })
 }
 
 #[derive(Clone, Copy, Default)]
