@@ -319,11 +319,13 @@ fn forecast_bench(series: usize, batches: &[usize], model: Option<PathBuf>) -> a
     }
     println!("{series} series of {INPUT_MINUTES} minutes; one core; best of three runs each; µs per series");
     println!(
-        "{:>6} {:>10} {:>20} {:>26}",
+        "{:>6} {:>10} {:>20} {:>26}   tract's plan (faster of two, chosen per batch)",
         "batch", "tract", "onnxruntime (same)", "onnxruntime (torch form)"
     );
     let mut best_tract = (f64::MAX, 0);
     let mut best_ort = (f64::MAX, 0);
+    // The largest tract/onnxruntime ratio at one batch size, either file.
+    let mut worst_same_batch = (0.0f64, 0);
     for &batch in batches {
         // Deterministic inputs: the cost does not depend on the values.
         let mut seed = 1u64;
@@ -359,24 +361,30 @@ fn forecast_bench(series: usize, batches: &[usize], model: Option<PathBuf>) -> a
             if *s < best_ort.0 {
                 best_ort = (*s, batch);
             }
+            if tract_s / s > worst_same_batch.0 {
+                worst_same_batch = (tract_s / s, batch);
+            }
         }
         let show = |s: Option<&Option<f64>>| {
             s.and_then(|v| v.map(|v| format!("{:.1}", per(v))))
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "{batch:>6} {:>10.1} {:>20} {:>26}",
+            "{batch:>6} {:>10.1} {:>20} {:>26}   {}",
             per(tract_s),
             show(ort.first()),
-            show(ort.get(1))
+            show(ort.get(1)),
+            m.plan_form(batch).map_or("-", |f| f.as_str())
         );
     }
     if best_ort.1 > 0 {
         println!(
-            "ratio per_series tract/onnxruntime_best={:.2} (tract at batch {}, onnxruntime at batch {}) tract_10k_series_s={:.3}",
+            "ratio per_series tract/onnxruntime_best={:.2} (tract at batch {}, onnxruntime at batch {}) same_batch_max={:.2} (batch {}) tract_10k_series_s={:.3}",
             best_tract.0 / best_ort.0,
             best_tract.1,
             best_ort.1,
+            worst_same_batch.0,
+            worst_same_batch.1,
             best_tract.0 * 10_000.0 / series as f64
         );
     } else {

@@ -5,6 +5,7 @@
 
 use meshtune_agent::forecast::eval::read_trace;
 use meshtune_agent::forecast::gru::{default_model_path, features, GruModel, INPUT_MINUTES};
+use meshtune_agent::forecast::gru_plan::PlanForm;
 
 #[test]
 fn tract_matches_onnxruntime_on_evaluation_windows() {
@@ -19,6 +20,7 @@ fn tract_matches_onnxruntime_on_evaluation_windows() {
     let (first, values) = read_trace(&trace).unwrap();
     let windows = check["windows"].as_array().unwrap();
     assert_eq!(windows.len(), 8);
+    let (mut inputs, mut wants) = (Vec::new(), Vec::new());
     for w in windows {
         let start = w["start"].as_u64().unwrap() as usize;
         let want_in: Vec<f32> = w["input"]
@@ -43,13 +45,28 @@ fn tract_matches_onnxruntime_on_evaluation_windows() {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         let got = model.run(&want_in).unwrap();
-        assert_eq!(got.len(), want.len());
-        for (a, b) in got.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-4,
-                "window {start}: tract {a} vs onnxruntime {b}"
-            );
-        }
+        assert_close(
+            &got,
+            &want,
+            &format!("window {start}, the plan the model picked"),
+        );
+        inputs.extend_from_slice(&want_in);
+        wants.extend_from_slice(&want);
+    }
+    // Each of the two plan forms the model picks from, on all eight at once.
+    for form in [PlanForm::SlicesPushedUp, PlanForm::WholeProducts] {
+        let got = model.run_batch_in(form, windows.len(), &inputs).unwrap();
+        assert_close(&got, &wants, form.as_str());
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4,
+            "{what}, output {i}: tract {a} vs onnxruntime {b}"
+        );
     }
 }
 
@@ -102,6 +119,7 @@ fn a_batch_of_chains_equals_their_runs_one_by_one() {
     }
     let refs: Vec<&Gru> = batched.iter().collect();
     assert_eq!(run_pending(&model, &refs), 3, "three windows in one run");
+    assert!(model.plan_form(3).is_some(), "batch 3 planned and kept");
     assert_eq!(run_pending(&model, &refs), 0, "nothing left to run");
     for (b, a) in batched.iter().zip(&alone) {
         for h in [1, 5, 10] {

@@ -13,18 +13,17 @@ pub const INPUT_MINUTES: usize = 60;
 pub const OUTPUT_MINUTES: usize = 10;
 pub const FEATURES: usize = 5;
 
-/// A plan and its run state, kept between runs (a fresh state per run
-/// would set up every node's state again each time).
-type Plan = TypedSimpleState;
+use super::gru_plan::{fastest, Plan, PlanForm};
 
 /// A loaded model, shared by every chain's forecaster: the parsed graph
 /// and one optimized plan per batch size used. tract plans a fixed batch
 /// about twice as fast as a symbolic one (its kernels are chosen for the
 /// exact shapes), and the agent's batch is its number of chains, which
-/// rarely changes; so plans are made on first use and kept.
+/// rarely changes; so plans are made on first use and kept, in the faster
+/// of two forms for that batch size (see [`super::gru_plan`]).
 pub struct GruModel {
     graph: InferenceModel,
-    plans: std::sync::Mutex<std::collections::BTreeMap<usize, Plan>>,
+    plans: std::sync::Mutex<std::collections::BTreeMap<usize, (Plan, PlanForm)>>,
 }
 
 /// Distinct batch sizes kept planned; beyond it the cache starts over.
@@ -69,6 +68,13 @@ pub fn features(first_minute: u64, window: &[f64]) -> (Vec<f32>, f64) {
     (x, mean)
 }
 
+fn input_tensor(batch: usize, input: &[f32]) -> TractResult<Tensor> {
+    Ok(
+        tract_ndarray::Array3::from_shape_vec((batch, INPUT_MINUTES, FEATURES), input.to_vec())?
+            .into(),
+    )
+}
+
 impl GruModel {
     /// Parses the model and plans a batch of one (so a model tract cannot
     /// run is refused here, not at the first forecast).
@@ -91,31 +97,47 @@ impl GruModel {
             Err(p) => p.into_inner(),
         };
         if !plans.contains_key(&batch) {
-            let plan = self
-                .graph
-                .clone()
-                .with_input_fact(0, f32::fact([batch, INPUT_MINUTES, FEATURES]).into())?
-                .into_optimized()?
-                .into_runnable()?;
+            let planned = fastest(&self.graph, batch)?;
             if plans.len() >= PLANS_KEPT {
                 plans.clear();
             }
-            plans.insert(batch, plan.spawn()?);
+            plans.insert(batch, planned);
         }
         match plans.get_mut(&batch) {
-            Some(state) => state.run(tvec!(input.into())),
+            Some((state, _)) => state.run(tvec!(input.into())),
             None => Err(anyhow::anyhow!("no plan for batch {batch}")),
         }
     }
 
+    /// The form the plan for `batch` took, once planned.
+    pub fn plan_form(&self, batch: usize) -> Option<PlanForm> {
+        let plans = match self.plans.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        plans.get(&batch).map(|(_, form)| *form)
+    }
+
+    /// Raw outputs for `batch` windows planned in `form` (not cached): how
+    /// tests hold both forms to the same results.
+    pub fn run_batch_in(
+        &self,
+        form: PlanForm,
+        batch: usize,
+        input: &[f32],
+    ) -> TractResult<Vec<f32>> {
+        let mut plan = super::gru_plan::plan(&self.graph, batch, form)?;
+        let out = plan.run(tvec!(input_tensor(batch, input)?.into()))?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+
     /// Raw outputs for `batch` input windows laid end to end.
     pub fn run_batch(&self, batch: usize, input: &[f32]) -> TractResult<Vec<f32>> {
-        let t: Tensor = tract_ndarray::Array3::from_shape_vec(
-            (batch, INPUT_MINUTES, FEATURES),
-            input.to_vec(),
-        )?
-        .into();
-        let out = self.run_planned(batch, t)?;
+        let out = self.run_planned(batch, input_tensor(batch, input)?)?;
         Ok(out[0]
             .to_plain_array_view::<f32>()?
             .iter()

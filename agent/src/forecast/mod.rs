@@ -12,6 +12,7 @@
 
 pub mod eval;
 pub mod gru;
+pub mod gru_plan;
 mod methods;
 mod periodogram;
 
