@@ -346,6 +346,14 @@ async fn bench_overload(seconds: f64, only: Option<String>) -> anyhow::Result<()
             "inf".to_string()
         }
     };
+    // Goodput cannot exceed what ratings' workers get through: how busy
+    // they were says how close each control came to that.
+    println!(
+        "ratings workers busy: none {:.1} %, native {:.1} %, meshtune {:.1} %",
+        none.ratings_busy * 100.0,
+        native.ratings_busy * 100.0,
+        mt.ratings_busy * 100.0
+    );
     println!(
         "goodput meshtune/none={} meshtune/native={} high_p99_ms={:.1} slo_ms={}",
         ratio(mt.goodput, none.goodput),

@@ -86,9 +86,16 @@ pub struct OverloadResult {
     pub low: ChainResult,
     /// Successful responses within their chain's objective, per second.
     pub goodput: f64,
-    /// Requests that reached `ratings` with their deadline already spent.
+    /// Requests that reached `ratings` with their deadline already spent
+    /// (whole run, warm-up included).
     pub ratings_arrived_expired: u64,
+    /// Requests `ratings` received while the measured requests were sent.
     pub ratings_received: u64,
+    /// Requests `ratings` did the work of (a worker held for the work time).
+    pub ratings_worked: u64,
+    /// Share of the time `ratings`' workers were busy meanwhile: at 1 no
+    /// control can get more good responses out of it.
+    pub ratings_busy: f64,
 }
 
 /// The scenario's mesh: `ratings` has a fixed pool and a long queue.
@@ -158,17 +165,21 @@ pub async fn drive(mesh: &Mesh, control: Control, o: &OverloadOptions) -> Overlo
     }
     schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
     let start = Instant::now();
-    let received_before = mesh
-        .service_stats
-        .get("ratings")
-        .map_or(0, |s| s.received.load(Ordering::Relaxed));
-    let expired_before = mesh
-        .service_stats
-        .get("ratings")
-        .map_or(0, |s| s.arrived_expired.load(Ordering::Relaxed));
+    // What `ratings` saw while the measured requests were sent.
+    let ratings_counts = || {
+        mesh.service_stats.get("ratings").map_or([0; 4], |s| {
+            [&s.received, &s.arrived_expired, &s.worked, &s.busy_us]
+                .map(|c| c.load(Ordering::Relaxed))
+        })
+    };
+    let at_start = ratings_counts();
+    let mut at_measure_start = None;
     let mut tasks = Vec::with_capacity(schedule.len());
     for (i, (at, high)) in schedule.into_iter().enumerate() {
         tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
+        if at >= o.warmup_seconds && at_measure_start.is_none() {
+            at_measure_start = Some((ratings_counts(), Instant::now()));
+        }
         let c = c.clone();
         let path = if high {
             format!("/api/v1/ratings/{i}")
@@ -194,6 +205,11 @@ pub async fn drive(mesh: &Mesh, control: Control, o: &OverloadOptions) -> Overlo
             }
         }));
     }
+    let (measured_counts, measured_for) = {
+        let (begin, since) = at_measure_start.unwrap_or((at_start, start));
+        let end = ratings_counts();
+        ([0, 1, 2, 3].map(|i| end[i] - begin[i]), since.elapsed())
+    };
     let mut samples = Vec::with_capacity(tasks.len());
     for t in tasks {
         if let Ok(s) = t.await {
@@ -230,17 +246,18 @@ pub async fn drive(mesh: &Mesh, control: Control, o: &OverloadOptions) -> Overlo
     };
     let high = summarize(true, o.high_slo_ms);
     let low = summarize(false, o.low_slo_ms);
-    let ratings = mesh.service_stats.get("ratings");
     OverloadResult {
         control,
         seconds: o.seconds,
         goodput: (high.within_slo + low.within_slo) as f64 / o.seconds,
         high,
         low,
-        ratings_arrived_expired: ratings.map_or(0, |s| s.arrived_expired.load(Ordering::Relaxed))
-            - expired_before,
-        ratings_received: ratings.map_or(0, |s| s.received.load(Ordering::Relaxed))
-            - received_before,
+        ratings_received: measured_counts[0],
+        // Over the whole run: none may arrive expired, warm-up included.
+        ratings_arrived_expired: ratings_counts()[1] - at_start[1],
+        ratings_worked: measured_counts[2],
+        ratings_busy: measured_counts[3] as f64
+            / (o.workers as f64 * measured_for.as_micros().max(1) as f64),
     }
 }
 
@@ -275,5 +292,13 @@ pub fn print(r: &OverloadResult, o: &OverloadOptions) {
         r.low.within_slo,
         r.low.p50_ms,
         r.low.p99_ms,
+    );
+    println!(
+        "{:<9} ratings received {:.1}/s, worked {:.1}/s, workers busy {:.1} % while the measured requests were sent; {} arrived with the deadline spent (whole run)",
+        r.control.as_str(),
+        r.ratings_received as f64 / r.seconds,
+        r.ratings_worked as f64 / r.seconds,
+        r.ratings_busy * 100.0,
+        r.ratings_arrived_expired
     );
 }

@@ -139,6 +139,10 @@ pub struct ServiceStats {
     pub arrived_expired: AtomicU64,
     /// Requests refused because workers and queue were full.
     pub overflowed: AtomicU64,
+    /// Requests whose work was done (a worker held for the whole work time).
+    pub worked: AtomicU64,
+    /// Microseconds workers spent on that work, summed over workers.
+    pub busy_us: AtomicU64,
 }
 
 struct Ctx {
@@ -198,7 +202,12 @@ async fn handle(
         }
         _ => None,
     };
+    let work_started = std::time::Instant::now();
     tokio::time::sleep(ctx.spec.work(&rid)).await;
+    ctx.stats.worked.fetch_add(1, Ordering::Relaxed);
+    ctx.stats
+        .busy_us
+        .fetch_add(work_started.elapsed().as_micros() as u64, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
     let mut status = 200u16;
     if let (Some(route), Some(port)) = (

@@ -2,7 +2,8 @@
 //! `ratings` service has a fixed worker pool and is offered more than it can
 //! serve on a high- and a low-priority chain. Without control its queue
 //! grows and nothing meets its objective; with meshtune's control the
-//! high-priority chain stays within its objective and goodput is far higher.
+//! high-priority chain stays within its objective, goodput is far higher and
+//! the service's workers stay busy.
 //! Then the agent stops: the filters fall back to their static policy after
 //! the TTL and add no errors.
 
@@ -68,6 +69,13 @@ async fn control_keeps_the_high_priority_chain_within_its_objective_under_overlo
         uncontrolled.goodput
     );
     assert!(controlled.goodput > 0.0);
+    // Shedding never leaves the shared service idle: what it could serve,
+    // it served (goodput cannot exceed what its workers get through).
+    assert!(
+        controlled.ratings_busy >= 0.95,
+        "ratings' workers busy only {:.1} % of the time with control",
+        controlled.ratings_busy * 100.0
+    );
     // Requests whose budget was spent were answered by a sidecar, never
     // delivered to the service.
     assert_eq!(
