@@ -315,10 +315,11 @@ impl Hop {
                     let room = ctl.retry.len() < max_upstreams || ctl.retry.contains_key(&service);
                     let terms = crate::root::retry_terms(&ctl.policy, &ctl.config, now_ms);
                     if let (Some(cfg), true) = (terms, room) {
-                        let budget = ctl
-                            .retry
-                            .entry(service.clone())
-                            .or_insert_with(|| RetryBudget::new(cfg.clone()));
+                        let budget = ctl.retry.entry(service.clone()).or_insert_with(|| {
+                            let mut b = RetryBudget::new(cfg.clone());
+                            b.set_expected_growth(ctl.policy.load_growth(&service, now_ms));
+                            b
+                        });
                         let granted = budget.on_request(now_ms / 1000);
                         set_header(
                             MapType::HttpRequestHeaders,

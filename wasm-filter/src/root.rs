@@ -57,12 +57,15 @@ pub fn retry_terms<'a>(
 }
 
 impl ControlState {
-    /// Gives every upstream's retry budget the terms in force at `now_ms`.
+    /// Gives every upstream's retry budget the terms in force at `now_ms`
+    /// and the load growth the policy forecasts for it.
     fn apply_retry_terms(&mut self, now_ms: u64) {
-        if let Some(terms) = retry_terms(&self.policy, &self.config, now_ms) {
-            for budget in self.retry.values_mut() {
+        let terms = retry_terms(&self.policy, &self.config, now_ms);
+        for (service, budget) in self.retry.iter_mut() {
+            if let Some(terms) = terms {
                 budget.set_config(terms);
             }
+            budget.set_expected_growth(self.policy.load_growth(service, now_ms));
         }
     }
 

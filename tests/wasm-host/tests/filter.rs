@@ -395,6 +395,38 @@ fn the_agents_retry_budget_replaces_the_plugins_while_fresh() {
     assert_eq!(grant(&mut h).as_deref(), Some("2"));
 }
 
+#[test]
+fn the_forecast_growth_holds_back_retries_to_that_upstream() {
+    // Half a retry per request, nothing to spare beyond it, over a minute.
+    let mut h = load(&config(
+        "outbound",
+        json!({"control": {"retry_budget": {"ratio": 0.5, "min_per_second": 0.0, "window_s": 60, "max_retries": 10}}}),
+    ));
+    // Ten successful requests to ratings; the grant the tenth got.
+    let grant_after_ten = |h: &mut Host| {
+        let mut last = None;
+        for _ in 0..10 {
+            let (c, headers) = browse_to_ratings(h);
+            h.respond(c, 200, &[]).unwrap();
+            last = header(&headers, "x-envoy-max-retries").map(str::to_owned);
+        }
+        last
+    };
+    // 0.5 × 10 requests.
+    assert_eq!(grant_after_ten(&mut h).as_deref(), Some("5"));
+    h.tick().unwrap();
+    let call = h.state().http_calls.last().cloned().expect("a report");
+    let answer = json!({"policy": {"version": 1, "ttl_ms": 2000, "load_growth": {"ratings": 2.5}}});
+    h.http_call_response(call.token, 200, &serde_json::to_vec(&answer).unwrap())
+        .unwrap();
+    // The forecast expects 2.5 × the load at ratings: 0.5 / 2.5 × 20 requests.
+    assert_eq!(grant_after_ten(&mut h).as_deref(), Some("4"));
+    // Past the policy's TTL the whole ratio is back: 0.5 × 30.
+    h.advance_ms(2500);
+    h.tick().unwrap();
+    assert_eq!(grant_after_ten(&mut h).as_deref(), Some("10"));
+}
+
 /// A small deterministic generator, so the hostile inputs repeat.
 fn lcg(seed: &mut u64) -> u64 {
     *seed = seed

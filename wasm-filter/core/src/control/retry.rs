@@ -4,6 +4,13 @@
 //! per request through `x-envoy-max-retries` and accounts for them from the
 //! response's `x-envoy-attempt-count` (or, without it, assumes a failed
 //! request used every retry it was granted).
+//!
+//! The agent's load forecast reaches the budget as the upstream's expected
+//! load growth (policy `load_growth`): the ratio is divided by it, so while
+//! the upstream's load is forecast to rise, retries may not grow with the
+//! requests — they are load nobody asked for, the first to hold back when
+//! more is on its way. The per-second minimum stays, so a quiet upstream
+//! can still retry.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -85,6 +92,8 @@ pub struct RetryBudget {
     cfg: RetryBudgetConfig,
     /// (second, requests, retries)
     buckets: VecDeque<(u64, u64, u64)>,
+    /// Expected growth of the upstream's load (≥ 1) from the agent's forecast.
+    growth: f64,
 }
 
 impl RetryBudget {
@@ -92,7 +101,19 @@ impl RetryBudget {
         RetryBudget {
             cfg,
             buckets: VecDeque::new(),
+            growth: 1.0,
         }
+    }
+
+    /// Sets the load growth the forecast expects for this upstream (1 =
+    /// none; clamped to [1, [`MAX_GROWTH`](crate::control::concurrency::MAX_GROWTH)],
+    /// anything not finite counts as none).
+    pub fn set_expected_growth(&mut self, growth: f64) {
+        self.growth = if growth.is_finite() {
+            growth.clamp(1.0, crate::control::concurrency::MAX_GROWTH)
+        } else {
+            1.0
+        };
     }
 
     fn bucket(&mut self, now_s: u64) -> &mut (u64, u64, u64) {
@@ -121,8 +142,8 @@ impl RetryBudget {
     pub fn on_request(&mut self, now_s: u64) -> u32 {
         self.bucket(now_s).1 += 1;
         let (requests, retries) = self.totals();
-        let allowance =
-            self.cfg.ratio * requests as f64 + self.cfg.min_per_second * self.cfg.window_s as f64;
+        let allowance = self.cfg.ratio / self.growth * requests as f64
+            + self.cfg.min_per_second * self.cfg.window_s as f64;
         let room = (allowance - retries as f64).floor();
         if room <= 0.0 {
             0
@@ -189,6 +210,41 @@ mod tests {
         // 1000 requests over 10 s: at most 0.2 × 1000 + 10 retries.
         assert!(retried <= 210, "{retried}");
         assert!(retried >= 150, "the budget is used, not starved: {retried}");
+    }
+
+    /// Every request fails and uses what it was granted: the retries made
+    /// over 1,000 requests at 100 a second.
+    fn retries_made(b: &mut RetryBudget) -> u64 {
+        let mut retried = 0;
+        for i in 0..1000u64 {
+            let now = i / 100;
+            let used = RetryBudget::retries_used(b.on_request(now), None, true);
+            b.on_retries(used, now);
+            retried += used;
+        }
+        retried
+    }
+
+    #[test]
+    fn a_forecast_rise_divides_the_ratio_not_the_minimum() {
+        let plain = retries_made(&mut budget(0.2, 1.0));
+        let mut held = budget(0.2, 1.0);
+        held.set_expected_growth(2.0);
+        let held = retries_made(&mut held);
+        // 0.2 / 2 × 1000 + 10 at most; well above the minimum alone.
+        assert!(held <= 110, "{held}");
+        assert!(held >= 75, "{held}");
+        assert!(plain >= held + 50, "{plain} vs {held}");
+        // No growth, or none that makes sense, changes nothing.
+        for g in [1.0, 0.5, f64::NAN, f64::INFINITY] {
+            let mut b = budget(0.2, 1.0);
+            b.set_expected_growth(g);
+            assert_eq!(retries_made(&mut b), plain, "growth {g}");
+        }
+        // Only the ratio is divided: the minimum remains.
+        let mut quiet = budget(0.0, 1.0);
+        quiet.set_expected_growth(4.0);
+        assert_eq!(quiet.on_request(0), 2);
     }
 
     #[test]
