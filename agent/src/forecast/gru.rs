@@ -3,6 +3,7 @@
 //! with time-of-day and day-of-week encodings; output: the next 10 minutes
 //! in the same scale (see `models/gru.json`).
 
+use super::gru_plan::{fastest, Plan, PlanForm};
 use super::Forecaster;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -12,8 +13,6 @@ use tract_onnx::prelude::*;
 pub const INPUT_MINUTES: usize = 60;
 pub const OUTPUT_MINUTES: usize = 10;
 pub const FEATURES: usize = 5;
-
-use super::gru_plan::{fastest, Plan, PlanForm};
 
 /// A loaded model, shared by every chain's forecaster: the parsed graph
 /// and one optimized plan per batch size used. tract plans a fixed batch
@@ -92,10 +91,7 @@ impl GruModel {
 
     /// Runs `input` through the plan for `batch` windows, made on first use.
     fn run_planned(&self, batch: usize, input: Tensor) -> TractResult<TVec<TValue>> {
-        let mut plans = match self.plans.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut plans = self.plans();
         if !plans.contains_key(&batch) {
             let planned = fastest(&self.graph, batch)?;
             if plans.len() >= PLANS_KEPT {
@@ -111,11 +107,18 @@ impl GruModel {
 
     /// The form the plan for `batch` took, once planned.
     pub fn plan_form(&self, batch: usize) -> Option<PlanForm> {
-        let plans = match self.plans.lock() {
+        self.plans().get(&batch).map(|(_, form)| *form)
+    }
+
+    /// The plans, also after a panic elsewhere poisoned the lock (a plan
+    /// holds no invariant a half-done run could break).
+    fn plans(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<usize, (Plan, PlanForm)>> {
+        match self.plans.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
-        };
-        plans.get(&batch).map(|(_, form)| *form)
+        }
     }
 
     /// Raw outputs for `batch` windows planned in `form` (not cached): how
