@@ -154,6 +154,16 @@ pub struct AdaptiveLimit {
 /// Largest growth the limit makes room for ahead of the load.
 pub const MAX_GROWTH: f64 = 4.0;
 
+/// A forecast load growth as the controls use it: clamped to
+/// [1, [`MAX_GROWTH`]], anything not finite counting as none (1).
+pub fn bounded_growth(growth: f64) -> f64 {
+    if growth.is_finite() {
+        growth.clamp(1.0, MAX_GROWTH)
+    } else {
+        1.0
+    }
+}
+
 impl AdaptiveLimit {
     pub fn new(cfg: ConcurrencyConfig) -> Self {
         AdaptiveLimit {
@@ -172,11 +182,7 @@ impl AdaptiveLimit {
     /// Sets the load growth the forecast expects (1 = none; clamped to
     /// [1, [`MAX_GROWTH`]], anything not finite counts as none).
     pub fn set_expected_growth(&mut self, growth: f64) {
-        self.growth = if growth.is_finite() {
-            growth.clamp(1.0, MAX_GROWTH)
-        } else {
-            1.0
-        };
+        self.growth = bounded_growth(growth);
     }
 
     pub fn expected_growth(&self) -> f64 {

@@ -106,14 +106,9 @@ impl RetryBudget {
     }
 
     /// Sets the load growth the forecast expects for this upstream (1 =
-    /// none; clamped to [1, [`MAX_GROWTH`](crate::control::concurrency::MAX_GROWTH)],
-    /// anything not finite counts as none).
+    /// none), bounded as [`bounded_growth`](crate::control::concurrency::bounded_growth) says.
     pub fn set_expected_growth(&mut self, growth: f64) {
-        self.growth = if growth.is_finite() {
-            growth.clamp(1.0, crate::control::concurrency::MAX_GROWTH)
-        } else {
-            1.0
-        };
+        self.growth = crate::control::concurrency::bounded_growth(growth);
     }
 
     fn bucket(&mut self, now_s: u64) -> &mut (u64, u64, u64) {
