@@ -45,15 +45,67 @@ pub struct ChainSpec {
     /// Priority class: when an upstream saturates, `low` is shed first.
     #[serde(default)]
     pub priority: meshtune_filter_core::control::Priority,
+    /// How long a request of the chain may take at most before meshtune
+    /// gives up on it (the deadline budget stamped at the entry, from which
+    /// per-hop timeouts are cut), in milliseconds. Unset:
+    /// [`DEADLINE_PER_OBJECTIVE`] × `slo_ms`. The objective is a percentile,
+    /// not a deadline: a request merely slower than it is still answered.
+    #[serde(default)]
+    pub deadline_ms: Option<f64>,
+}
+
+/// The default deadline in objectives: a p99 objective lets 1 % of requests
+/// be slower, and a tail a few times the objective is common under
+/// bursts, so requests are given four objectives before they are failed.
+pub const DEADLINE_PER_OBJECTIVE: f64 = 4.0;
+
+impl ChainSpec {
+    /// A chain with an objective and every other field at its default.
+    pub fn with_objective(slo_ms: f64) -> Self {
+        ChainSpec {
+            slo_ms,
+            percentile: default_percentile(),
+            description: String::new(),
+            priority: Default::default(),
+            deadline_ms: None,
+        }
+    }
+
+    /// The deadline in force: the declared one, else
+    /// [`DEADLINE_PER_OBJECTIVE`] × the objective.
+    pub fn deadline_ms(&self) -> f64 {
+        self.deadline_ms
+            .unwrap_or(self.slo_ms * DEADLINE_PER_OBJECTIVE)
+    }
 }
 
 fn default_percentile() -> f64 {
     99.0
 }
 
+/// The configured chains and the declared ones (the configuration wins on
+/// a name clash).
+pub fn chains_of(
+    configured: &BTreeMap<String, ChainSpec>,
+    declared: &DeclaredChains,
+) -> BTreeMap<String, ChainSpec> {
+    let mut all = declared.chains.clone();
+    all.extend(configured.clone());
+    all
+}
+
+/// Chains declared outside the configuration file (ChainSLO objects): their
+/// objectives and the entry rules the filters recognise them by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeclaredChains {
+    pub chains: BTreeMap<String, ChainSpec>,
+    /// Entry rules in (namespace, name) order: the first match wins.
+    pub rules: Vec<meshtune_filter_core::rules::ChainRule>,
+}
+
 /// A service in the DTA-SLO shape: the chains it serves and its resource
 /// bounds (CPU in cores, memory in MiB).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     #[serde(default)]
@@ -68,6 +120,39 @@ pub struct ServiceSpec {
     /// Locality load balancing written into the service's DestinationRule
     /// (`trafficPolicy.loadBalancer.localityLbSetting`).
     pub locality: Option<LocalitySpec>,
+    /// `false`: meshtune writes nothing for this service (as the annotation
+    /// `meshtune.io/manage: "false"` on its Service or namespace does).
+    #[serde(default = "default_true")]
+    pub manage: bool,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            chains: Vec::new(),
+            namespace: default_namespace(),
+            min_cpu: None,
+            max_cpu: None,
+            min_memory: None,
+            max_memory: None,
+            locality: None,
+            manage: true,
+        }
+    }
+}
+
+/// Locality load balancing for a service, validated: failover between
+/// regions or a weighted distribution (what the cloud–edge placement decides).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Locality {
+    Failover {
+        from: String,
+        to: String,
+    },
+    Distribute {
+        from: String,
+        to: Vec<(String, u32)>,
+    },
 }
 
 /// Istio's locality settings, one of them: `failover: {from, to}` (regions)
@@ -95,8 +180,7 @@ pub struct DistributeSpec {
 
 impl LocalitySpec {
     /// The writer's form of the setting (validated by `AgentConfig::parse`).
-    pub fn to_locality(&self) -> Option<crate::k8s::destinationrule::Locality> {
-        use crate::k8s::destinationrule::Locality;
+    pub fn to_locality(&self) -> Option<Locality> {
         match (&self.failover, &self.distribute) {
             (Some(f), None) => Some(Locality::Failover {
                 from: f.from.clone(),
@@ -169,6 +253,8 @@ struct RawConfig {
     policy: PolicySpec,
     #[serde(default)]
     kubernetes: KubernetesSpec,
+    #[serde(default)]
+    traffic: TrafficSpec,
     /// ONNX model of the GRU forecaster (models/gru.onnx); without it the
     /// statistical methods forecast alone.
     #[serde(default)]
@@ -227,6 +313,77 @@ pub struct KubernetesSpec {
     /// Read chains and objectives from ChainSLO objects too.
     #[serde(default = "default_true")]
     pub watch_chainslos: bool,
+    /// Where a user's own DestinationRule already covers a host, meshtune
+    /// writes nothing for that host, unless these `trafficPolicy` fields
+    /// (`connectionPool`, `outlierDetection`, `loadBalancer`) are named
+    /// here: then it takes over just them in the user's object.
+    #[serde(default)]
+    pub take_over_fields: Vec<String>,
+}
+
+/// The fields of a DestinationRule's `trafficPolicy` meshtune may write.
+pub const TRAFFIC_POLICY_FIELDS: [&str; 3] = ["connectionPool", "outlierDetection", "loadBalancer"];
+
+/// How the traffic planner turns measurements into DestinationRule fields
+/// (each written value says which of these it came from, with its reason).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSpec {
+    /// Connection pools admit this many times the requests measured in
+    /// flight (Little's law: rate × latency at the planned percentile).
+    #[serde(default = "default_pool_headroom")]
+    pub pool_headroom: f64,
+    /// The least `http2MaxRequests` written, whatever was measured.
+    #[serde(default = "default_min_pool_requests")]
+    pub min_pool_requests: u32,
+    /// Retries in flight a service may have, as a share of its requests in
+    /// flight (Linkerd's retry budget ratio, 0.2, by default).
+    #[serde(default = "default_retry_ratio")]
+    pub retry_ratio: f64,
+    /// How often a healthy host may be ejected by chance: the consecutive
+    /// 5xx threshold is the least that keeps the chance of a run that long
+    /// at the measured error rate below this, per host and interval.
+    #[serde(default = "default_false_ejection")]
+    pub false_ejection_rate: f64,
+    /// Outlier detection's `maxEjectionPercent`: at most this share of hosts
+    /// ejected at once, so the rest can take their load.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+    /// Outlier detection's `baseEjectionTime` in seconds (Istio's default, 30).
+    #[serde(default = "default_base_ejection_seconds")]
+    pub base_ejection_seconds: u64,
+}
+
+fn default_pool_headroom() -> f64 {
+    2.0
+}
+fn default_min_pool_requests() -> u32 {
+    16
+}
+fn default_retry_ratio() -> f64 {
+    0.2
+}
+fn default_false_ejection() -> f64 {
+    0.01
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_base_ejection_seconds() -> u64 {
+    30
+}
+
+impl Default for TrafficSpec {
+    fn default() -> Self {
+        TrafficSpec {
+            pool_headroom: default_pool_headroom(),
+            min_pool_requests: default_min_pool_requests(),
+            retry_ratio: default_retry_ratio(),
+            false_ejection_rate: default_false_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+            base_ejection_seconds: default_base_ejection_seconds(),
+        }
+    }
 }
 
 fn default_system_namespace() -> String {
@@ -257,6 +414,7 @@ impl Default for KubernetesSpec {
             max_changes_per_hour: default_max_changes(),
             force_conflicts: false,
             watch_chainslos: true,
+            take_over_fields: Vec::new(),
         }
     }
 }
@@ -312,6 +470,7 @@ pub struct AgentConfig {
     pub services: BTreeMap<String, ServiceSpec>,
     pub policy: PolicySpec,
     pub kubernetes: KubernetesSpec,
+    pub traffic: TrafficSpec,
     pub forecast_model: Option<PathBuf>,
 }
 
@@ -394,6 +553,18 @@ impl AgentConfig {
                     "must be in (0, 100]".into(),
                 ));
             }
+            if let Some(d) = spec.deadline_ms {
+                if !(d.is_finite() && d >= spec.slo_ms && d <= 600_000.0) {
+                    return Err(invalid(
+                        format!("chains.{name}.deadline_ms"),
+                        "deadline_ms",
+                        format!(
+                            "must be at least the objective ({} ms) and at most 600000",
+                            spec.slo_ms
+                        ),
+                    ));
+                }
+            }
         }
         for (name, seconds) in &raw.slos {
             if !valid_name(name) {
@@ -424,15 +595,7 @@ impl AgentConfig {
                 }
                 Some(_) => {}
                 None => {
-                    chains.insert(
-                        name.clone(),
-                        ChainSpec {
-                            slo_ms,
-                            percentile: default_percentile(),
-                            description: String::new(),
-                            priority: Default::default(),
-                        },
-                    );
+                    chains.insert(name.clone(), ChainSpec::with_objective(slo_ms));
                 }
             }
         }
@@ -513,6 +676,52 @@ impl AgentConfig {
                 )
             })?;
         }
+        let t = &raw.traffic;
+        for (field, ok, message) in [
+            (
+                "pool_headroom",
+                t.pool_headroom >= 1.0 && t.pool_headroom <= 100.0,
+                "must be between 1 and 100",
+            ),
+            (
+                "min_pool_requests",
+                t.min_pool_requests >= 1,
+                "must be at least 1",
+            ),
+            (
+                "retry_ratio",
+                t.retry_ratio > 0.0 && t.retry_ratio <= 1.0,
+                "must be in (0, 1]",
+            ),
+            (
+                "false_ejection_rate",
+                t.false_ejection_rate > 0.0 && t.false_ejection_rate < 1.0,
+                "must be in (0, 1)",
+            ),
+            (
+                "max_ejection_percent",
+                (1..=100).contains(&t.max_ejection_percent),
+                "must be between 1 and 100",
+            ),
+            (
+                "base_ejection_seconds",
+                (1..=3600).contains(&t.base_ejection_seconds),
+                "must be between 1 and 3600",
+            ),
+        ] {
+            if !ok {
+                return Err(invalid(format!("traffic.{field}"), field, message.into()));
+            }
+        }
+        for (i, f) in raw.kubernetes.take_over_fields.iter().enumerate() {
+            if !TRAFFIC_POLICY_FIELDS.contains(&f.as_str()) {
+                return Err(invalid(
+                    format!("kubernetes.take_over_fields[{i}]"),
+                    "take_over_fields",
+                    format!("`{f}` is not one of {}", TRAFFIC_POLICY_FIELDS.join(", ")),
+                ));
+            }
+        }
         if !matches!(raw.kubernetes.mode.as_str(), "recommend" | "apply") {
             return Err(invalid(
                 "kubernetes.mode".into(),
@@ -573,6 +782,7 @@ impl AgentConfig {
             services: raw.services,
             policy: raw.policy,
             kubernetes: raw.kubernetes,
+            traffic: raw.traffic,
             forecast_model: raw.forecast_model,
         })
     }
@@ -658,7 +868,6 @@ mod tests {
 
     #[test]
     fn locality_settings_are_checked_and_reach_the_writer() {
-        use crate::k8s::destinationrule::Locality;
         let ok = parse(
             "services:\n  reviews:\n    locality:\n      distribute:\n        from: edge/*\n        to: {edge/*: 70, cloud/*: 30}\n  ratings:\n    locality:\n      failover: {from: edge, to: cloud}\n",
         );

@@ -1,24 +1,48 @@
 //! The meshtune node agent as a library: the binary in `main.rs` only
 //! parses arguments; tests and the local lab run the same code in-process.
+//!
+//! Layers, each importing only those before it (a test over the `use`
+//! lines keeps it so, `tests/layout.rs`):
+//!
+//! 1. `config`, `forecast` — what the user declared; the forecasters.
+//! 2. `data` — what was measured: aggregates, the chain state, the store,
+//!    windows as peers exchange them.
+//! 3. `plan` — pure planners: inputs in, decisions out (policy for the
+//!    filters, traffic rules, observations, attainment).
+//! 4. `write` — the one seam desired objects leave through: the guard
+//!    (recommend mode, change budget, hysteresis, rollback, ownership) and
+//!    one file per sink (Kubernetes server-side apply, a directory).
+//! 5. `app` — the running agent: its state, API, metrics, tuning loop.
+//! 6. `k8s` — cluster I/O and its loops (ChainSLO watch, Lease, peers).
 
-pub mod aggregate;
-pub mod api;
 pub mod config;
 pub mod forecast;
-pub mod k8s;
-pub mod metrics;
-pub mod policy;
-pub mod server;
-pub mod state;
-pub mod store;
 
+pub mod data;
+
+pub mod plan;
+
+pub mod write;
+
+pub mod app;
+
+pub mod k8s;
+
+pub use app::agent::Agent;
 pub use config::AgentConfig;
-pub use server::Agent;
 
 /// Seconds since the Unix epoch, read once per request or tick and passed on.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

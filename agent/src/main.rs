@@ -35,6 +35,16 @@ enum Command {
         /// Override the data directory of the configuration.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Where the objects meshtune wants go: `kubernetes` (server-side
+        /// apply, as the Lease holder; needs `kubernetes.enabled`) or
+        /// `dir:PATH` (one YAML file per object in PATH, for GitOps or the
+        /// lab; only files labelled `app.kubernetes.io/managed-by: meshtune`
+        /// are replaced or removed). Recommend mode, the change budget and
+        /// rollback (`kubernetes.mode`, `max_changes_per_hour`) are the same
+        /// for both. Default: `kubernetes` when it is enabled, else none
+        /// (the agent only serves its view and the filters' policy).
+        #[arg(long, value_parser = parse_sink)]
+        sink: Option<SinkArg>,
     },
     /// Check a configuration file and print what it defines.
     CheckConfig {
@@ -211,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             config,
             listen,
             data_dir,
+            sink,
         } => {
             let mut cfg = AgentConfig::load(&config)?;
             if let Some(l) = listen {
@@ -222,13 +233,41 @@ fn main() -> anyhow::Result<()> {
             if cfg.token.is_none() {
                 tracing::warn!("no auth token configured: any client can post reports");
             }
+            let sink = match sink {
+                Some(SinkArg::Kubernetes) if !cfg.kubernetes.enabled => anyhow::bail!(
+                    "--sink kubernetes: set `kubernetes.enabled: true` in {}",
+                    config.display()
+                ),
+                Some(s) => Some(s),
+                None if cfg.kubernetes.enabled => Some(SinkArg::Kubernetes),
+                None => None,
+            };
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(run(cfg))
+            rt.block_on(run(cfg, sink))
         }
     }
 }
 
-async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+/// The `--sink` argument.
+#[derive(Clone, Debug)]
+enum SinkArg {
+    Kubernetes,
+    Dir(PathBuf),
+}
+
+fn parse_sink(s: &str) -> Result<SinkArg, String> {
+    match s {
+        "kubernetes" => Ok(SinkArg::Kubernetes),
+        _ => match s.strip_prefix("dir:") {
+            Some(p) if !p.is_empty() => Ok(SinkArg::Dir(PathBuf::from(p))),
+            _ => Err(format!(
+                "`{s}`: give `kubernetes` or `dir:PATH` (e.g. dir:/var/lib/meshtune/desired)"
+            )),
+        },
+    }
+}
+
+async fn run(cfg: AgentConfig, sink: Option<SinkArg>) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let data_dir = cfg.data_dir.clone();
     let agent = Agent::open(cfg, meshtune_agent::now_secs())
@@ -254,7 +293,42 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = tx.send(true);
     });
-    agent.serve(listener, rx).await?;
+    let dir_sink = match &sink {
+        Some(SinkArg::Dir(p)) => Some(
+            meshtune_agent::write::dir::DirSink::new(p)
+                .with_context(|| format!("--sink dir:{}: cannot create it", p.display()))?,
+        ),
+        _ => None,
+    };
+    if agent.config.kubernetes.enabled {
+        let agent = agent.clone();
+        let stop = rx.clone();
+        tokio::spawn(async move {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(
+                        "kubernetes integration is on but no cluster is reachable: {e}"
+                    );
+                    return;
+                }
+            };
+            match dir_sink {
+                Some(d) => meshtune_agent::k8s::controller::run(agent, client, d, stop).await,
+                None => {
+                    let sink = meshtune_agent::write::kube::KubeSink::new(client.clone());
+                    meshtune_agent::k8s::controller::run(agent, client, sink, stop).await
+                }
+            }
+        });
+    } else if let Some(d) = dir_sink {
+        tokio::spawn(meshtune_agent::app::tuner::run_local(
+            agent.clone(),
+            d,
+            rx.clone(),
+        ));
+    }
+    meshtune_agent::app::serve(agent, listener, rx).await?;
     Ok(())
 }
 

@@ -2,6 +2,9 @@
 //! sets the declared chains and every object's `Valid` condition; later
 //! watch events (added, modified, deleted) take effect without a re-list.
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kube::Client;
 use meshtune_agent::{Agent, AgentConfig};
 use serde_json::{json, Value};
@@ -114,7 +117,7 @@ async fn chainslos_are_listed_then_followed_by_watch() {
         "{q}"
     );
     {
-        let chains = agent.declared_chains.lock().unwrap();
+        let chains = agent.chains();
         assert_eq!(chains.keys().collect::<Vec<_>>(), ["checkout"]);
         assert_eq!(chains["checkout"].slo_ms, 250.0);
     }
@@ -143,15 +146,23 @@ async fn chainslos_are_listed_then_followed_by_watch() {
         "{q}"
     );
     {
-        let chains = agent.declared_chains.lock().unwrap();
+        let chains = agent.chains();
         assert_eq!(chains.keys().collect::<Vec<_>>(), ["checkout", "search"]);
         assert_eq!(chains["checkout"].slo_ms, 300.0);
-        let rules = agent.declared_rules.lock().unwrap();
+        let rules = agent.current_policy(0).map(|p| p.rules).unwrap_or_default();
         assert_eq!(
             rules.iter().map(|r| r.chain.as_str()).collect::<Vec<_>>(),
             ["checkout", "search"]
         );
     }
+    // Declared chains get their objective series like configured ones.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, agent.registry()).unwrap();
+    assert!(
+        text.contains("meshtune_chain_slo_seconds{chain=\"search\"} 0.08"),
+        "{text}"
+    );
+    assert!(text.contains("meshtune_chain_slo_seconds{chain=\"checkout\"} 0.3"));
     assert_eq!(agent.metrics.chainslo_invalid.get(), 0);
     let policy = agent.current_policy(0).expect("policies are on by default");
     assert!(

@@ -15,9 +15,18 @@
 //! cargo test -p meshtune-agent --test cluster -- --ignored
 //! ```
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kube::api::{Api, DynamicObject};
-use meshtune_agent::k8s::destinationrule::{desired, ServiceObservation, Tuning};
-use meshtune_agent::k8s::writer::{destination_rule_resource, Mode, Outcome, Writer, WriterConfig};
+use meshtune_agent::config::TrafficSpec;
+use meshtune_agent::plan::observe::ServiceObservation;
+use meshtune_agent::plan::traffic::desired;
+use meshtune_agent::plan::Kind;
+use meshtune_agent::write::guard::{Guard, GuardConfig, Mode};
+use meshtune_agent::write::kube::{resource, KubeSink};
+use meshtune_agent::write::Outcome;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[tokio::test]
 #[ignore = "needs cluster"]
@@ -29,21 +38,23 @@ async fn applies_a_destination_rule_as_field_manager_meshtune() {
         namespace: "bookinfo".into(),
         service: "meshtune-cluster-test".into(),
         rps: 50.0,
-        p99_ms: 80.0,
+        percentile: 99.0,
+        latency_ms: 80.0,
         error_rate: 0.0,
+        attainment: None,
     };
-    let rules = desired(&[obs], &[], &Tuning::default());
-    let mut w = Writer::new(
-        client.clone(),
-        WriterConfig {
-            mode: Mode::Apply,
-            ..WriterConfig::default()
-        },
-    );
-    let out = w.reconcile(&rules, true, 0, &|_, _| None).await;
+    let rules = desired(&[obs], &[], &TrafficSpec::default());
+    let sink = KubeSink::new(client.clone());
+    let mut g = Guard::new(GuardConfig {
+        mode: Mode::Apply,
+        ..GuardConfig::default()
+    });
+    let out = g
+        .reconcile(&sink, &rules, &BTreeSet::new(), true, 0, &BTreeMap::new())
+        .await;
     assert_eq!(out[0].1, Outcome::Applied, "{out:?}");
     let api: Api<DynamicObject> =
-        Api::namespaced_with(client, "bookinfo", &destination_rule_resource());
+        Api::namespaced_with(client, "bookinfo", &resource(Kind::DestinationRule));
     let dr = api
         .get("meshtune-cluster-test")
         .await

@@ -3,6 +3,9 @@
 //! models/train_gru.py), and the Rust feature builder makes the same input
 //! from the trace as the Python one. No Python needed here.
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use meshtune_agent::forecast::eval::read_trace;
 use meshtune_agent::forecast::gru::{default_model_path, features, GruModel, INPUT_MINUTES};
 use meshtune_agent::forecast::gru_plan::PlanForm;

@@ -4,6 +4,9 @@
 //! configuration inside each `WasmPlugin` and the agent configuration inside
 //! the ConfigMap are also parsed by the code that will read them.
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -498,7 +501,9 @@ fn the_committed_crd_is_what_the_code_generates() {
 
 #[test]
 fn every_destination_rule_the_agent_generates_validates_against_istio() {
-    use meshtune_agent::k8s::destinationrule::{desired, Locality, ServiceObservation, Tuning};
+    use meshtune_agent::config::{Locality, TrafficSpec};
+    use meshtune_agent::plan::observe::ServiceObservation;
+    use meshtune_agent::plan::traffic::desired;
     let schema = istio_schema("DestinationRule", "networking.istio.io/v1").unwrap();
     let obs: Vec<ServiceObservation> = [(0.0, 1.0, 0.0), (5000.0, 900.0, 0.3), (12.5, 3.3, 0.001)]
         .iter()
@@ -507,8 +512,10 @@ fn every_destination_rule_the_agent_generates_validates_against_istio() {
             namespace: "bookinfo".into(),
             service: format!("svc-{i}"),
             rps: *rps,
-            p99_ms: *p99,
+            percentile: 99.0,
+            latency_ms: *p99,
             error_rate: *err,
+            attainment: None,
         })
         .collect();
     let loc = vec![
@@ -527,7 +534,7 @@ fn every_destination_rule_the_agent_generates_validates_against_istio() {
             },
         ),
     ];
-    let rules = desired(&obs, &loc, &Tuning::default());
+    let rules = desired(&obs, &loc, &TrafficSpec::default());
     assert_eq!(rules.len(), 3);
     for r in rules {
         let errors = check(&schema, &r.object, &r.name);

@@ -1,6 +1,9 @@
 //! The leader's cluster-wide view: agents serve their window, the leader
 //! lists the other agents' pods and merges their windows with its own.
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use http_body_util::BodyExt;
 use kube::client::Body;
 use meshtune_agent::k8s::peers::{fetch, merge, peer_addresses};
@@ -14,7 +17,7 @@ async fn running_agent(
     dir: &std::path::Path,
 ) -> (Arc<Agent>, u16, tokio::sync::watch::Sender<bool>) {
     let yaml = format!(
-        "auth:\n  token: t0ken\ndata_dir: {}\nchains:\n  product:\n    slo_ms: 50\n",
+        "auth:\n  token: t0ken\ndata_dir: {}\nchains:\n  product:\n    slo_ms: 50\nservices:\n  reviews:\n    namespace: shop\n",
         dir.display()
     );
     let agent = Agent::open(
@@ -25,7 +28,7 @@ async fn running_agent(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(agent.clone().serve(listener, rx));
+    tokio::spawn(meshtune_agent::app::serve(agent.clone(), listener, rx));
     (agent, port, stop)
 }
 
@@ -86,7 +89,13 @@ async fn the_leader_merges_the_other_agents_windows() {
         42,
         "sketches merge exactly"
     );
-    let (obs, _) = meshtune_agent::k8s::controller::observations(&a, &window, secs);
+    let (obs, _) = meshtune_agent::plan::observe::observe(
+        &window,
+        secs,
+        &a.chains(),
+        &a.config.services,
+        &a.forecast_at_longest_horizon(),
+    );
     let reviews = obs.iter().find(|o| o.service == "reviews").unwrap();
     assert!((reviews.rps - 42.0 / secs).abs() < 1e-9, "{reviews:?}");
 }

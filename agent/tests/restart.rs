@@ -2,6 +2,9 @@
 //! persistence interval and counts nothing twice; SIGTERM flushes; an
 //! unreadable store is moved aside and reported.
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use meshtune_filter_core::wire::{FilterCounters, Source};
 use meshtune_filter_core::{Direction, HopRecord, Report, Sketch};
 use std::io::{Read, Write};

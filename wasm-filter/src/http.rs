@@ -6,7 +6,7 @@ use crate::host::{
     property_str as string_property, send_local_response, set_header,
 };
 use crate::metrics::{FilterMetrics, HopMetrics};
-use crate::root::Shared;
+use crate::shared::Shared;
 use meshtune_filter_core::abi::parse_pairs;
 use meshtune_filter_core::config::OTHER_CHAIN;
 use meshtune_filter_core::control::deadline::{self, parse_deadline, TIMEOUT_HEADER};
@@ -313,7 +313,7 @@ impl Hop {
                     // (the name comes from a request header): past it, no retries
                     // are granted or denied, Envoy's route settings apply.
                     let room = ctl.retry.len() < max_upstreams || ctl.retry.contains_key(&service);
-                    let terms = crate::root::retry_terms(&ctl.policy, &ctl.config, now_ms);
+                    let terms = crate::shared::retry_terms(&ctl.policy, &ctl.config, now_ms);
                     if let (Some(cfg), true) = (terms, room) {
                         let budget = ctl.retry.entry(service.clone()).or_insert_with(|| {
                             let mut b = RetryBudget::new(cfg.clone());

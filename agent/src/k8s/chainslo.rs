@@ -29,6 +29,10 @@ pub struct Objective {
     pub latency_ms: f64,
     #[serde(default = "default_percentile")]
     pub percentile: f64,
+    /// How long a request may take at most before it is failed (the
+    /// deadline budget per-hop timeouts are cut from); default 4 × `latencyMs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<f64>,
 }
 
 fn default_percentile() -> f64 {
@@ -111,6 +115,14 @@ impl ChainSLOSpec {
         if !(self.objective.percentile > 0.0 && self.objective.percentile <= 100.0) {
             out.push("spec.objective.percentile: must be in (0, 100]".into());
         }
+        if let Some(d) = self.objective.deadline_ms {
+            if !(d.is_finite() && d >= self.objective.latency_ms && d <= 600_000.0) {
+                out.push(
+                    "spec.objective.deadlineMs: must be at least latencyMs and at most 600000"
+                        .into(),
+                );
+            }
+        }
         if self.entry.host.is_none()
             && self.entry.path_prefix.is_none()
             && self.entry.method.is_none()
@@ -179,6 +191,7 @@ mod tests {
             objective: Objective {
                 latency_ms: 250.0,
                 percentile: 99.0,
+                deadline_ms: None,
             },
             priority: PriorityClass::High,
         }

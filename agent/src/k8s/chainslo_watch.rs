@@ -4,15 +4,14 @@
 //! on errors), so a new, changed or deleted ChainSLO takes effect within a
 //! round trip. Each object's `Valid` condition is written when it changes.
 
-use crate::config::ChainSpec;
+use crate::app::agent::Agent;
+use crate::config::{ChainSpec, DeclaredChains};
 use crate::k8s::chainslo::ChainSLO;
-use crate::server::Agent;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
-use meshtune_filter_core::rules::ChainRule;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -20,21 +19,14 @@ use tokio::sync::watch;
 /// (namespace, name) of an object.
 pub type ObjectKey = (String, String);
 
-/// What a set of ChainSLO objects declares.
-#[derive(Debug, Default, PartialEq)]
-pub struct Declared {
-    pub chains: BTreeMap<String, ChainSpec>,
-    /// Entry rules in (namespace, name) order: the first match wins.
-    pub rules: Vec<ChainRule>,
-    pub invalid: i64,
-}
-
-/// The chains and entry rules of the valid objects (pure).
-pub fn declared(objects: &BTreeMap<ObjectKey, ChainSLO>) -> Declared {
-    let mut out = Declared::default();
+/// The chains and entry rules of the valid objects, and how many are
+/// invalid (pure).
+pub fn declared(objects: &BTreeMap<ObjectKey, ChainSLO>) -> (DeclaredChains, i64) {
+    let mut out = DeclaredChains::default();
+    let mut invalid = 0;
     for obj in objects.values() {
         if !obj.spec.problems().is_empty() {
-            out.invalid += 1;
+            invalid += 1;
             continue;
         }
         out.rules.push(obj.spec.entry_rule());
@@ -45,10 +37,11 @@ pub fn declared(objects: &BTreeMap<ObjectKey, ChainSLO>) -> Declared {
                 percentile: obj.spec.objective.percentile,
                 description: String::new(),
                 priority: obj.spec.priority.into(),
+                deadline_ms: obj.spec.objective.deadline_ms,
             },
         );
     }
-    out
+    (out, invalid)
 }
 
 fn key(obj: &ChainSLO) -> Option<ObjectKey> {
@@ -56,16 +49,9 @@ fn key(obj: &ChainSLO) -> Option<ObjectKey> {
 }
 
 fn publish(agent: &Agent, objects: &BTreeMap<ObjectKey, ChainSLO>) {
-    let d = declared(objects);
-    agent.metrics.chainslo_invalid.set(d.invalid);
-    match agent.declared_rules.lock() {
-        Ok(mut g) => *g = d.rules,
-        Err(p) => *p.into_inner() = d.rules,
-    }
-    match agent.declared_chains.lock() {
-        Ok(mut g) => *g = d.chains,
-        Err(p) => *p.into_inner() = d.chains,
-    }
+    let (d, invalid) = declared(objects);
+    agent.metrics.chainslo_invalid.set(invalid);
+    agent.set_declared(d);
 }
 
 /// Writes the object's `Valid` condition if it differs from the one there.

@@ -5,33 +5,17 @@
 //! what one agent seeing every node would have. A peer that does not answer
 //! is skipped for that round (logged); nothing is forwarded or queued.
 
-use crate::aggregate::ChainAgg;
+pub use crate::data::window::{merge, WindowSnapshot};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The label the agent's pods carry (manifests/daemonset.yaml).
 pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=meshtune-agent";
-
-/// One agent's window: the chains' aggregates and the seconds they cover.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WindowSnapshot {
-    pub covered_seconds: f64,
-    pub chains: BTreeMap<String, ChainAgg>,
-}
-
-/// Adds `other`'s chains to `into`.
-pub fn merge(into: &mut BTreeMap<String, ChainAgg>, other: &BTreeMap<String, ChainAgg>) {
-    for (chain, agg) in other {
-        into.entry(chain.clone()).or_default().merge(agg);
-    }
-}
 
 /// `ip:port` of every running agent pod but this one (`own_ip`).
 pub async fn peer_addresses(

@@ -1,6 +1,9 @@
 //! The HTTP-level fake Kubernetes API server's plumbing, shared by the
 //! tests that drive kube clients through `tower-test`.
 
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use http_body_util::BodyExt;
 use kube::client::Body;
 use serde_json::Value;

@@ -82,7 +82,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
     )?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", agent_port)).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let _agent = tokio::spawn(agent.serve(listener, rx));
+    let _agent = tokio::spawn(meshtune_agent::app::serve(agent, listener, rx));
 
     let variants = [
         ("none", FilterKind::None),

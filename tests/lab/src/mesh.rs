@@ -190,7 +190,11 @@ impl Mesh {
             .await
             .context("binding the agent port")?;
         let (agent_stop, rx) = watch::channel(false);
-        let agent_task = Some(tokio::spawn(agent.clone().serve(listener, rx)));
+        let agent_task = Some(tokio::spawn(meshtune_agent::app::serve(
+            agent.clone(),
+            listener,
+            rx,
+        )));
 
         // Ports: each service has an app port and a sidecar (inbound, outbound, admin).
         let specs: Vec<ServiceSpec> = opts.services.clone();

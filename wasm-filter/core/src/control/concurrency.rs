@@ -20,7 +20,7 @@
 //! growth, so a forecast rise is admitted as it arrives instead of being shed
 //! while the gradient catches up. Once latency rises the gradient rules again.
 
-use crate::control::policy::Priority;
+use crate::control::priority::Priority;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,9 +5,11 @@
 pub mod concurrency;
 pub mod deadline;
 pub mod policy;
+pub mod priority;
 pub mod retry;
 
 pub use concurrency::{AdaptiveLimit, Admission, ConcurrencyConfig};
 pub use deadline::{DeadlineDecision, DEADLINE_HEADER};
-pub use policy::{ChainPolicy, Policy, Priority};
+pub use policy::{ChainPolicy, Policy};
+pub use priority::Priority;
 pub use retry::{RetryBudget, RetryBudgetConfig};

@@ -6,28 +6,7 @@ use crate::naming::is_label_safe;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Priority class of a chain: when an upstream is at its concurrency limit,
-/// `low` is shed first and `high` last.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    High,
-    #[default]
-    Normal,
-    Low,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-}
+pub use crate::control::priority::Priority;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,8 +3,8 @@
 //! counted per filter VM. Time is always passed in (seconds since the Unix
 //! epoch), never read here.
 
-use crate::aggregate::{stats_view, Agg, ChainAgg, ChainView, HopView};
 use crate::config::ChainSpec;
+use crate::data::aggregate::{stats_view, Agg, ChainAgg, ChainView, HopView};
 use meshtune_filter_core::Report;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -258,7 +258,7 @@ impl ChainState {
                         let life_hop = life.hops.get(svc).cloned().unwrap_or_default();
                         let (_, direction) = life_hop.preferred();
                         let win_hop = win.hops.get(svc).cloned().unwrap_or_default();
-                        let pick = |h: &crate::aggregate::HopAgg| -> Agg {
+                        let pick = |h: &crate::data::aggregate::HopAgg| -> Agg {
                             match direction {
                                 meshtune_filter_core::Direction::Outbound => h.outbound.clone(),
                                 _ => h.inbound.clone(),
@@ -426,24 +426,8 @@ mod tests {
     #[test]
     fn views_carry_slo_attainment_and_hops() {
         let mut specs = BTreeMap::new();
-        specs.insert(
-            "product".to_string(),
-            ChainSpec {
-                slo_ms: 10.0,
-                percentile: 99.0,
-                description: String::new(),
-                priority: Default::default(),
-            },
-        );
-        specs.insert(
-            "idle".to_string(),
-            ChainSpec {
-                slo_ms: 10.0,
-                percentile: 99.0,
-                description: String::new(),
-                priority: Default::default(),
-            },
-        );
+        specs.insert("product".to_string(), ChainSpec::with_objective(10.0));
+        specs.insert("idle".to_string(), ChainSpec::with_objective(10.0));
         let mut st = ChainState::new(0);
         st.ingest(
             &report(

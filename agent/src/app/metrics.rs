@@ -3,7 +3,8 @@
 //! from the chain state, so a histogram of millions of requests costs one
 //! pass over its sketch rather than one observation per request.
 
-use crate::state::ChainState;
+use crate::config::{ChainSpec, DeclaredChains};
+use crate::data::state::ChainState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
@@ -46,6 +47,10 @@ pub struct AgentMetrics {
     pub dr_deferred: Counter,
     pub chainslo_invalid: Gauge,
     pub chainslo_watch_errors: Counter,
+    pub user_owned_hosts: Gauge,
+    pub opted_out_hosts: Gauge,
+    pub objects_withdrawn: Counter,
+    pub unknown_services: Gauge,
 }
 
 impl AgentMetrics {
@@ -140,6 +145,26 @@ impl AgentMetrics {
             "Errors of the ChainSLO watch (it retries with backoff)",
             self.chainslo_watch_errors.clone(),
         );
+        registry.register(
+            "meshtune_user_owned_hosts",
+            "Hosts meshtune would configure that a user's own DestinationRule or VirtualService covers: it writes nothing for them (see /v1/recommendations)",
+            self.user_owned_hosts.clone(),
+        );
+        registry.register(
+            "meshtune_opted_out_hosts",
+            "Hosts whose Service, namespace or services entry says meshtune.io/manage: \"false\"",
+            self.opted_out_hosts.clone(),
+        );
+        registry.register(
+            "meshtune_objects_withdrawn",
+            "meshtune's own objects removed because a user's object for the same host appeared",
+            self.objects_withdrawn.clone(),
+        );
+        registry.register(
+            "meshtune_unknown_services",
+            "Services on a chain that the agent's services configuration does not list (nothing is written for them)",
+            self.unknown_services.clone(),
+        );
     }
 
     pub fn reject(&self, reason: &str) {
@@ -161,7 +186,10 @@ pub const BUCKETS_SECONDS: [f64; 16] = [
 pub struct ChainCollector {
     pub forecasts: Arc<Mutex<BTreeMap<String, crate::forecast::ChainForecast>>>,
     pub state: Arc<Mutex<ChainState>>,
-    pub slo_ms: BTreeMap<String, f64>,
+    /// The configuration's chains, and those declared as ChainSLO objects
+    /// (read at each scrape, so a new ChainSLO gets its objective series).
+    pub configured: BTreeMap<String, ChainSpec>,
+    pub declared: Arc<Mutex<DeclaredChains>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -243,7 +271,7 @@ impl Collector for ChainCollector {
                 prometheus_client::metrics::MetricType::Counter,
             )?;
             for (chain, agg) in &lifetime {
-                let all_hops = |f: fn(&crate::aggregate::Agg) -> u64| -> u64 {
+                let all_hops = |f: fn(&crate::data::aggregate::Agg) -> u64| -> u64 {
                     agg.hops
                         .values()
                         .map(|h| f(&h.inbound) + f(&h.outbound))
@@ -283,13 +311,15 @@ impl Collector for ChainCollector {
         {
             let mut family = encoder.encode_descriptor(
                 "meshtune_chain_slo_seconds",
-                "Latency objective of each configured chain",
+                "Latency objective of each chain (configured or declared as a ChainSLO)",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            for (chain, slo) in &self.slo_ms {
+            let chains =
+                crate::config::chains_of(&self.configured, &crate::app::locked(&self.declared));
+            for (chain, spec) in &chains {
                 let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
-                g.set(slo / 1000.0);
+                g.set(spec.slo_ms / 1000.0);
                 g.encode(family.encode_family(&ChainLabel {
                     chain: chain.clone(),
                 })?)?;

@@ -1,8 +1,8 @@
 //! The per-chain policy the agent sends to the filters, computed purely
 //! from the chains' objectives and what the window shows.
 
-use crate::aggregate::ChainAgg;
 use crate::config::{ChainSpec, PolicySpec};
+use crate::data::aggregate::ChainAgg;
 use meshtune_filter_core::control::{ChainPolicy, Policy};
 use std::collections::BTreeMap;
 
@@ -53,9 +53,12 @@ pub fn load_growth(
 /// Requests a hop needs in the window before its share is trusted.
 pub const MIN_HOP_SAMPLES: u64 = 20;
 
-/// Each chain's budget is its objective; each service on it gets a timeout
-/// cap of its observed share of the chain's p99 (server side, so a service
-/// shared by two chains has one cap per chain) times the headroom.
+/// Each chain's deadline budget is its deadline (not its objective: the
+/// objective is a percentile a few requests may exceed, and those are
+/// answered, not failed); each service on it gets a timeout cap of its
+/// observed share of the chain's latency at the declared percentile (server
+/// side, so a service shared by two chains has one cap per chain) times the
+/// headroom, cut from the deadline. Priorities come with the chains.
 pub fn compute(
     specs: &BTreeMap<String, ChainSpec>,
     window: &BTreeMap<String, ChainAgg>,
@@ -65,10 +68,11 @@ pub fn compute(
     let chains = specs
         .iter()
         .map(|(name, s)| {
-            let budget_ms = (s.slo_ms.ceil() as u64).max(1);
+            let budget_ms = (s.deadline_ms().ceil() as u64).max(1);
+            let q = s.percentile / 100.0;
             let mut hop_budget_ms = BTreeMap::new();
             if let Some(agg) = window.get(name) {
-                let entry_p99 = agg.end_to_end.latency.quantile(0.99);
+                let entry_p = agg.end_to_end.latency.quantile(q);
                 for (svc, hop) in &agg.hops {
                     let (h, _) = hop.preferred();
                     // The entry service's hop is the whole chain: no cap of its own.
@@ -78,7 +82,7 @@ pub fn compute(
                     {
                         continue;
                     }
-                    if let (Some(e), Some(p)) = (entry_p99, h.latency.quantile(0.99)) {
+                    if let (Some(e), Some(p)) = (entry_p, h.latency.quantile(q)) {
                         if e > 0.0 {
                             let share = (p / e).min(1.0);
                             let cap = ((share * budget_ms as f64 * spec.hop_headroom).ceil()
@@ -133,24 +137,21 @@ mod tests {
     }
 
     #[test]
-    fn budgets_are_objectives_and_hops_get_their_share() {
+    fn budgets_are_deadlines_and_hops_get_their_share() {
         let mut specs = BTreeMap::new();
         specs.insert(
             "c".to_string(),
             ChainSpec {
-                slo_ms: 100.0,
-                percentile: 99.0,
-                description: String::new(),
                 priority: Priority::High,
+                deadline_ms: Some(100.0),
+                ..ChainSpec::with_objective(60.0)
             },
         );
         specs.insert(
             "idle".to_string(),
             ChainSpec {
-                slo_ms: 50.5,
-                percentile: 99.0,
-                description: String::new(),
                 priority: Priority::Low,
+                ..ChainSpec::with_objective(50.5)
             },
         );
         let mut agg = ChainAgg::default();
@@ -172,7 +173,8 @@ mod tests {
             "the entry hop has no cap"
         );
         assert!(!c.hop_budget_ms.contains_key("rare"), "too few samples");
-        assert_eq!(p.chains["idle"].budget_ms, 51);
+        // No deadline declared: four objectives.
+        assert_eq!(p.chains["idle"].budget_ms, 202);
         assert!(p.validate().is_ok());
         assert!(p.retry_budget.is_none(), "each plugin's own retry budget");
         let spec = PolicySpec {
@@ -184,6 +186,29 @@ mod tests {
         };
         let p = compute(&specs, &window, &spec, 8);
         assert_eq!(p.retry_budget.map(|r| r.ratio), Some(0.05));
+    }
+
+    #[test]
+    fn hop_shares_are_taken_at_the_declared_percentile() {
+        // The entry's p50 is 40 ms and its p99 100 ms; back's are 10 and 10.
+        let mut agg = ChainAgg::default();
+        agg.add_record(&rec("front", Direction::Inbound, true, 40, 90));
+        agg.add_record(&rec("front", Direction::Inbound, true, 100, 10));
+        agg.add_record(&rec("back", Direction::Inbound, false, 10, 100));
+        let window = BTreeMap::from([("c".to_string(), agg)]);
+        let cap = |percentile: f64| {
+            let spec = ChainSpec {
+                percentile,
+                deadline_ms: Some(400.0),
+                ..ChainSpec::with_objective(100.0)
+            };
+            let specs = BTreeMap::from([("c".to_string(), spec)]);
+            compute(&specs, &window, &PolicySpec::default(), 1).chains["c"].hop_budget_ms["back"]
+        };
+        // p50: back is a quarter of the chain (cap ≈ 0.25 × 400 × 2 = 200);
+        // p99: a tenth (≈ 80).
+        assert!((190..=210).contains(&cap(50.0)), "{}", cap(50.0));
+        assert!((75..=85).contains(&cap(99.0)), "{}", cap(99.0));
     }
 
     #[test]

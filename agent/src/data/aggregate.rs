@@ -29,6 +29,17 @@ impl Agg {
         self.retries += r.retries;
     }
 
+    /// SLO attainment of this aggregate as a chain's entry hop counted it,
+    /// for `objective_ms` (the one rule: [`crate::data::attainment`]).
+    pub fn attainment(&self, objective_ms: f64) -> Option<f64> {
+        crate::data::attainment::of_entry(crate::data::attainment::EntryCounts {
+            answered: self.requests,
+            failed: self.errors,
+            answered_locally: self.shed + self.deadline_exceeded,
+            within_objective: self.latency.count_le((objective_ms * 1e6) as u64),
+        })
+    }
+
     pub fn merge(&mut self, other: &Agg) {
         self.requests += other.requests;
         self.errors += other.errors;
@@ -103,7 +114,8 @@ pub struct StatsView {
     /// Requests within the window.
     pub window_requests: u64,
     pub slo_ms: Option<f64>,
-    /// Share of the window's requests that finished within `slo_ms`.
+    /// Share of the window's offered requests answered successfully within
+    /// `slo_ms` (failures, sheds and deadline replies count against it).
     pub slo_attainment: Option<f64>,
     /// Requests shed by a concurrency limit, and stopped at a spent
     /// deadline, within the window.
@@ -141,12 +153,7 @@ pub fn stats_view(
     slo_ms: Option<f64>,
 ) -> StatsView {
     let n = window.requests;
-    let attainment = match (slo_ms, n) {
-        (Some(slo), n) if n > 0 => {
-            Some(window.latency.count_le((slo * 1e6) as u64) as f64 / n as f64)
-        }
-        _ => None,
-    };
+    let attainment = slo_ms.and_then(|slo| window.attainment(slo));
     StatsView {
         rps: if window_secs > 0.0 {
             n as f64 / window_secs

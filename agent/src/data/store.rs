@@ -2,8 +2,8 @@
 //! lifetime totals and the sequence numbers already counted, written
 //! together in one transaction per persistence interval.
 
-use crate::aggregate::ChainAgg;
-use crate::state::{Dirty, SeqWindow};
+use crate::data::aggregate::ChainAgg;
+use crate::data::state::{Dirty, SeqWindow};
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 

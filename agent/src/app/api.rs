@@ -1,8 +1,9 @@
 //! The HTTP API, built as a plain `Router` so tests drive it without a socket.
 
-use crate::aggregate::stats_view;
-use crate::server::Agent;
-use crate::state::Ingested;
+use crate::app::agent::Agent;
+use crate::data::aggregate::stats_view;
+use crate::data::state::Ingested;
+use crate::now_ms;
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -155,13 +156,6 @@ async fn post_report(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The policy for the filters (they fetch it when they have no report to send).
 async fn get_policy(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
     if !authorized(&agent, &headers) {
@@ -183,23 +177,34 @@ async fn get_window(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Resp
         )
             .into_response();
     }
-    let (chains, covered_seconds) = agent
-        .lock()
-        .window(crate::now_secs(), agent.config.window.as_secs());
-    Json(crate::k8s::peers::WindowSnapshot {
+    let (chains, covered_seconds) = agent.window(crate::now_secs());
+    Json(crate::data::window::WindowSnapshot {
         covered_seconds,
         chains,
     })
     .into_response()
 }
 
-/// DestinationRules computed but not applied (recommend mode), by `namespace/name`.
+/// What the tuning loop decides: per object (`Kind namespace/name`) the
+/// desired object, the changes against the live one and the reason for
+/// every value; the hosts users' own objects cover; services it cannot
+/// place. Empty until the first tuning round (or without a sink).
 async fn get_recommendations(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
-    let recs = match agent.recommendations.lock() {
-        Ok(g) => g.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
-    Json(json!({"mode": agent.config.kubernetes.mode, "destination_rules": recs}))
+    let mut report = agent.tuning_report();
+    if report.is_null() {
+        report = json!({"mode": agent.config.kubernetes.mode, "objects": {}, "conflicts": {}, "errors": []});
+    }
+    Json(report)
+}
+
+/// A 500 answer naming what could not be encoded.
+fn encode_error(what: &str, e: serde_json::Error) -> Response {
+    tracing::error!("encoding {what}: {e}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": "encoding", "message": format!("{what}: {e}")})),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -208,30 +213,32 @@ struct ChainsBody {
     chains: Vec<serde_json::Value>,
 }
 
-async fn get_chains(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
+async fn get_chains(State(agent): State<Arc<Agent>>) -> Response {
     let now = crate::now_secs();
     let window = agent.config.window.as_secs();
     let specs = agent.chains();
-    let chains = agent.lock().views(&specs, now, window);
-    let forecasts = match agent.forecasts.lock() {
-        Ok(g) => g.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
-    let chains: Vec<serde_json::Value> = chains
-        .into_iter()
-        .map(|c| {
-            let mut v = serde_json::to_value(&c).unwrap_or_default();
-            v["forecast"] = serde_json::to_value(forecasts.get(&c.chain)).unwrap_or_default();
-            v
-        })
-        .collect();
-    Json(
-        serde_json::to_value(ChainsBody {
-            window_seconds: window,
-            chains,
-        })
-        .unwrap_or_default(),
-    )
+    let views = agent.lock().views(&specs, now, window);
+    let forecasts = agent.forecasts();
+    let mut chains = Vec::with_capacity(views.len());
+    for c in views {
+        let mut v = match serde_json::to_value(&c) {
+            Ok(v) => v,
+            Err(e) => return encode_error(&format!("chain {}", c.chain), e),
+        };
+        v["forecast"] = match serde_json::to_value(forecasts.get(&c.chain)) {
+            Ok(f) => f,
+            Err(e) => return encode_error(&format!("the forecast of chain {}", c.chain), e),
+        };
+        if let Some(s) = specs.get(&c.chain) {
+            v["deadline_ms"] = json!(s.deadline_ms());
+        }
+        chains.push(v);
+    }
+    Json(ChainsBody {
+        window_seconds: window,
+        chains,
+    })
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -249,7 +256,7 @@ async fn get_history(
     let max = agent.config.retention.as_secs() / 60;
     let minutes = q.minutes.unwrap_or(60).min(max);
     let from = now_minute.saturating_sub(minutes);
-    let mut rows = match agent.store.minutes(&chain, from, now_minute + 1) {
+    let mut rows = match agent.store().minutes(&chain, from, now_minute + 1) {
         Ok(r) => r,
         Err(e) => {
             agent.metrics.store_errors.inc();
@@ -283,7 +290,7 @@ async fn get_history(
 
 async fn get_metrics(State(agent): State<Arc<Agent>>) -> Response {
     let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &agent.registry) {
+    match prometheus_client::encoding::text::encode(&mut out, agent.registry()) {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,

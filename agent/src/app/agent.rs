@@ -1,0 +1,235 @@
+//! The running agent: shared state, the persistence and forecasting loops,
+//! start and stop. Cluster loops (`k8s`) and the tuning loop are started
+//! beside it by whoever runs it (`main.rs`, the lab); [`crate::app::serve`]
+//! serves it.
+
+use crate::app::forecasting::Forecasting;
+use crate::app::locked;
+use crate::app::metrics::{AgentMetrics, ChainCollector};
+use crate::config::{AgentConfig, ChainSpec, DeclaredChains};
+use crate::data::aggregate::ChainAgg;
+use crate::data::state::ChainState;
+use crate::data::store::{Store, StoreError};
+use meshtune_filter_core::control::Policy;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+pub use crate::app::forecasting::FORECAST_HORIZONS;
+
+/// How often the policy is recomputed.
+pub const POLICY_REFRESH_MS: u64 = 5_000;
+
+/// State shared by the HTTP handlers and the background tasks.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub metrics: AgentMetrics,
+    registry: Registry,
+    store: Store,
+    state: Arc<Mutex<ChainState>>,
+    forecasting: Forecasting,
+    /// Chains declared as ChainSLO objects (merged with the config's),
+    /// shared with the metrics collector.
+    declared: Arc<Mutex<DeclaredChains>>,
+    /// The policy last computed and when (Unix ms); recomputed at most every
+    /// few seconds, not per report.
+    policy: Mutex<Option<(Policy, u64)>>,
+    /// What the tuning loop last decided (served on `/v1/recommendations`).
+    tuning: Mutex<serde_json::Value>,
+}
+
+impl Agent {
+    /// Opens the store, restores history and registers metrics.
+    pub fn open(config: AgentConfig, now_secs: u64) -> Result<Arc<Agent>, StoreError> {
+        let metrics = AgentMetrics::default();
+        let (store, opened) = Store::open(&config.data_dir, now_secs)?;
+        if let Some((aside, why)) = &opened.moved_aside {
+            metrics.store_recovered.inc();
+            tracing::error!(
+                store = %store.path().display(),
+                moved_to = %aside.display(),
+                "the history store could not be read ({why}); it was moved aside and a new one started"
+            );
+        }
+        let mut state = ChainState::new(now_secs);
+        let from = (now_secs / 60).saturating_sub(crate::data::state::MEMORY_MINUTES);
+        match store.load(from) {
+            Ok(loaded) => {
+                if loaded.skipped > 0 {
+                    metrics.store_entries_skipped.inc_by(loaded.skipped as u64);
+                    tracing::warn!(
+                        skipped = loaded.skipped,
+                        "stored entries that could not be decoded were skipped"
+                    );
+                }
+                tracing::info!(
+                    chains = loaded.lifetime.len(),
+                    minutes = loaded.minutes.len(),
+                    vms = loaded.vms.len(),
+                    "history restored from {}",
+                    store.path().display()
+                );
+                state.restore(loaded.minutes, loaded.lifetime, loaded.vms);
+            }
+            Err(e) => {
+                metrics.store_errors.inc();
+                return Err(e);
+            }
+        }
+        let state = Arc::new(Mutex::new(state));
+        let gru =
+            config.forecast_model.as_ref().and_then(
+                |p| match crate::forecast::gru::GruModel::load(p) {
+                    Ok(m) => {
+                        tracing::info!("GRU forecaster loaded from {}", p.display());
+                        Some(Arc::new(m))
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "GRU model {} could not be loaded, forecasting without it: {e}",
+                            p.display()
+                        );
+                        None
+                    }
+                },
+            );
+        let forecasting = Forecasting::new(gru);
+        let declared = Arc::new(Mutex::new(DeclaredChains::default()));
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(ChainCollector {
+            forecasts: forecasting.shared(),
+            state: state.clone(),
+            configured: config.chains.clone(),
+            declared: declared.clone(),
+        }));
+        metrics.ready.set(1);
+        Ok(Arc::new(Agent {
+            config,
+            metrics,
+            registry,
+            store,
+            state,
+            forecasting,
+            declared,
+            policy: Mutex::new(None),
+            tuning: Mutex::new(serde_json::Value::Null),
+        }))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ChainState> {
+        locked(&self.state)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The chains' aggregates over the configured window, and the seconds
+    /// it covers.
+    pub fn window(&self, now_s: u64) -> (BTreeMap<String, ChainAgg>, f64) {
+        self.lock().window(now_s, self.config.window.as_secs())
+    }
+
+    pub fn refresh_forecasts(&self, now_s: u64) {
+        self.forecasting.refresh(&self.state, &self.store, now_s);
+    }
+
+    pub fn forecasts(&self) -> BTreeMap<String, crate::forecast::ChainForecast> {
+        self.forecasting.latest()
+    }
+
+    /// Sets one chain's forecast (as a refresh would; for tests and replays).
+    pub fn insert_forecast(&self, chain: &str, f: crate::forecast::ChainForecast) {
+        self.forecasting.insert(chain, f);
+    }
+
+    /// Each chain's forecast requests/s at the longest horizon.
+    pub fn forecast_at_longest_horizon(&self) -> BTreeMap<String, f64> {
+        self.forecasting.at_longest_horizon()
+    }
+
+    /// Replaces the chains declared as ChainSLO objects.
+    pub fn set_declared(&self, d: DeclaredChains) {
+        *locked(&self.declared) = d;
+    }
+
+    /// The chains with objectives: the configuration's, and those declared
+    /// as ChainSLO objects (the configuration wins on a name clash).
+    pub fn chains(&self) -> BTreeMap<String, ChainSpec> {
+        crate::config::chains_of(&self.config.chains, &locked(&self.declared))
+    }
+
+    /// What the tuning loop last decided.
+    pub fn tuning_report(&self) -> serde_json::Value {
+        locked(&self.tuning).clone()
+    }
+
+    pub fn set_tuning_report(&self, report: serde_json::Value) {
+        *locked(&self.tuning) = report;
+    }
+
+    /// The policy for the filters, recomputed from the window when older
+    /// than [`POLICY_REFRESH_MS`]; `None` when policies are switched off.
+    pub fn current_policy(&self, now_ms: u64) -> Option<Policy> {
+        if !self.config.policy.enabled {
+            return None;
+        }
+        let mut cached = locked(&self.policy);
+        if let Some((p, at)) = cached.as_ref() {
+            if now_ms < at + POLICY_REFRESH_MS {
+                return Some(p.clone());
+            }
+        }
+        let (window, _) = self.window(now_ms / 1000);
+        // Versions follow the clock so they keep growing across restarts.
+        let version = cached
+            .as_ref()
+            .map_or(now_ms, |(p, _)| now_ms.max(p.version + 1));
+        let mut p =
+            crate::plan::policy::compute(&self.chains(), &window, &self.config.policy, version);
+        p.load_growth = crate::plan::policy::load_growth(
+            &window,
+            self.config.window.as_secs_f64(),
+            &self.forecast_at_longest_horizon(),
+        );
+        p.rules = locked(&self.declared).rules.clone();
+        self.metrics.policy_version.set(version as i64);
+        self.metrics.policy_load_growth.clear();
+        for (service, g) in &p.load_growth {
+            self.metrics
+                .policy_load_growth
+                .get_or_create(&crate::app::metrics::ServiceLabel {
+                    service: service.clone(),
+                })
+                .set(*g);
+        }
+        *cached = Some((p.clone(), now_ms));
+        Some(p)
+    }
+
+    /// Writes what changed since the last call; on failure the changes stay
+    /// pending for the next one.
+    pub fn persist(&self, now_secs: u64, prune: bool) {
+        let dirty = {
+            let mut st = self.lock();
+            st.expire(now_secs, self.config.window.as_secs());
+            st.take_dirty()
+        };
+        let retain = prune.then(|| (now_secs.saturating_sub(self.config.retention.as_secs())) / 60);
+        match self.store.persist(&dirty, retain) {
+            Ok(()) => {
+                self.metrics.store_persists.inc();
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!("persisting history failed, will retry: {e}");
+                self.lock().mark_dirty_again(dirty);
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! What was measured: mergeable aggregates, the per-chain state the reports
+//! feed, the history store, and windows as agents exchange them.
+
+pub mod aggregate;
+pub mod attainment;
+pub mod state;
+pub mod store;
+pub mod window;

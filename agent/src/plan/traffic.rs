@@ -1,0 +1,285 @@
+//! The DestinationRules meshtune wants, computed purely from what it
+//! measured: connection pools sized from observed concurrency (Little's
+//! law with headroom), retries in flight from a retry budget, outlier
+//! detection from the error rate, and locality load balancing where the
+//! configuration (or placement) says so. Only these fields are sent, so
+//! server-side apply makes meshtune the owner of these fields alone. Every
+//! value comes with its reason.
+
+use crate::config::{Locality, TrafficSpec};
+use crate::plan::observe::ServiceObservation;
+use crate::plan::{DesiredObject, Kind, FIELD_MANAGER, MANAGED_BY_LABEL};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Envoy's own floor for retries in flight (its circuit breaker's default).
+const ENVOY_DEFAULT_MAX_RETRIES: u32 = 3;
+/// Bounds on the consecutive-5xx threshold: below 3 one unlucky pair of
+/// requests ejects a host; above 20 a dead host serves too many errors first.
+const CONSECUTIVE_BOUNDS: (u32, u32) = (3, 20);
+/// Requests a host should see per outlier-detection interval to be judged.
+const REQUESTS_PER_INTERVAL: f64 = 50.0;
+/// Bounds on the interval, seconds (Istio's default is 10 s).
+const INTERVAL_BOUNDS: (u64, u64) = (1, 10);
+
+/// The least threshold `k` with `rate^k × runs < false_rate`: at error
+/// share `rate`, a healthy host erring `k` times in a row by chance (about
+/// `runs` chances per interval) stays rarer than `false_rate`.
+pub fn consecutive_errors(error_rate: f64, runs: f64, false_rate: f64) -> u32 {
+    let (lo, hi) = CONSECUTIVE_BOUNDS;
+    if error_rate <= 0.0 {
+        return lo;
+    }
+    if error_rate >= 1.0 {
+        return hi;
+    }
+    let k = ((false_rate / runs.max(1.0)).ln() / error_rate.ln()).ceil();
+    (k.max(0.0) as u32).clamp(lo, hi)
+}
+
+/// The DestinationRule for each observation, with locality settings where given.
+pub fn desired(
+    observations: &[ServiceObservation],
+    locality: &[(String, Locality)],
+    t: &TrafficSpec,
+) -> Vec<DesiredObject> {
+    observations
+        .iter()
+        .map(|o| {
+            desired_rule(
+                o,
+                locality
+                    .iter()
+                    .find(|(s, _)| s == &o.service)
+                    .map(|(_, l)| l),
+                t,
+            )
+        })
+        .collect()
+}
+
+fn desired_rule(
+    o: &ServiceObservation,
+    locality: Option<&Locality>,
+    t: &TrafficSpec,
+) -> DesiredObject {
+    let mut reasons = BTreeMap::new();
+    let p = o.percentile;
+    // Little's law: requests in flight = arrival rate × time in system.
+    let inflight = o.rps * o.latency_ms / 1000.0;
+    let max_requests = ((inflight * t.pool_headroom).ceil() as u32).max(t.min_pool_requests);
+    reasons.insert(
+        "trafficPolicy.connectionPool.http.http2MaxRequests".into(),
+        format!(
+            "{:.1} req/s × p{p} {:.1} ms = {inflight:.2} in flight (Little's law) × headroom {} = {max_requests} (floor {})",
+            o.rps, o.latency_ms, t.pool_headroom, t.min_pool_requests
+        ),
+    );
+    let pending = (max_requests / 2).max(t.min_pool_requests / 2).max(1);
+    reasons.insert(
+        "trafficPolicy.connectionPool.http.http1MaxPendingRequests".into(),
+        format!("half the requests allowed in flight ({max_requests}): a queue longer than that waits longer than the service takes to answer"),
+    );
+    let max_retries =
+        ((max_requests as f64 * t.retry_ratio).ceil() as u32).max(ENVOY_DEFAULT_MAX_RETRIES);
+    reasons.insert(
+        "trafficPolicy.connectionPool.http.maxRetries".into(),
+        format!(
+            "retry budget {} × {max_requests} requests in flight, at least Envoy's default {ENVOY_DEFAULT_MAX_RETRIES}: retries cannot multiply the load of an overloaded service",
+            t.retry_ratio
+        ),
+    );
+    // Outlier detection: judge each host on enough requests per interval.
+    let interval_s = if o.rps > 0.0 {
+        ((REQUESTS_PER_INTERVAL / o.rps).ceil() as u64).clamp(INTERVAL_BOUNDS.0, INTERVAL_BOUNDS.1)
+    } else {
+        INTERVAL_BOUNDS.1
+    };
+    reasons.insert(
+        "trafficPolicy.outlierDetection.interval".into(),
+        format!(
+            "time for {REQUESTS_PER_INTERVAL} requests at {:.1} req/s, within {}–{} s",
+            o.rps, INTERVAL_BOUNDS.0, INTERVAL_BOUNDS.1
+        ),
+    );
+    let runs = o.rps * interval_s as f64;
+    let consecutive = consecutive_errors(o.error_rate, runs, t.false_ejection_rate);
+    reasons.insert(
+        "trafficPolicy.outlierDetection.consecutive5xxErrors".into(),
+        format!(
+            "error share {:.4}: a healthy host erring {consecutive} times in a row by chance in {runs:.0} requests per interval is rarer than {} (bounds {}–{})",
+            o.error_rate, t.false_ejection_rate, CONSECUTIVE_BOUNDS.0, CONSECUTIVE_BOUNDS.1
+        ),
+    );
+    reasons.insert(
+        "trafficPolicy.outlierDetection.baseEjectionTime".into(),
+        format!(
+            "configuration traffic.base_ejection_seconds ({} s; Istio's default is 30 s)",
+            t.base_ejection_seconds
+        ),
+    );
+    reasons.insert(
+        "trafficPolicy.outlierDetection.maxEjectionPercent".into(),
+        format!("configuration traffic.max_ejection_percent ({} %): the hosts left take the ejected ones' load", t.max_ejection_percent),
+    );
+    let mut traffic = json!({
+        "connectionPool": {
+            "http": {"http2MaxRequests": max_requests, "http1MaxPendingRequests": pending, "maxRetries": max_retries}
+        },
+        "outlierDetection": {
+            "consecutive5xxErrors": consecutive,
+            "interval": format!("{interval_s}s"),
+            "baseEjectionTime": format!("{}s", t.base_ejection_seconds),
+            "maxEjectionPercent": t.max_ejection_percent
+        }
+    });
+    if let Some(l) = locality {
+        let setting = match l {
+            Locality::Failover { from, to } => {
+                json!({"enabled": true, "failover": [{"from": from, "to": to}]})
+            }
+            Locality::Distribute { from, to } => {
+                let to: serde_json::Map<String, Value> =
+                    to.iter().map(|(k, w)| (k.clone(), json!(w))).collect();
+                json!({"enabled": true, "distribute": [{"from": from, "to": to}]})
+            }
+        };
+        traffic["loadBalancer"] = json!({"localityLbSetting": setting});
+        reasons.insert(
+            "trafficPolicy.loadBalancer.localityLbSetting".into(),
+            format!("configuration services.{}.locality", o.service),
+        );
+    }
+    let host = format!("{}.{}.svc.cluster.local", o.service, o.namespace);
+    DesiredObject {
+        kind: Kind::DestinationRule,
+        namespace: o.namespace.clone(),
+        name: o.service.clone(),
+        host: host.clone(),
+        object: json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {
+                "name": o.service,
+                "namespace": o.namespace,
+                "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}
+            },
+            "spec": {
+                "host": host,
+                "trafficPolicy": traffic
+            }
+        }),
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn obs(service: &str, rps: f64, latency_ms: f64, error_rate: f64) -> ServiceObservation {
+        ServiceObservation {
+            namespace: "bookinfo".into(),
+            service: service.into(),
+            rps,
+            percentile: 99.0,
+            latency_ms,
+            error_rate,
+            attainment: None,
+        }
+    }
+
+    fn tp(o: &DesiredObject) -> &Value {
+        &o.object["spec"]["trafficPolicy"]
+    }
+
+    #[test]
+    fn pools_follow_littles_law_with_headroom() {
+        let rules = desired(
+            &[
+                obs("reviews", 400.0, 250.0, 0.0),
+                obs("details", 1.0, 5.0, 0.2),
+            ],
+            &[],
+            &TrafficSpec::default(),
+        );
+        let r = &rules[0];
+        assert_eq!(
+            r.object["spec"]["host"],
+            "reviews.bookinfo.svc.cluster.local"
+        );
+        assert_eq!(r.host, "reviews.bookinfo.svc.cluster.local");
+        // 400/s × 0.25 s = 100 in flight, × 2.
+        assert_eq!(tp(r)["connectionPool"]["http"]["http2MaxRequests"], 200);
+        // 0.2 × 200 retries in flight.
+        assert_eq!(tp(r)["connectionPool"]["http"]["maxRetries"], 40);
+        assert_eq!(tp(r)["outlierDetection"]["interval"], "1s");
+        assert_eq!(
+            tp(r)["outlierDetection"]["consecutive5xxErrors"],
+            3,
+            "no errors: the least"
+        );
+        let d = &rules[1];
+        assert_eq!(
+            tp(d)["connectionPool"]["http"]["http2MaxRequests"],
+            16,
+            "floor"
+        );
+        // ⌈0.2 × 16⌉: the budget share of the floor.
+        assert_eq!(tp(d)["connectionPool"]["http"]["maxRetries"], 4);
+        assert_eq!(tp(d)["outlierDetection"]["interval"], "10s");
+        assert_eq!(d.object["metadata"]["labels"][MANAGED_BY_LABEL], "meshtune");
+        for field in [
+            "trafficPolicy.connectionPool.http.http2MaxRequests",
+            "trafficPolicy.connectionPool.http.maxRetries",
+            "trafficPolicy.outlierDetection.consecutive5xxErrors",
+            "trafficPolicy.outlierDetection.interval",
+            "trafficPolicy.outlierDetection.maxEjectionPercent",
+        ] {
+            assert!(r.reasons.contains_key(field), "no reason for {field}");
+        }
+        assert!(
+            r.reasons["trafficPolicy.connectionPool.http.http2MaxRequests"]
+                .contains("Little's law")
+        );
+    }
+
+    #[test]
+    fn the_ejection_threshold_rises_with_the_error_share() {
+        // At 20 % errors and 500 requests per interval, 3 in a row happen by chance.
+        assert_eq!(consecutive_errors(0.2, 500.0, 0.01), 7);
+        assert!(consecutive_errors(0.01, 500.0, 0.01) < consecutive_errors(0.2, 500.0, 0.01));
+        assert_eq!(consecutive_errors(0.0, 500.0, 0.01), 3);
+        assert_eq!(consecutive_errors(0.9, 500.0, 0.01), 20);
+        assert_eq!(consecutive_errors(1.0, 500.0, 0.01), 20);
+    }
+
+    #[test]
+    fn locality_settings_are_added_where_configured() {
+        let loc = vec![
+            (
+                "reviews".to_string(),
+                Locality::Failover {
+                    from: "edge".into(),
+                    to: "cloud".into(),
+                },
+            ),
+            (
+                "ratings".to_string(),
+                Locality::Distribute {
+                    from: "edge/*".into(),
+                    to: vec![("edge/*".into(), 80), ("cloud/*".into(), 20)],
+                },
+            ),
+        ];
+        let rules = desired(
+            &[obs("reviews", 1.0, 1.0, 0.0), obs("ratings", 1.0, 1.0, 0.0)],
+            &loc,
+            &TrafficSpec::default(),
+        );
+        let lb = &tp(&rules[0])["loadBalancer"]["localityLbSetting"];
+        assert_eq!(lb["failover"][0]["to"], "cloud");
+        let lb = &tp(&rules[1])["loadBalancer"]["localityLbSetting"];
+        assert_eq!(lb["distribute"][0]["to"]["edge/*"], 80);
+    }
+}

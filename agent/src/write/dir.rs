@@ -1,0 +1,161 @@
+//! The directory sink, for GitOps and the lab's control plane: one YAML
+//! file per object with a stable name (`NAMESPACE.KIND.NAME.yaml`), written
+//! by atomic rename so a reader never sees half a file. Files meshtune owns
+//! carry the label `app.kubernetes.io/managed-by: meshtune`; only those are
+//! ever replaced or removed. Other YAML files in the directory are read (a
+//! user's object for a host wins over meshtune's) and never touched.
+
+use crate::plan::Kind;
+use crate::write::{is_meshtune_object, Outcome, Sink, SinkError};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+pub struct DirSink {
+    dir: PathBuf,
+}
+
+impl DirSink {
+    /// A sink writing into `dir`, created if missing.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(DirSink {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file an object is written to.
+    pub fn file_name(kind: Kind, namespace: &str, name: &str) -> String {
+        format!(
+            "{namespace}.{}.{name}.yaml",
+            kind.as_str().to_ascii_lowercase()
+        )
+    }
+
+    fn path(&self, kind: Kind, namespace: &str, name: &str) -> PathBuf {
+        self.dir.join(Self::file_name(kind, namespace, name))
+    }
+
+    /// Every object in the directory's YAML files (a file may hold several
+    /// documents), with the file it came from. Files that do not parse are
+    /// skipped: they are not meshtune's to judge.
+    pub fn read_all(&self) -> std::io::Result<Vec<(PathBuf, Value)>> {
+        let mut out = Vec::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        entries.sort();
+        for p in entries {
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                match serde::Deserialize::deserialize(doc) {
+                    Ok(Value::Null) => {}
+                    Ok(v) => out.push((p.clone(), v)),
+                    Err(e) => {
+                        tracing::warn!("{}: not read: {e}", p.display());
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn owned_file(&self, path: &Path) -> Result<bool, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match serde_yaml_ng::from_str::<Value>(&text) {
+                Ok(v) => Ok(is_meshtune_object(&v)),
+                Err(_) => Ok(false),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("absent".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Sink for DirSink {
+    fn describe(&self) -> String {
+        format!("dir:{}", self.dir.display())
+    }
+
+    fn can_take_over(&self) -> bool {
+        false
+    }
+
+    async fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Value>, SinkError> {
+        let all = self
+            .read_all()
+            .map_err(|e| SinkError::Unavailable(format!("{}: {e}", self.dir.display())))?;
+        Ok(all
+            .into_iter()
+            .map(|(_, v)| v)
+            .filter(|v| {
+                v["kind"].as_str() == Some(kind.as_str())
+                    && v["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
+            })
+            .collect())
+    }
+
+    async fn apply(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        object: &Value,
+        _force: bool,
+    ) -> Outcome {
+        let path = self.path(kind, namespace, name);
+        match self.owned_file(&path) {
+            Ok(false) => {
+                return Outcome::UserOwned(format!(
+                    "{} exists and is not meshtune's",
+                    path.display()
+                ))
+            }
+            Ok(true) => {}
+            Err(e) if e == "absent" => {}
+            Err(e) => return Outcome::Failed(format!("{}: {e}", path.display())),
+        }
+        let text = match serde_yaml_ng::to_string(object) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let tmp = self
+            .dir
+            .join(format!(".{}.tmp", Self::file_name(kind, namespace, name)));
+        let written = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => Outcome::Applied,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Outcome::Failed(format!("{}: {e}", path.display()))
+            }
+        }
+    }
+
+    async fn remove(&self, kind: Kind, namespace: &str, name: &str) -> Outcome {
+        let path = self.path(kind, namespace, name);
+        match self.owned_file(&path) {
+            Ok(true) => match std::fs::remove_file(&path) {
+                Ok(()) => Outcome::Applied,
+                Err(e) => Outcome::Failed(format!("{}: {e}", path.display())),
+            },
+            Ok(false) => Outcome::UserOwned(format!("{} is not meshtune's", path.display())),
+            Err(e) if e == "absent" => Outcome::Applied,
+            Err(e) => Outcome::Failed(format!("{}: {e}", path.display())),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The one seam every object the agent wants leaves through. The guard
+//! ([`guard::Guard`]) decides what may be written — recommend-only mode,
+//! the change budget, hysteresis, rollback, and whose objects they are —
+//! the same way for every sink; a sink only reads and writes objects:
+//! Kubernetes server-side apply ([`kube::KubeSink`]) or a directory of YAML
+//! files for GitOps and the lab's control plane ([`dir::DirSink`]).
+
+pub mod dir;
+pub mod guard;
+pub mod kube;
+
+use crate::plan::{Kind, FIELD_MANAGER, MANAGED_BY_LABEL};
+use serde_json::Value;
+use std::future::Future;
+
+/// What became of one desired object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Recommend mode: this is what would be applied.
+    Recommended,
+    Applied,
+    Unchanged,
+    BudgetExhausted,
+    NotLeader,
+    /// Another field manager owns a field meshtune wants; nothing written.
+    Conflict(String),
+    /// A user's own object covers the host (named): meshtune writes nothing
+    /// for it and reports the conflict.
+    UserOwned(String),
+    /// meshtune's own object for a host a user's object now covers was removed.
+    Withdrawn,
+    /// The Service or its namespace says `meshtune.io/manage: "false"`.
+    OptedOut,
+    /// The API for the kind is missing: Istio is not installed.
+    IstioMissing(String),
+    Failed(String),
+}
+
+/// Reading or writing a sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(
+        "the API server has no {kind} (networking.istio.io/v1): is Istio installed? ({message})"
+    )]
+    IstioMissing { kind: &'static str, message: String },
+}
+
+/// Where desired objects go. Only the guard calls these.
+pub trait Sink {
+    /// How the sink is named in logs and on the API (`kubernetes`, `dir:PATH`).
+    fn describe(&self) -> String;
+
+    /// Whether the sink can write some fields of an object it does not own
+    /// (server-side apply can; a directory of files cannot).
+    fn can_take_over(&self) -> bool;
+
+    /// Every object of `kind` in `namespace`, the users' and meshtune's.
+    fn list(
+        &self,
+        kind: Kind,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<Value>, SinkError>> + Send;
+
+    /// Writes `object` (whole, as meshtune wants it); `force` takes fields
+    /// over from other field managers where the sink has such a notion.
+    fn apply(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        object: &Value,
+        force: bool,
+    ) -> impl Future<Output = Outcome> + Send;
+
+    /// Removes meshtune's object `name` (never one it does not own).
+    fn remove(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Whether `object` carries meshtune's managed-by label.
+pub fn is_meshtune_object(object: &Value) -> bool {
+    object["metadata"]["labels"][MANAGED_BY_LABEL].as_str() == Some(FIELD_MANAGER)
+}
+
+/// The hosts an existing object configures, fully qualified in its namespace.
+pub fn hosts_of(kind: Kind, object: &Value) -> Vec<String> {
+    let ns = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let raw: Vec<&str> = match kind {
+        Kind::DestinationRule => object["spec"]["host"].as_str().into_iter().collect(),
+        Kind::VirtualService => object["spec"]["hosts"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default(),
+    };
+    raw.into_iter()
+        .map(|h| crate::plan::qualify_host(h, ns))
+        .collect()
+}
+
+/// Every leaf of `desired` whose live value differs, as
+/// `{"path", "live", "desired"}` (live is null where the field is absent).
+pub fn diff(live: &Value, desired: &Value, path: &str) -> Vec<Value> {
+    match desired {
+        Value::Object(o) => o
+            .iter()
+            .flat_map(|(k, v)| {
+                diff(
+                    live.get(k).unwrap_or(&Value::Null),
+                    v,
+                    &format!("{path}.{k}"),
+                )
+            })
+            .collect(),
+        leaf if live != leaf => {
+            vec![serde_json::json!({"path": path, "live": live, "desired": leaf})]
+        }
+        _ => Vec::new(),
+    }
+}
