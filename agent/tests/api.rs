@@ -9,8 +9,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use meshtune_agent::app::api;
 use meshtune_agent::{Agent, AgentConfig};
-use meshtune_filter_core::wire::{FilterCounters, Source};
-use meshtune_filter_core::{Direction, HopRecord, Report, Sketch};
+use meshtune_filter_core::builders;
+use meshtune_filter_core::Report;
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -24,35 +24,10 @@ fn agent(dir: &std::path::Path) -> Arc<Agent> {
 }
 
 fn report(vm: &str, seq: u64, chain: &str, values_ms: &[u64]) -> Report {
-    let mut latency = Sketch::new();
-    for v in values_ms {
-        latency.record(v * 1_000_000);
-    }
-    Report {
-        schema_version: meshtune_filter_core::SCHEMA_VERSION,
-        source: Source {
-            vm_id: vm.into(),
-            node: "node-1".into(),
-            pod: "pp-1".into(),
-            namespace: "default".into(),
-        },
-        seq,
-        interval_ms: 5000,
-        records: vec![HopRecord {
-            chain: chain.into(),
-            service: "productpage".into(),
-            direction: Direction::Inbound,
-            entry: true,
-            requests: values_ms.len() as u64,
-            errors: 1,
-            latency,
-            shed: 0,
-            deadline_exceeded: 0,
-            retries: 0,
-        }],
-        counters: FilterCounters::default(),
-        policy_version: 0,
-    }
+    let record = builders::record(chain, "productpage", values_ms)
+        .at_entry()
+        .with_errors(1);
+    builders::report(vm, seq, vec![record])
 }
 
 async fn send(agent: &Arc<Agent>, req: Request<Body>) -> (StatusCode, serde_json::Value) {

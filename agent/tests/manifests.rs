@@ -541,3 +541,165 @@ fn every_destination_rule_the_agent_generates_validates_against_istio() {
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }
 }
+
+/// An agent that measured `product` through productpage → reviews → ratings,
+/// writing into `dir` in `mode`.
+fn tuned_agent(data: &Path, mode: &str) -> std::sync::Arc<meshtune_agent::Agent> {
+    use meshtune_filter_core::builders::{record, report};
+    let yaml = format!(
+        "data_dir: {}\nchains:\n  product:\n    slo_ms: 50\nservices:\n  productpage: {{namespace: bookinfo}}\n  reviews: {{namespace: bookinfo}}\n  ratings: {{namespace: bookinfo}}\nkubernetes:\n  mode: {mode}\n",
+        data.display()
+    );
+    let cfg = meshtune_agent::AgentConfig::parse(&yaml, "agent.yaml").unwrap();
+    let agent = meshtune_agent::Agent::open(cfg, meshtune_agent::now_secs()).unwrap();
+    let records = vec![
+        record("product", "productpage", &[20; 100]).at_entry(),
+        record("product", "reviews", &[10; 100]),
+        record("product", "ratings", &[3; 100]),
+    ];
+    agent
+        .lock()
+        .ingest(&report("vm", 1, records), meshtune_agent::now_secs());
+    agent
+}
+
+#[tokio::test]
+async fn the_directory_sink_round_trips_valid_objects_and_touches_only_its_own_files() {
+    use meshtune_agent::app::tuner::{guard_config, Tuner};
+    use meshtune_agent::write::dir::DirSink;
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The user's files: a rule for ratings (a host meshtune would configure),
+    // and a file where meshtune would write reviews' rule, without its label.
+    let users_ratings = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ratings-by-team\n  namespace: bookinfo\nspec:\n  host: ratings\n  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n";
+    let users_reviews = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\n  namespace: bookinfo\nspec:\n  host: reviews.other.svc.cluster.local\n";
+    std::fs::write(out.path().join("team.yaml"), users_ratings).unwrap();
+    let reviews_file = DirSink::file_name(
+        meshtune_agent::plan::Kind::DestinationRule,
+        "bookinfo",
+        "reviews",
+    );
+    std::fs::write(out.path().join(&reviews_file), users_reviews).unwrap();
+    let listing = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // Recommend mode writes nothing, and says what it would write.
+    let agent = tuned_agent(data.path(), "recommend");
+    let before = listing(out.path());
+    let mut tuner = Tuner::new(DirSink::new(out.path()).unwrap(), guard_config(&agent));
+    let now = meshtune_agent::now_secs();
+    let (window, secs) = agent.window(now);
+    tuner
+        .round(&agent, &window, secs, &BTreeSet::new(), true, now)
+        .await;
+    assert_eq!(listing(out.path()), before, "recommend mode writes nothing");
+    let report = agent.tuning_report();
+    assert!(
+        report["objects"]["DestinationRule bookinfo/productpage"]["desired"].is_object(),
+        "{report}"
+    );
+
+    // Apply mode: one file per object, valid Istio, only meshtune's files.
+    let data2 = tempfile::tempdir().unwrap();
+    let agent = tuned_agent(data2.path(), "apply");
+    let mut tuner = Tuner::new(DirSink::new(out.path()).unwrap(), guard_config(&agent));
+    let (window, secs) = agent.window(now);
+    let outcomes = tuner
+        .round(&agent, &window, secs, &BTreeSet::new(), true, now)
+        .await;
+    let by_name: std::collections::BTreeMap<String, String> = outcomes
+        .iter()
+        .map(|(k, o)| (k.2.clone(), format!("{o:?}")))
+        .collect();
+    assert_eq!(by_name["productpage"], "Applied", "{by_name:?}");
+    assert!(
+        by_name["ratings"].starts_with("UserOwned(\"ratings-by-team\")"),
+        "{by_name:?}"
+    );
+    assert!(by_name["reviews"].starts_with("UserOwned"), "{by_name:?}");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("team.yaml")).unwrap(),
+        users_ratings,
+        "the user's file is untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join(&reviews_file)).unwrap(),
+        users_reviews,
+        "a file without meshtune's label is never replaced"
+    );
+    let written = out.path().join(DirSink::file_name(
+        meshtune_agent::plan::Kind::DestinationRule,
+        "bookinfo",
+        "productpage",
+    ));
+    let docs = documents(&written);
+    assert_eq!(docs.len(), 1);
+    let errors = validate(&docs[0], &written.display().to_string());
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert_eq!(
+        docs[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "meshtune"
+    );
+    assert_eq!(
+        docs[0]["spec"]["host"],
+        "productpage.bookinfo.svc.cluster.local"
+    );
+    assert!(
+        !listing(out.path()).iter().any(|f| f.starts_with('.')),
+        "no temporary file left"
+    );
+    // Re-read through the sink: the same object, and a second round changes nothing.
+    let reread = DirSink::new(out.path()).unwrap().read_all().unwrap();
+    assert!(reread.iter().any(|(p, v)| p == &written && v == &docs[0]));
+    let outcomes = tuner
+        .round(&agent, &window, secs, &BTreeSet::new(), true, now + 30)
+        .await;
+    assert!(outcomes
+        .iter()
+        .any(|(k, o)| k.2 == "productpage" && format!("{o:?}") == "Unchanged"));
+    // The user's rule for ratings is reported as a conflict, with the recommendation.
+    let report = agent.tuning_report();
+    let conflict = &report["conflicts"]["ratings.bookinfo.svc.cluster.local"];
+    assert_eq!(conflict["user_object"], "bookinfo/ratings-by-team");
+    assert_eq!(report["sink"], format!("dir:{}", out.path().display()));
+}
+
+#[test]
+fn a_service_missing_from_the_configuration_is_an_error_not_namespace_default() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use meshtune_agent::app::tuner::{guard_config, Tuner};
+        use meshtune_agent::write::dir::DirSink;
+        use meshtune_filter_core::builders::{record, report};
+        let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let yaml = format!(
+            "data_dir: {}\nchains:\n  product:\n    slo_ms: 50\nservices:\n  productpage: {{namespace: bookinfo}}\nkubernetes:\n  mode: apply\n",
+            data.path().display()
+        );
+        let cfg = meshtune_agent::AgentConfig::parse(&yaml, "agent.yaml").unwrap();
+        let agent = meshtune_agent::Agent::open(cfg, meshtune_agent::now_secs()).unwrap();
+        let now = meshtune_agent::now_secs();
+        let records = vec![
+            record("product", "productpage", &[20; 50]).at_entry(),
+            record("product", "details", &[5; 50]),
+        ];
+        agent.lock().ingest(&report("vm", 1, records), now);
+        let mut tuner = Tuner::new(DirSink::new(out.path()).unwrap(), guard_config(&agent));
+        let (window, secs) = agent.window(now);
+        tuner.round(&agent, &window, secs, &BTreeSet::new(), true, now).await;
+        let files: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, vec!["bookinfo.destinationrule.productpage.yaml".to_string()]);
+        assert!(!files.iter().any(|f| f.starts_with("default.")), "nothing in namespace default");
+        let errors = agent.tuning_report()["errors"].clone();
+        assert!(errors[0].as_str().unwrap().contains("service `details`"), "{errors}");
+        assert_eq!(agent.metrics.unknown_services.get(), 1);
+    });
+}

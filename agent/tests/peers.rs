@@ -8,8 +8,8 @@ use http_body_util::BodyExt;
 use kube::client::Body;
 use meshtune_agent::k8s::peers::{fetch, merge, peer_addresses};
 use meshtune_agent::{Agent, AgentConfig};
-use meshtune_filter_core::wire::{FilterCounters, Source};
-use meshtune_filter_core::{Direction, HopRecord, Report, Sketch};
+use meshtune_filter_core::builders;
+use meshtune_filter_core::Report;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -33,33 +33,12 @@ async fn running_agent(
 }
 
 fn report(vm: &str, n: u64) -> Report {
-    let mut latency = Sketch::new();
-    (0..n).for_each(|i| latency.record(1_000_000 + i));
-    Report {
-        schema_version: meshtune_filter_core::SCHEMA_VERSION,
-        source: Source {
-            vm_id: vm.into(),
-            node: String::new(),
-            pod: String::new(),
-            namespace: String::new(),
-        },
-        seq: 1,
-        interval_ms: 1000,
-        records: vec![HopRecord {
-            chain: "product".into(),
-            service: "reviews".into(),
-            direction: Direction::Inbound,
-            entry: true,
-            requests: n,
-            errors: 0,
-            latency,
-            shed: 0,
-            deadline_exceeded: 0,
-            retries: 0,
-        }],
-        counters: FilterCounters::default(),
-        policy_version: 0,
-    }
+    let latencies: Vec<u64> = (0..n).map(|i| 1 + i % 3).collect();
+    builders::report(
+        vm,
+        1,
+        vec![builders::record("product", "reviews", &latencies).at_entry()],
+    )
 }
 
 #[tokio::test]

@@ -5,8 +5,7 @@
 // Test code: a failed setup step stops the test with its error.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meshtune_filter_core::wire::{FilterCounters, Source};
-use meshtune_filter_core::{Direction, HopRecord, Report, Sketch};
+use meshtune_filter_core::builders;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -86,34 +85,9 @@ fn start(dir: &Path, port: u16) -> Child {
 }
 
 fn report(vm: &str, seq: u64, n: u64) -> Vec<u8> {
-    let mut latency = Sketch::new();
-    (0..n).for_each(|i| latency.record(1_000_000 + i));
-    serde_json::to_vec(&Report {
-        schema_version: meshtune_filter_core::SCHEMA_VERSION,
-        source: Source {
-            vm_id: vm.into(),
-            node: String::new(),
-            pod: String::new(),
-            namespace: String::new(),
-        },
-        seq,
-        interval_ms: 1000,
-        records: vec![HopRecord {
-            chain: "product".into(),
-            service: "productpage".into(),
-            direction: Direction::Inbound,
-            entry: true,
-            requests: n,
-            errors: 0,
-            latency,
-            shed: 0,
-            deadline_exceeded: 0,
-            retries: 0,
-        }],
-        counters: FilterCounters::default(),
-        policy_version: 0,
-    })
-    .unwrap()
+    let latencies: Vec<u64> = (0..n).map(|i| 1 + i % 3).collect();
+    let record = builders::record("product", "productpage", &latencies).at_entry();
+    serde_json::to_vec(&builders::report(vm, seq, vec![record])).unwrap()
 }
 
 fn product_requests(port: u16) -> u64 {

@@ -290,47 +290,21 @@ impl ChainState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshtune_filter_core::wire::{FilterCounters, Source};
-    use meshtune_filter_core::{Direction, HopRecord, Sketch};
+    use meshtune_filter_core::builders::{self, report};
+    use meshtune_filter_core::{Direction, HopRecord};
 
+    /// One request per latency in `values_ms`.
     fn record(
         chain: &str,
         service: &str,
         direction: Direction,
         entry: bool,
-        values: &[u64],
+        values_ms: &[u64],
     ) -> HopRecord {
-        let mut latency = Sketch::new();
-        values.iter().for_each(|v| latency.record(*v));
-        HopRecord {
-            chain: chain.into(),
-            service: service.into(),
-            direction,
-            entry,
-            requests: values.len() as u64,
-            errors: 0,
-            latency,
-            shed: 0,
-            deadline_exceeded: 0,
-            retries: 0,
-        }
-    }
-
-    fn report(vm: &str, seq: u64, records: Vec<HopRecord>) -> Report {
-        Report {
-            schema_version: 1,
-            source: Source {
-                vm_id: vm.into(),
-                node: String::new(),
-                pod: String::new(),
-                namespace: String::new(),
-            },
-            seq,
-            interval_ms: 5000,
-            records,
-            counters: FilterCounters::default(),
-            policy_version: 0,
-        }
+        let mut r = builders::record(chain, service, values_ms);
+        r.direction = direction;
+        r.entry = entry;
+        r
     }
 
     #[test]
@@ -359,7 +333,7 @@ mod tests {
                 "productpage",
                 Direction::Inbound,
                 true,
-                &[1_000_000, 2_000_000],
+                &[1, 2],
             )],
         );
         let b = report(
@@ -370,7 +344,7 @@ mod tests {
                 "productpage",
                 Direction::Inbound,
                 true,
-                &[3_000_000],
+                &[3],
             )],
         );
         assert_eq!(
@@ -439,22 +413,10 @@ mod tests {
                         "productpage",
                         Direction::Inbound,
                         true,
-                        &[5_000_000, 5_000_000, 5_000_000, 50_000_000],
+                        &[5, 5, 5, 50],
                     ),
-                    record(
-                        "product",
-                        "reviews",
-                        Direction::Outbound,
-                        false,
-                        &[2_000_000; 4],
-                    ),
-                    record(
-                        "product",
-                        "reviews",
-                        Direction::Inbound,
-                        false,
-                        &[1_000_000; 4],
-                    ),
+                    record("product", "reviews", Direction::Outbound, false, &[2; 4]),
+                    record("product", "reviews", Direction::Inbound, false, &[1; 4]),
                 ],
             ),
             100,

@@ -140,25 +140,13 @@ pub fn observe(
 mod tests {
     use super::*;
     use crate::plan::policy::MAX_GROWTH;
-    use meshtune_filter_core::{Direction, HopRecord, Sketch};
+    use meshtune_filter_core::builders;
 
-    pub(crate) fn chain(name: &str, services: &[(&str, u64)]) -> ChainAgg {
+    fn chain(name: &str, services: &[(&str, usize)]) -> ChainAgg {
         let mut agg = ChainAgg::default();
         for (i, (svc, n)) in services.iter().enumerate() {
-            let mut latency = Sketch::new();
-            (0..*n).for_each(|_| latency.record(5_000_000));
-            agg.add_record(&HopRecord {
-                chain: name.into(),
-                service: (*svc).into(),
-                direction: Direction::Inbound,
-                entry: i == 0,
-                requests: *n,
-                errors: 0,
-                latency,
-                shed: 0,
-                deadline_exceeded: 0,
-                retries: 0,
-            });
+            let r = builders::uniform(name, svc, 5, *n);
+            agg.add_record(&if i == 0 { r.at_entry() } else { r });
         }
         agg
     }
@@ -219,21 +207,9 @@ mod tests {
     fn the_declared_percentile_is_the_one_planned_for() {
         // 90 requests at 5 ms, 10 at 100 ms: p90 is fast, p99 is slow.
         let mut agg = ChainAgg::default();
-        let mut latency = Sketch::new();
-        (0..90).for_each(|_| latency.record(5_000_000));
-        (0..10).for_each(|_| latency.record(100_000_000));
-        agg.add_record(&HopRecord {
-            chain: "c".into(),
-            service: "s".into(),
-            direction: Direction::Inbound,
-            entry: true,
-            requests: 100,
-            errors: 0,
-            latency,
-            shed: 0,
-            deadline_exceeded: 0,
-            retries: 0,
-        });
+        let mut latencies = vec![5; 90];
+        latencies.extend([100; 10]);
+        agg.add_record(&builders::record("c", "s", &latencies).at_entry());
         let window = BTreeMap::from([("c".to_string(), agg)]);
         let services = BTreeMap::from([("s".to_string(), ServiceSpec::default())]);
         let mut spec = ChainSpec::with_objective(50.0);

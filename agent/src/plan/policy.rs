@@ -117,23 +117,13 @@ pub fn compute(
 mod tests {
     use super::*;
     use meshtune_filter_core::control::Priority;
-    use meshtune_filter_core::{Direction, HopRecord, Sketch};
+    use meshtune_filter_core::{Direction, HopRecord};
 
-    fn rec(service: &str, direction: Direction, entry: bool, ms: u64, n: u64) -> HopRecord {
-        let mut latency = Sketch::new();
-        (0..n).for_each(|_| latency.record(ms * 1_000_000));
-        HopRecord {
-            chain: "c".into(),
-            service: service.into(),
-            direction,
-            entry,
-            requests: n,
-            errors: 0,
-            latency,
-            shed: 0,
-            deadline_exceeded: 0,
-            retries: 0,
-        }
+    fn rec(service: &str, direction: Direction, entry: bool, ms: u64, n: usize) -> HopRecord {
+        let mut r = meshtune_filter_core::builders::uniform("c", service, ms, n);
+        r.direction = direction;
+        r.entry = entry;
+        r
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 pub mod abi;
 pub mod aggregator;
+#[cfg(any(test, feature = "builders"))]
+pub mod builders;
 pub mod config;
 pub mod control;
 pub mod naming;
