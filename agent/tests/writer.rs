@@ -646,3 +646,58 @@ async fn a_live_lease_of_another_node_is_respected_and_an_expired_one_taken_over
     assert_eq!(seen[2].4["spec"]["holderIdentity"], "node-a");
     assert_eq!(seen[2].4["spec"]["leaseTransitions"], 1);
 }
+
+#[tokio::test]
+async fn services_and_namespaces_opt_out_with_the_manage_annotation() {
+    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
+    let client = Client::new(service, "default");
+    let server = tokio::spawn(async move {
+        let svc = |name: &str, manage: Option<&str>| {
+            let mut m = json!({"name": name});
+            if let Some(v) = manage {
+                m["annotations"] = json!({"meshtune.io/manage": v});
+            }
+            json!({"metadata": m})
+        };
+        let answers = [
+            (
+                "/api/v1/namespaces/bookinfo",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bookinfo"}}),
+            ),
+            (
+                "/api/v1/namespaces/bookinfo/services",
+                json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {},
+                "items": [svc("reviews", Some("false")), svc("ratings", None), svc("details", Some("true"))]}),
+            ),
+            (
+                "/api/v1/namespaces/legacy",
+                json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "legacy", "annotations": {"meshtune.io/manage": "False"}}}),
+            ),
+            (
+                "/api/v1/namespaces/legacy/services",
+                json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {},
+                "items": [svc("old", None)]}),
+            ),
+        ];
+        for (path, answer) in answers {
+            let (seen, send) = common::next_request(&mut handle).await.unwrap();
+            assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", path));
+            common::respond(send, 200, serde_json::to_vec(&answer).unwrap());
+        }
+    });
+    let hosts = meshtune_agent::k8s::optout::opted_out_hosts(
+        &client,
+        &BTreeSet::from(["bookinfo".to_string(), "legacy".to_string()]),
+    )
+    .await
+    .unwrap();
+    server.await.unwrap();
+    assert_eq!(
+        hosts,
+        BTreeSet::from([
+            "reviews.bookinfo.svc.cluster.local".to_string(),
+            "old.legacy.svc.cluster.local".to_string()
+        ])
+    );
+}
