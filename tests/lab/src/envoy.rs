@@ -308,6 +308,7 @@ impl Envoy {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", envoy.display()))?;
+        crate::lifecycle::adopt(child.id());
         let mut e = Envoy {
             name: name.to_owned(),
             admin_port,
@@ -378,6 +379,7 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::lifecycle::release(self.child.id());
     }
 }
 

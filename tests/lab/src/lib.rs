@@ -5,6 +5,7 @@ pub mod bench;
 pub mod callgrind;
 pub mod envoy;
 pub mod http;
+pub mod lifecycle;
 pub mod load;
 pub mod mesh;
 pub mod overload;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meshtune_lab::mesh::{chain, Mesh, MeshOptions, CHAINS};
-use meshtune_lab::{bench, load, prometheus, trace};
+use meshtune_lab::{bench, lifecycle, load, prometheus, trace};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -92,7 +92,16 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    // Whatever ends the lab ends its Envoys and Prometheus too.
+    lifecycle::end_children_on_panic();
+    rt.spawn(lifecycle::follow_signals());
+    let result = run(&rt, cli.command);
+    lifecycle::end_children();
+    result
+}
+
+fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Bench {
             which:
                 BenchCommand::Filter {
@@ -278,10 +287,15 @@ async fn up(
     let started = std::time::Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     ticker.tick().await;
+    let mut stop = lifecycle::stop_requested();
+    if std::env::var_os("MESHTUNE_LAB_PANIC_WHEN_UP").is_some() {
+        // For the test that a panic leaves no process behind.
+        panic!("MESHTUNE_LAB_PANIC_WHEN_UP is set");
+    }
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => { let _ = stop_tx.send(true); break; }
+            _ = stop.changed() => { let _ = stop_tx.send(true); break; }
         }
         let elapsed = started.elapsed().as_secs();
         let idx = ((elapsed as f64 / spm) as usize).min(rates.len().saturating_sub(1));

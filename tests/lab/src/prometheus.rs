@@ -56,6 +56,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        crate::lifecycle::adopt(child.id());
         let p = Prometheus {
             port,
             child,
@@ -98,5 +99,6 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::lifecycle::release(self.child.id());
     }
 }
