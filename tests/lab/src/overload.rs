@@ -72,9 +72,10 @@ pub struct ChainResult {
 }
 
 impl ChainResult {
-    /// Share of the chain's requests answered successfully within its objective.
+    /// Share of the chain's requests answered successfully within its
+    /// objective (the agent's one rule: failures count against it).
     pub fn attainment(&self) -> f64 {
-        self.within_slo as f64 / self.sent.max(1) as f64
+        meshtune_agent::data::attainment::attainment(self.sent, self.within_slo).unwrap_or(0.0)
     }
 }
 

@@ -12,7 +12,10 @@
 //! and doubles every window until latency first shows queueing; before the
 //! first window every class may use the whole starting limit. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
-//! limit, so a reserve always stays for it.
+//! limit, so a reserve always stays for it. Priority is strict at admission:
+//! once a request of a class is refused, no request of a lower class is
+//! admitted until one of that class is (requests in flight are never
+//! preempted), so room that frees up goes to the higher class first.
 //!
 //! The agent's load forecast reaches the limit as an expected growth of the
 //! service's load (policy `load_growth`): while latency shows no queueing,
@@ -149,6 +152,9 @@ pub struct AdaptiveLimit {
     /// Until latency first shows queueing the limit doubles every window,
     /// as TCP's slow start does, so a low start does not shed light load.
     slow_start: bool,
+    /// The most important class refused since one of it was last admitted:
+    /// lower classes wait behind it (strict priority at admission).
+    starved: Option<Priority>,
 }
 
 /// Largest growth the limit makes room for ahead of the load.
@@ -176,6 +182,7 @@ impl AdaptiveLimit {
             shed: 0,
             growth: 1.0,
             slow_start: true,
+            starved: None,
         }
     }
 
@@ -226,9 +233,18 @@ impl AdaptiveLimit {
         } else {
             self.threshold(p)
         };
-        if f64::from(self.inflight + 1) > threshold {
+        // `Priority` orders High < Normal < Low: a starved class that sorts
+        // before `p` is more important, and `p` waits behind it.
+        let behind_starved = self.starved.is_some_and(|s| s < p);
+        if behind_starved || f64::from(self.inflight + 1) > threshold {
             self.shed += 1;
+            if !behind_starved {
+                self.starved = Some(self.starved.map_or(p, |s| s.min(p)));
+            }
             return Admission::Shed;
+        }
+        if self.starved.is_some_and(|s| s >= p) {
+            self.starved = None;
         }
         self.inflight += 1;
         self.window_peak = self.window_peak.max(self.inflight);
@@ -305,6 +321,85 @@ mod tests {
                 limit.release(r);
             }
         }
+    }
+
+    #[test]
+    fn room_that_frees_up_goes_to_the_refused_class_first() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 40, 50, 8);
+        let limit = l.limit();
+        assert!(limit >= 4, "{limit}");
+        // High requests fill the limit; the next one is refused.
+        while l.try_acquire(Priority::High) == Admission::Admit {}
+        assert_eq!(l.inflight(), limit);
+        // Most of them finish: a low request would fit its share now...
+        for _ in 0..limit {
+            l.release(5_000_000);
+            if l.inflight() == 0 {
+                break;
+            }
+        }
+        let shed_before = l.shed_count();
+        // ...but the refused high class is served first.
+        assert_eq!(l.try_acquire(Priority::Low), Admission::Shed);
+        assert_eq!(l.try_acquire(Priority::Normal), Admission::Shed);
+        assert_eq!(l.shed_count(), shed_before + 2);
+        assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
+        assert_eq!(
+            l.try_acquire(Priority::Low),
+            Admission::Admit,
+            "then the rest again"
+        );
+    }
+
+    #[test]
+    fn no_request_is_admitted_behind_a_refused_more_important_one() {
+        // A shared service at capacity: requests of three classes arrive in a
+        // fixed pseudo-random order, twice as fast as they finish.
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 40, 50, 8);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut in_flight: Vec<Priority> = Vec::new();
+        let mut starved: Option<Priority> = None;
+        let (mut refused, mut admitted) = ([0u32; 3], [0u32; 3]);
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = [Priority::High, Priority::Normal, Priority::Low][(x % 3) as usize];
+            match l.try_acquire(p) {
+                Admission::Admit => {
+                    assert!(
+                        starved.is_none_or(|s| s >= p),
+                        "step {step}: {p:?} admitted while {starved:?} was refused"
+                    );
+                    if starved.is_some_and(|s| s >= p) {
+                        starved = None;
+                    }
+                    admitted[p as usize] += 1;
+                    in_flight.push(p);
+                }
+                Admission::Shed => {
+                    refused[p as usize] += 1;
+                    starved = Some(starved.map_or(p, |s| s.min(p)));
+                }
+            }
+            // Every eighth step the four oldest requests finish together.
+            if step % 8 == 7 {
+                for _ in 0..4.min(in_flight.len()) {
+                    in_flight.remove(0);
+                    l.release(5_000_000);
+                }
+            }
+        }
+        assert!(
+            refused[2] > 0 && admitted[0] > 0,
+            "{refused:?} {admitted:?}"
+        );
+        assert!(
+            refused[0] * 10 < refused[2],
+            "high is refused far less than low: {refused:?}"
+        );
     }
 
     #[test]
