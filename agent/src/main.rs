@@ -214,7 +214,9 @@ fn main() -> anyhow::Result<()> {
             model,
         } => forecast_bench(series, &batch, model),
         Command::Crd => {
-            print!("{}", meshtune_agent::k8s::chainslo::crd_yaml());
+            let crd = meshtune_agent::k8s::chainslo::crd_yaml()
+                .context("encoding the ChainSLO CustomResourceDefinition")?;
+            print!("{crd}");
             Ok(())
         }
         Command::Run {

@@ -485,7 +485,7 @@ fn the_committed_crd_is_what_the_code_generates() {
     let committed = std::fs::read_to_string(repo().join("manifests/crd-chainslo.yaml")).unwrap();
     assert_eq!(
         committed,
-        meshtune_agent::k8s::chainslo::crd_yaml(),
+        meshtune_agent::k8s::chainslo::crd_yaml().unwrap(),
         "manifests/crd-chainslo.yaml drifted: run `cargo run -p meshtune-agent -- crd > manifests/crd-chainslo.yaml`"
     );
     let crd = documents(&repo().join("manifests/crd-chainslo.yaml")).remove(0);

@@ -116,8 +116,14 @@ fn kill_9_loses_at_most_the_last_interval_and_counts_nothing_twice() {
             200
         );
     }
-    // Past one persistence interval (0.2 s) everything above is on disk.
-    std::thread::sleep(Duration::from_millis(800));
+    // Everything above is on disk once a persist has started after the last
+    // report: two more completed persists (the first may have begun before it).
+    let after_reports = persists(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while persists(port) < after_reports + 2 {
+        assert!(Instant::now() < deadline, "no persist within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     agent.kill().unwrap();
     agent.wait().unwrap();
 
@@ -145,6 +151,15 @@ fn kill_9_loses_at_most_the_last_interval_and_counts_nothing_twice() {
     assert_eq!(product_requests(port), 57);
     agent.kill().unwrap();
     agent.wait().unwrap();
+}
+
+/// Completed writes of the history store, from the agent's metrics.
+fn persists(port: u16) -> u64 {
+    let (_, body) = http(port, "GET", "/metrics", b"").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("meshtune_store_persists_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap() as u64
 }
 
 fn sigterm(child: &Child) {

@@ -208,8 +208,8 @@ mod tests {
 
     #[test]
     fn persists_and_loads_and_moves_corrupt_files_aside() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
-        let (store, opened) = Store::open(dir.path(), 1).unwrap_or_else(|e| unreachable!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let (store, opened) = Store::open(dir.path(), 1).unwrap();
         assert!(opened.moved_aside.is_none());
         let mut agg = ChainAgg::default();
         agg.end_to_end.requests = 7;
@@ -229,8 +229,8 @@ mod tests {
             )],
             forgotten_vms: vec![],
         };
-        assert!(store.persist(&dirty, Some(5)).is_ok());
-        let loaded = store.load(0).unwrap_or_else(|e| unreachable!("{e}"));
+        store.persist(&dirty, Some(5)).unwrap();
+        let loaded = store.load(0).unwrap();
         assert_eq!(loaded.minutes.len(), 1, "minute 2 is past retention");
         assert_eq!(loaded.lifetime[0].1.end_to_end.requests, 7);
         assert_eq!(loaded.vms[0].1.max, 3);
@@ -240,17 +240,14 @@ mod tests {
             dir.path().join(STORE_FILE),
             b"this is not a redb file at all, not even close",
         )
-        .unwrap_or_default();
-        let (store, opened) = Store::open(dir.path(), 99).unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
+        let (store, opened) = Store::open(dir.path(), 99).unwrap();
         let Some((aside, why)) = opened.moved_aside else {
             unreachable!("expected the file to be moved aside")
         };
         assert!(aside.ends_with("meshtune.redb.corrupt-99"), "{aside:?}");
         assert!(!why.is_empty());
         assert!(aside.exists());
-        assert!(store
-            .load(0)
-            .map(|l| l.lifetime.is_empty())
-            .unwrap_or(false));
+        assert!(store.load(0).unwrap().lifetime.is_empty());
     }
 }

@@ -72,6 +72,7 @@ fn start_lab(extra_env: &[(&str, &str)]) -> (Child, Vec<String>) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("meshtune-lab did not come up within 120 s: {lines:?}");
 }
 
