@@ -118,12 +118,15 @@ pub fn filter_config(opts: &MeshOptions) -> String {
         "debug_log_durations": opts.debug_log_durations,
     });
     if opts.control {
-        // Static defaults: each chain's budget is its objective, until the
-        // agent's policy adds per-hop caps.
+        // Static defaults: each chain's budget is its deadline (the agent's
+        // default, four objectives), until the agent's policy adds per-hop caps.
         let chains: serde_json::Map<String, serde_json::Value> = opts
             .chains
             .iter()
-            .map(|c| (c.name.to_string(), serde_json::json!({"budget_ms": c.slo_ms.ceil() as u64, "priority": c.priority})))
+            .map(|c| {
+                let deadline = meshtune_agent::config::ChainSpec::with_objective(c.slo_ms).deadline_ms();
+                (c.name.to_string(), serde_json::json!({"budget_ms": deadline.ceil() as u64, "priority": c.priority}))
+            })
             .collect();
         cfg["control"] = serde_json::json!({"hop_reserve_ms": 2, "chains": chains});
     }
