@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod callgrind;
+pub mod control_plane;
 pub mod envoy;
 pub mod http;
+pub mod istio;
 pub mod lifecycle;
 pub mod load;
 pub mod mesh;
