@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub struct DirSink {
     dir: PathBuf,
+    /// Directories of other objects (a user's, say) read as the cluster
+    /// would be, never written.
+    also_read: Vec<PathBuf>,
 }
 
 impl DirSink {
@@ -20,7 +23,15 @@ impl DirSink {
         std::fs::create_dir_all(dir)?;
         Ok(DirSink {
             dir: dir.to_path_buf(),
+            also_read: Vec::new(),
         })
+    }
+
+    /// Also reads the objects in `dirs` (never writing there), so a user's
+    /// object kept there for a host wins over meshtune's as on a cluster.
+    pub fn also_reading(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.also_read = dirs;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -40,33 +51,15 @@ impl DirSink {
     }
 
     /// Every object in the directory's YAML files (a file may hold several
-    /// documents), with the file it came from. Files that do not parse are
-    /// skipped: they are not meshtune's to judge.
+    /// documents) and in the directories it also reads, with the file each
+    /// came from. Files that do not parse are skipped: they are not
+    /// meshtune's to judge.
     pub fn read_all(&self) -> std::io::Result<Vec<(PathBuf, Value)>> {
-        let mut out = Vec::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "yaml" || x == "yml")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        entries.sort();
-        for p in entries {
-            let Ok(text) = std::fs::read_to_string(&p) else {
-                continue;
-            };
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                match serde::Deserialize::deserialize(doc) {
-                    Ok(Value::Null) => {}
-                    Ok(v) => out.push((p.clone(), v)),
-                    Err(e) => {
-                        tracing::warn!("{}: not read: {e}", p.display());
-                        break;
-                    }
-                }
+        let mut out = read_dir_objects(&self.dir)?;
+        for d in &self.also_read {
+            // A directory of the user's that is not there yet holds nothing.
+            if d.is_dir() {
+                out.extend(read_dir_objects(d)?);
             }
         }
         Ok(out)
@@ -82,6 +75,37 @@ impl DirSink {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// The objects of the YAML files directly in `dir`, file by file in name order.
+fn read_dir_objects(dir: &Path) -> std::io::Result<Vec<(PathBuf, Value)>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for p in entries {
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            match serde::Deserialize::deserialize(doc) {
+                Ok(Value::Null) => {}
+                Ok(v) => out.push((p.clone(), v)),
+                Err(e) => {
+                    tracing::warn!("{}: not read: {e}", p.display());
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Sink for DirSink {

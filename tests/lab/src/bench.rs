@@ -164,6 +164,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
             } else {
                 vec![]
             },
+            xds_dir: None,
         };
         let (bin, d, boot, admin) = (
             envoy.clone(),

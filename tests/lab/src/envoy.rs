@@ -119,6 +119,9 @@ pub struct SidecarSpec {
     pub concurrency: u32,
     /// Extra HTTP filters (JSON objects) placed before the router on the inbound listener.
     pub extra_inbound_filters: Vec<serde_json::Value>,
+    /// Where the lab's control plane writes this sidecar's outbound clusters
+    /// and routes (`cds.json`, `rds.json`); `None`: static, as before.
+    pub xds_dir: Option<PathBuf>,
 }
 
 pub const AGENT_CLUSTER: &str = "outbound|9090||meshtune-agent.meshtune-system.svc.cluster.local";
@@ -206,7 +209,33 @@ impl SidecarSpec {
             )]}]
         })];
         let mut clusters = vec![cluster(inbound_cluster, self.app_port)];
-        if let Some(port) = self.outbound_port {
+        let xds = self
+            .xds_dir
+            .as_ref()
+            .filter(|_| self.outbound_port.is_some());
+        if let (Some(port), Some(xds)) = (self.outbound_port, xds) {
+            // Clusters and routes from the control plane's files, as istiod
+            // would send them (CDS and RDS).
+            let mut outbound = hcm(
+                "outbound_0.0.0.0_9080",
+                serde_json::json!([]),
+                filters(&[], "outbound"),
+            );
+            let cfg = &mut outbound["typed_config"];
+            if let Some(o) = cfg.as_object_mut() {
+                o.remove("route_config");
+            }
+            cfg["rds"] = serde_json::json!({
+                "route_config_name": crate::control_plane::ROUTE_CONFIG,
+                "config_source": crate::control_plane::config_source(xds, "rds.json")
+            });
+            listeners.push(serde_json::json!({
+                "name": "virtualOutbound",
+                "traffic_direction": "OUTBOUND",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [outbound]}]
+            }));
+        } else if let Some(port) = self.outbound_port {
             let vhosts: Vec<serde_json::Value> = self
                 .upstreams
                 .iter()
@@ -227,7 +256,14 @@ impl SidecarSpec {
         if let Some(port) = self.agent_port {
             clusters.push(cluster(AGENT_CLUSTER, port));
         }
+        let dynamic = match xds {
+            Some(d) => {
+                serde_json::json!({"cds_config": crate::control_plane::config_source(d, "cds.json")})
+            }
+            None => serde_json::json!({}),
+        };
         serde_json::json!({
+            "dynamic_resources": dynamic,
             "node": {
                 "id": format!("sidecar~127.0.0.1~{}-1.{}~{}.svc.cluster.local", self.service, self.namespace, self.namespace),
                 "cluster": format!("{}.{}", self.service, self.namespace),

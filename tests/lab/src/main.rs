@@ -38,6 +38,17 @@ enum Command {
         /// Real seconds per trace minute.
         #[arg(long, default_value_t = 1.0)]
         seconds_per_minute: f64,
+        /// A directory of your own DestinationRules and VirtualServices
+        /// (YAML, several objects per file separated by `---`), applied to
+        /// the sidecars as they change, as `kubectl apply` would; the agent
+        /// sees them as it would see a cluster's (a host your object covers
+        /// is left to it).
+        #[arg(long)]
+        istio_config: Option<PathBuf>,
+        /// Keep the agent from writing configuration (recommend mode): the
+        /// sidecars run Istio's defaults and your objects only.
+        #[arg(long)]
+        no_tune: bool,
     },
     /// Benchmarks.
     Bench {
@@ -129,7 +140,17 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             offset,
             peak_rps,
             seconds_per_minute,
-        } => rt.block_on(up(duration, trace, offset, peak_rps, seconds_per_minute)),
+            istio_config,
+            no_tune,
+        } => rt.block_on(up(
+            duration,
+            trace,
+            offset,
+            peak_rps,
+            seconds_per_minute,
+            istio_config,
+            !no_tune,
+        )),
     }
 }
 
@@ -217,6 +238,8 @@ async fn up(
     offset: usize,
     peak: f64,
     spm: f64,
+    istio_config: Option<PathBuf>,
+    tune: bool,
 ) -> anyhow::Result<()> {
     let path = trace_path.unwrap_or_else(|| trace::traces_dir().join("worldcup98_1min.csv"));
     let counts = trace::read_counts(&path)?;
@@ -230,9 +253,15 @@ async fn up(
     println!("meshtune-lab: starting 4 services with Envoy sidecars, the filter and the agent ...");
     // With data-path control on: deadlines, retry budgets, adaptive
     // concurrency, steered by the agent's policy (printed as it changes).
+    if let Some(d) = &istio_config {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("--istio-config {}: cannot create it", d.display()))?;
+    }
     let mesh = Mesh::start(MeshOptions {
         agent_window_secs: 30,
         control: true,
+        tune,
+        istio_config_dir: istio_config.clone(),
         ..MeshOptions::default()
     })
     .await?;
@@ -270,6 +299,21 @@ async fn up(
     }
     if let Some(p) = &prom {
         println!("prometheus:                   http://127.0.0.1:{}/graph?g0.expr=meshtune_chain_requests_total", p.port);
+    }
+    println!(
+        "agent's DestinationRules:     {} ({})",
+        mesh.desired_dir.display(),
+        if tune {
+            "applied to the sidecars"
+        } else {
+            "--no-tune: none written"
+        }
+    );
+    if let Some(d) = &istio_config {
+        println!(
+            "your Istio objects:           {} (applied as they change)",
+            d.display()
+        );
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let entry = mesh.entry_port;

@@ -1,6 +1,7 @@
 //! A local mesh: the Bookinfo-shaped services, one real Envoy sidecar per
 //! service running the meshtune filter, and the node agent.
 
+use crate::control_plane::{self, SidecarXds, UpstreamService};
 use crate::envoy::{
     find_envoy, find_wasm, Envoy, FilterKind, SidecarSpec, Upstream, AGENT_CLUSTER,
 };
@@ -59,6 +60,13 @@ pub struct MeshOptions {
     /// Put Envoy's native adaptive concurrency filter in front of this service.
     pub native_adaptive: Option<&'static str>,
     pub policy_ttl_s: u64,
+    /// The agent tunes the mesh: it writes DestinationRules through the
+    /// directory sink in `apply` mode, and the lab's control plane applies
+    /// them to the sidecars.
+    pub tune: bool,
+    /// A directory of the user's own DestinationRules and VirtualServices,
+    /// applied as `kubectl apply` would (and seen by the agent's guard).
+    pub istio_config_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshOptions {
@@ -74,6 +82,8 @@ impl Default for MeshOptions {
             control: false,
             native_adaptive: None,
             policy_ttl_s: 30,
+            tune: false,
+            istio_config_dir: None,
         }
     }
 }
@@ -152,14 +162,29 @@ pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, opts: &MeshOptio
     {
         return y;
     }
-    y.push_str(
-        "services:\n  productpage:\n    chains: [product-page, ratings-api]\n    min_cpu: 0.1\n    max_cpu: 2\n    min_memory: 128\n    max_memory: 1024\n  details:\n    chains: [product-page]\n  reviews:\n    chains: [product-page]\n  ratings:\n    chains: [product-page, ratings-api]\n",
-    );
+    y.push_str(&format!(
+        "services:\n  productpage:\n    namespace: {NAMESPACE}\n    chains: [product-page, ratings-api]\n    min_cpu: 0.1\n    max_cpu: 2\n    min_memory: 128\n    max_memory: 1024\n  details:\n    namespace: {NAMESPACE}\n    chains: [product-page]\n  reviews:\n    namespace: {NAMESPACE}\n    chains: [product-page]\n  ratings:\n    namespace: {NAMESPACE}\n    chains: [product-page, ratings-api]\n",
+    ));
     y
 }
 
+/// The agent's writing settings when it tunes the lab: apply mode, a round
+/// every five seconds (the lab runs minutes, not hours).
+fn tuning_yaml(opts: &MeshOptions) -> String {
+    if opts.tune {
+        "kubernetes:\n  mode: apply\n  interval_seconds: 5\n".into()
+    } else {
+        String::new()
+    }
+}
+
 pub struct Mesh {
+    /// Applies the agent's and the user's objects to the sidecars (stopped
+    /// first: fields drop in order, and it writes into `dir`).
+    pub control_plane: ControlPlane,
     pub dir: tempfile::TempDir,
+    /// The agent's directory sink (its DestinationRules, when it tunes).
+    pub desired_dir: std::path::PathBuf,
     pub envoys: BTreeMap<String, Envoy>,
     /// Where clients enter: productpage's inbound listener.
     pub entry_port: u16,
@@ -185,7 +210,8 @@ impl Mesh {
 
         // The agent, in-process.
         let agent_port = free_port()?;
-        let yaml = agent_config_yaml(agent_port, &dir.path().join("agent-data"), &opts);
+        let mut yaml = agent_config_yaml(agent_port, &dir.path().join("agent-data"), &opts);
+        yaml.push_str(&tuning_yaml(&opts));
         std::fs::write(dir.path().join("agent.yaml"), &yaml)?;
         let cfg = AgentConfig::parse(&yaml, "agent.yaml")?;
         let agent = Agent::open(cfg, meshtune_agent::now_secs())?;
@@ -193,6 +219,18 @@ impl Mesh {
             .await
             .context("binding the agent port")?;
         let (agent_stop, rx) = watch::channel(false);
+        // Where the agent's objects go when it tunes, read by the control plane.
+        let desired_dir = dir.path().join("desired");
+        if opts.tune {
+            // It sees the user's directory as it would see the cluster.
+            let sink = meshtune_agent::write::dir::DirSink::new(&desired_dir)?
+                .also_reading(opts.istio_config_dir.iter().cloned().collect());
+            tokio::spawn(meshtune_agent::app::tuner::run_local(
+                agent.clone(),
+                sink,
+                rx.clone(),
+            ));
+        }
         let agent_task = Some(tokio::spawn(meshtune_agent::app::serve(
             agent.clone(),
             listener,
@@ -206,6 +244,39 @@ impl Mesh {
             inbound.insert(s.name, free_port()?);
         }
         let config_json = filter_config(&opts);
+        // Every sidecar's outbound side comes from the control plane's
+        // files, starting from Istio's defaults.
+        let mut xds_sidecars = Vec::new();
+        for s in &specs {
+            let mut upstreams: Vec<&str> = s
+                .routes
+                .iter()
+                .flat_map(|r| r.calls.iter().map(|c| c.service))
+                .collect();
+            upstreams.sort_unstable();
+            upstreams.dedup();
+            if upstreams.is_empty() {
+                continue;
+            }
+            let xds_dir = dir.path().join("xds").join(s.name);
+            std::fs::create_dir_all(&xds_dir)?;
+            xds_sidecars.push(SidecarXds {
+                name: s.name.to_owned(),
+                xds_dir,
+                upstreams: upstreams
+                    .iter()
+                    .map(|u| UpstreamService {
+                        service: (*u).to_owned(),
+                        namespace: NAMESPACE.to_owned(),
+                        port: 9080,
+                        endpoints: vec![("127.0.0.1".to_owned(), inbound[u])],
+                    })
+                    .collect(),
+            });
+        }
+        let mut config_dirs = vec![desired_dir.clone()];
+        config_dirs.extend(opts.istio_config_dir.clone());
+        let control_plane = ControlPlane::start(xds_sidecars, config_dirs);
         let mut envoys = BTreeMap::new();
         let mut tasks = Vec::new();
         let mut service_stats = BTreeMap::new();
@@ -259,6 +330,7 @@ impl Mesh {
                 } else {
                     vec![]
                 },
+                xds_dir: Some(dir.path().join("xds").join(s.name)),
             };
             let name = s.name.to_owned();
             let (task, stats) = services::spawn(s, app, outbound_port);
@@ -275,6 +347,8 @@ impl Mesh {
             envoys.insert(name, e);
         }
         Ok(Mesh {
+            control_plane,
+            desired_dir,
             entry_port: inbound["productpage"],
             dir,
             envoys,
@@ -298,6 +372,59 @@ impl Mesh {
     pub fn chains_json(&self) -> Option<serde_json::Value> {
         crate::http::get_blocking(self.agent_port, "/v1/chains")
             .and_then(|(_, b)| serde_json::from_str(&b).ok())
+    }
+}
+
+/// The control plane running beside the mesh: a pass every second until
+/// dropped; what it could not apply is kept for the live view.
+pub struct ControlPlane {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    problems: Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Runs one pass at once (so the sidecars start with their files in
+    /// place), then one a second on a thread of its own.
+    pub fn start(sidecars: Vec<SidecarXds>, dirs: Vec<std::path::PathBuf>) -> ControlPlane {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let problems = Arc::new(std::sync::Mutex::new(control_plane::pass(&sidecars, &dirs)));
+        let (s, p) = (stop.clone(), problems.clone());
+        let thread = std::thread::spawn(move || {
+            let mut reported: Vec<String> = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let now = control_plane::pass(&sidecars, &dirs);
+                if now != reported {
+                    for line in now.iter().filter(|l| !reported.contains(l)) {
+                        eprintln!("control plane: {line}");
+                    }
+                    reported = now.clone();
+                }
+                if let Ok(mut g) = p.lock() {
+                    *g = now;
+                }
+            }
+        });
+        ControlPlane {
+            stop,
+            problems,
+            thread: Some(thread),
+        }
+    }
+
+    /// What the last pass could not apply (file and field path).
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

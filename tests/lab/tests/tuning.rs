@@ -1,0 +1,133 @@
+//! The agent's decisions reach traffic: with tuning on, the agent writes
+//! DestinationRules through its directory sink (`apply` mode), and the lab's
+//! control plane applies them to the sidecars, where `/config_dump` shows
+//! them. A user's own rule for a host, put into the lab's Istio directory,
+//! is applied instead, and the agent writes nothing for that host.
+//!
+//! Needs Envoy and the built filter, like the end-to-end tests.
+
+use meshtune_lab::load::closed_loop;
+use meshtune_lab::mesh::{Mesh, MeshOptions};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The outbound cluster `name` as productpage's sidecar runs it.
+fn cluster_in_force(mesh: &Mesh, name: &str) -> Value {
+    let admin = mesh.envoys["productpage"].admin_port;
+    let (_, body) = meshtune_lab::http::get_blocking(admin, "/config_dump").unwrap_or_default();
+    let dump: Value = serde_json::from_str(&body).unwrap_or_default();
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["dynamic_active_clusters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| d["cluster"].clone())
+        .find(|c| c["name"] == name)
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_destination_rules_reach_the_sidecars_and_a_users_rule_wins() {
+    let user = tempfile::tempdir().unwrap();
+    std::fs::write(
+        user.path().join("details.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: details-by-team\n  namespace: bookinfo\nspec:\n  host: details\n  trafficPolicy:\n    connectionPool:\n      http:\n        maxRetries: 7\n",
+    )
+    .unwrap();
+    let mesh = Mesh::start(MeshOptions {
+        tune: true,
+        agent_window_secs: 30,
+        istio_config_dir: Some(user.path().to_path_buf()),
+        ..MeshOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let reviews = "outbound|9080||reviews.bookinfo.svc.cluster.local";
+    let details = "outbound|9080||details.bookinfo.svc.cluster.local";
+    // Before the agent has decided anything: Istio's defaults, and the user's rule.
+    assert_eq!(
+        cluster_in_force(&mesh, reviews)["circuit_breakers"]["thresholds"][0]["max_requests"],
+        u32::MAX,
+        "Istio's default pool"
+    );
+    assert_eq!(
+        cluster_in_force(&mesh, details)["circuit_breakers"]["thresholds"][0]["max_retries"],
+        7,
+        "the user's rule is applied"
+    );
+    // Traffic, so the agent has something to decide from.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut in_force, mut written) = (Value::Null, Vec::new());
+    while Instant::now() < deadline {
+        let plan: Vec<String> = (0..40)
+            .map(|i| {
+                if i % 3 == 0 {
+                    "/api/v1/ratings/1".into()
+                } else {
+                    "/productpage".into()
+                }
+            })
+            .collect();
+        let out = closed_loop(mesh.entry_port, plan, 4, "tune").await;
+        assert!(
+            out.iter().all(|o| o.status == 200),
+            "requests failed while tuning"
+        );
+        written = std::fs::read_dir(&mesh.desired_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        in_force = cluster_in_force(&mesh, reviews);
+        if in_force["outlier_detection"].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The agent's rule for reviews is in force: its pool and outlier detection.
+    let t = &in_force["circuit_breakers"]["thresholds"][0];
+    assert!(
+        in_force["outlier_detection"]["consecutive_5xx"]
+            .as_u64()
+            .is_some(),
+        "{in_force}\nwritten: {written:?}"
+    );
+    let max_requests = t["max_requests"].as_u64().unwrap_or(0);
+    assert!(
+        max_requests >= 16 && max_requests < u64::from(u32::MAX),
+        "{in_force}"
+    );
+    assert!(
+        written.contains(&"bookinfo.destinationrule.reviews.yaml".to_string()),
+        "{written:?}"
+    );
+    // The user's rule for details still wins; the agent wrote none for it.
+    assert!(
+        !written.contains(&"bookinfo.destinationrule.details.yaml".to_string()),
+        "{written:?}"
+    );
+    assert_eq!(
+        cluster_in_force(&mesh, details)["circuit_breakers"]["thresholds"][0]["max_retries"],
+        7
+    );
+    let (_, recs) = meshtune_lab::http::get_blocking(mesh.agent_port, "/v1/recommendations")
+        .unwrap_or_default();
+    let recs: Value = serde_json::from_str(&recs).unwrap_or_default();
+    assert_eq!(
+        recs["conflicts"]["details.bookinfo.svc.cluster.local"]["user_object"],
+        "bookinfo/details-by-team",
+        "{recs}"
+    );
+    assert!(
+        mesh.control_plane.problems().is_empty(),
+        "{:?}",
+        mesh.control_plane.problems()
+    );
+}
