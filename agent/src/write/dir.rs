@@ -77,9 +77,19 @@ impl DirSink {
     }
 }
 
-/// The objects of the YAML files directly in `dir`, file by file in name order.
-fn read_dir_objects(dir: &Path) -> std::io::Result<Vec<(PathBuf, Value)>> {
-    let mut out = Vec::new();
+/// One YAML file of a directory: its objects (several documents separated
+/// by `---`), when it was last written, and why it could not be read whole.
+#[derive(Debug, Clone)]
+pub struct YamlFile {
+    pub path: PathBuf,
+    pub modified: std::time::SystemTime,
+    /// The documents read before any error.
+    pub objects: Vec<Value>,
+    pub error: Option<String>,
+}
+
+/// The YAML files directly in `dir` (hidden ones left out), in name order.
+pub fn read_yaml_dir(dir: &Path) -> std::io::Result<Vec<YamlFile>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -90,20 +100,42 @@ fn read_dir_objects(dir: &Path) -> std::io::Result<Vec<(PathBuf, Value)>> {
         })
         .collect();
     entries.sort();
-    for p in entries {
-        let Ok(text) = std::fs::read_to_string(&p) else {
+    let mut out = Vec::new();
+    for path in entries {
+        let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&path), std::fs::metadata(&path))
+        else {
             continue;
+        };
+        let mut file = YamlFile {
+            path,
+            modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            objects: Vec::new(),
+            error: None,
         };
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             match serde::Deserialize::deserialize(doc) {
                 Ok(Value::Null) => {}
-                Ok(v) => out.push((p.clone(), v)),
+                Ok(v) => file.objects.push(v),
                 Err(e) => {
-                    tracing::warn!("{}: not read: {e}", p.display());
+                    file.error = Some(e.to_string());
                     break;
                 }
             }
         }
+        out.push(file);
+    }
+    Ok(out)
+}
+
+/// The objects of the YAML files directly in `dir`; files that do not
+/// parse are skipped, said in the log.
+fn read_dir_objects(dir: &Path) -> std::io::Result<Vec<(PathBuf, Value)>> {
+    let mut out = Vec::new();
+    for f in read_yaml_dir(dir)? {
+        if let Some(e) = &f.error {
+            tracing::warn!("{}: not read: {e}", f.path.display());
+        }
+        out.extend(f.objects.into_iter().map(|o| (f.path.clone(), o)));
     }
     Ok(out)
 }

@@ -110,6 +110,9 @@ pub fn significant_change(old: &Value, new: &Value, hysteresis: f64) -> bool {
                 .enumerate()
                 .for_each(|(i, c)| numbers(c, format!("{path}[{i}]"), out)),
             Value::Number(n) => out.push((path, n.as_f64().unwrap_or(0.0))),
+            // Durations ("2s") move like numbers: an interval from 2 s to
+            // 1.9 s is a small move, not a new value.
+            Value::String(d) if seconds(d).is_some() => out.push((path, seconds(d).unwrap_or(0.0))),
             _ => out.push((path, f64::NAN)),
         }
     }
@@ -128,6 +131,11 @@ pub fn significant_change(old: &Value, new: &Value, hysteresis: f64) -> bool {
     })
 }
 
+/// `"2s"`, `"0.5s"` as seconds.
+fn seconds(d: &str) -> Option<f64> {
+    d.strip_suffix('s')?.parse::<f64>().ok()
+}
+
 fn strip_numbers(v: &Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(
@@ -137,6 +145,7 @@ fn strip_numbers(v: &Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_numbers).collect()),
         Value::Number(_) => Value::Null,
+        Value::String(d) if seconds(d).is_some() => Value::Null,
         other => other.clone(),
     }
 }

@@ -10,6 +10,7 @@
 use crate::istio::{
     apply_destination_rule, apply_http_route, default_cluster, default_route_action,
 };
+use meshtune_agent::plan::Kind;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,39 +63,19 @@ pub fn read_objects(dirs: &[PathBuf]) -> (Vec<Sourced>, Vec<String>) {
     let mut objects = Vec::new();
     let mut problems = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        // A directory not there (yet) holds nothing.
+        let Ok(files) = meshtune_agent::write::dir::read_yaml_dir(dir) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "yaml" || x == "yml")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&file), std::fs::metadata(&file))
-            else {
-                continue;
-            };
-            let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                match <Value as serde::Deserialize>::deserialize(doc) {
-                    Ok(Value::Null) => {}
-                    Ok(object) => objects.push(Sourced {
-                        file: file.clone(),
-                        written,
-                        object,
-                    }),
-                    Err(e) => {
-                        problems.push(format!("{}: not applied: {e}", file.display()));
-                        break;
-                    }
-                }
+        for f in files {
+            if let Some(e) = &f.error {
+                problems.push(format!("{}: not applied: {e}", f.path.display()));
             }
+            objects.extend(f.objects.into_iter().map(|object| Sourced {
+                file: f.path.clone(),
+                written: f.modified,
+                object,
+            }));
         }
     }
     (objects, problems)
@@ -102,17 +83,9 @@ pub fn read_objects(dirs: &[PathBuf]) -> (Vec<Sourced>, Vec<String>) {
 
 /// The hosts an object names, fully qualified in its namespace.
 fn hosts(kind: &str, o: &Value) -> Vec<String> {
-    let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
-    let raw: Vec<&str> = match kind {
-        "DestinationRule" => o["spec"]["host"].as_str().into_iter().collect(),
-        _ => o["spec"]["hosts"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default(),
-    };
-    raw.into_iter()
-        .map(|h| meshtune_agent::plan::qualify_host(h, ns))
-        .collect()
+    Kind::parse(kind)
+        .map(|k| meshtune_agent::write::hosts_of(k, o))
+        .unwrap_or_default()
 }
 
 /// What one pass computed for one sidecar.
@@ -226,8 +199,67 @@ pub fn write_xds(dir: &Path, file: &str, resources: Vec<Value>) -> std::io::Resu
     Ok(true)
 }
 
-/// One pass: read, compute, write what changed. Returns the problems.
-pub fn pass(sidecars: &[SidecarXds], dirs: &[PathBuf]) -> Vec<String> {
+/// The fields meshtune tunes, as in force for a host, in a line:
+/// pool, retries in flight, ejection, route timeout and retries.
+pub fn summary(cluster: &Value, action: &Value) -> String {
+    let t = &cluster["circuit_breakers"]["thresholds"][0];
+    let n = |v: &Value| match v.as_u64() {
+        Some(x) if x == u64::from(u32::MAX) => "∞".to_string(),
+        Some(x) => x.to_string(),
+        None => "∞".to_string(),
+    };
+    let od = &cluster["outlier_detection"];
+    let eject = if od.is_object() {
+        format!(
+            "eject after {} 5xx per {}, {} %",
+            n(&od["consecutive_5xx"]),
+            od["interval"].as_str().unwrap_or("10s"),
+            od["max_ejection_percent"].as_u64().unwrap_or(10)
+        )
+    } else {
+        "no ejection".to_string()
+    };
+    let timeout = match action["timeout"].as_str() {
+        Some("0s") | None => "no timeout".to_string(),
+        Some(t) => format!("timeout {t}"),
+    };
+    let retries = match action["retry_policy"]["num_retries"].as_u64() {
+        Some(r) => format!("{r} retries"),
+        None => "no retries".to_string(),
+    };
+    format!(
+        "pool {} req / {} pending, ≤{} retrying · {eject} · {timeout}, {retries}",
+        n(&t["max_requests"]),
+        n(&t["max_pending_requests"]),
+        n(&t["max_retries"])
+    )
+}
+
+/// Each host's [`summary`] in `configs` (the same in every sidecar that
+/// calls it).
+pub fn summaries(
+    sidecars: &[SidecarXds],
+    configs: &BTreeMap<String, SidecarConfig>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for s in sidecars {
+        let Some(c) = configs.get(&s.name) else {
+            continue;
+        };
+        for (i, u) in s.upstreams.iter().enumerate() {
+            let action = &c.routes["virtual_hosts"][i]["routes"][0]["route"];
+            if let Some(cluster) = c.clusters.get(i) {
+                out.entry(u.service.clone())
+                    .or_insert_with(|| summary(cluster, action));
+            }
+        }
+    }
+    out
+}
+
+/// One pass: read, compute, write what changed. Returns the problems and
+/// each upstream service's [`summary`].
+pub fn pass(sidecars: &[SidecarXds], dirs: &[PathBuf]) -> (Vec<String>, BTreeMap<String, String>) {
     let (objects, mut problems) = read_objects(dirs);
     let (configs, more) = compute(sidecars, &objects);
     problems.extend(more);
@@ -241,7 +273,7 @@ pub fn pass(sidecars: &[SidecarXds], dirs: &[PathBuf]) -> Vec<String> {
             problems.push(format!("{}: writing its configuration: {e}", s.name));
         }
     }
-    problems
+    (problems, summaries(sidecars, &configs))
 }
 
 /// The CDS and RDS sources of a sidecar whose files are in `xds_dir`.
@@ -272,7 +304,12 @@ mod tests {
         let (xds, user) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let s = vec![sidecar(xds.path())];
         let dirs = vec![user.path().to_path_buf()];
-        assert!(pass(&s, &dirs).is_empty());
+        let (problems, summaries) = pass(&s, &dirs);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            summaries["reviews"],
+            "pool ∞ req / ∞ pending, ≤∞ retrying · no ejection · no timeout, 2 retries"
+        );
         let cds: Value =
             serde_json::from_str(&std::fs::read_to_string(xds.path().join("cds.json")).unwrap())
                 .unwrap();
@@ -282,7 +319,12 @@ mod tests {
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    timeout: 2s\n",
         )
         .unwrap();
-        assert!(pass(&s, &dirs).is_empty());
+        let (problems, summaries) = pass(&s, &dirs);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(
+            summaries["reviews"].ends_with("timeout 2s, 2 retries"),
+            "{summaries:?}"
+        );
         let cds: Value =
             serde_json::from_str(&std::fs::read_to_string(xds.path().join("cds.json")).unwrap())
                 .unwrap();
@@ -300,7 +342,7 @@ mod tests {
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n",
         )
         .unwrap();
-        let problems = pass(&s, &dirs);
+        let (problems, _) = pass(&s, &dirs);
         assert!(
             problems
                 .iter()
@@ -309,7 +351,7 @@ mod tests {
         );
         // A file that does not parse is reported.
         std::fs::write(user.path().join("broken.yaml"), "kind: [unclosed").unwrap();
-        let problems = pass(&s, &dirs);
+        let (problems, _) = pass(&s, &dirs);
         assert!(
             problems.iter().any(|p| p.contains("broken.yaml")),
             "{problems:?}"

@@ -196,6 +196,16 @@ fn print_policy(agent_port: u16) {
     println!("{line}");
 }
 
+/// What the sidecars run for each service they call, and since when.
+fn print_in_force(mesh: &Mesh) {
+    println!(
+        "in force (Istio's defaults until a DestinationRule or VirtualService says otherwise):"
+    );
+    for (svc, (line, since)) in mesh.control_plane.in_force() {
+        println!("  {svc:<12} {line} (since {} s)", since.elapsed().as_secs());
+    }
+}
+
 fn print_view(chains: &serde_json::Value, elapsed: u64, rate: f64) {
     println!("\n[{elapsed:>4} s] offered load {rate:.0} req/s");
     println!(
@@ -346,6 +356,7 @@ async fn up(
         if let Some(chains) = mesh.chains_json() {
             print_view(&chains, elapsed, rates.get(idx).copied().unwrap_or(0.0));
             print_policy(mesh.agent_port);
+            print_in_force(&mesh);
         }
         if loader.is_finished() {
             break;

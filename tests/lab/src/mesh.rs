@@ -178,6 +178,18 @@ fn tuning_yaml(opts: &MeshOptions) -> String {
     }
 }
 
+/// The services `s` calls, each once, in name order.
+fn calls_of(s: &ServiceSpec) -> Vec<&'static str> {
+    let mut d: Vec<&'static str> = s
+        .routes
+        .iter()
+        .flat_map(|r| r.calls.iter().map(|c| c.service))
+        .collect();
+    d.sort_unstable();
+    d.dedup();
+    d
+}
+
 pub struct Mesh {
     /// Applies the agent's and the user's objects to the sidecars (stopped
     /// first: fields drop in order, and it writes into `dir`).
@@ -248,13 +260,7 @@ impl Mesh {
         // files, starting from Istio's defaults.
         let mut xds_sidecars = Vec::new();
         for s in &specs {
-            let mut upstreams: Vec<&str> = s
-                .routes
-                .iter()
-                .flat_map(|r| r.calls.iter().map(|c| c.service))
-                .collect();
-            upstreams.sort_unstable();
-            upstreams.dedup();
+            let upstreams = calls_of(s);
             if upstreams.is_empty() {
                 continue;
             }
@@ -283,16 +289,7 @@ impl Mesh {
         for s in specs {
             let app = TcpListener::bind("127.0.0.1:0").await?;
             let app_port = app.local_addr()?.port();
-            let downstream: Vec<&str> = {
-                let mut d: Vec<&str> = s
-                    .routes
-                    .iter()
-                    .flat_map(|r| r.calls.iter().map(|c| c.service))
-                    .collect();
-                d.sort_unstable();
-                d.dedup();
-                d
-            };
+            let downstream = calls_of(&s);
             let outbound_port = if downstream.is_empty() {
                 None
             } else {
@@ -380,6 +377,8 @@ impl Mesh {
 pub struct ControlPlane {
     stop: Arc<std::sync::atomic::AtomicBool>,
     problems: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Per upstream service: what is in force and since when.
+    in_force: Arc<std::sync::Mutex<BTreeMap<String, (String, std::time::Instant)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -388,13 +387,27 @@ impl ControlPlane {
     /// place), then one a second on a thread of its own.
     pub fn start(sidecars: Vec<SidecarXds>, dirs: Vec<std::path::PathBuf>) -> ControlPlane {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let problems = Arc::new(std::sync::Mutex::new(control_plane::pass(&sidecars, &dirs)));
-        let (s, p) = (stop.clone(), problems.clone());
+        let (first, summaries) = control_plane::pass(&sidecars, &dirs);
+        let problems = Arc::new(std::sync::Mutex::new(first));
+        let in_force = Arc::new(std::sync::Mutex::new(
+            summaries
+                .into_iter()
+                .map(|(k, v)| (k, (v, std::time::Instant::now())))
+                .collect::<BTreeMap<_, _>>(),
+        ));
+        let (s, p, f) = (stop.clone(), problems.clone(), in_force.clone());
         let thread = std::thread::spawn(move || {
             let mut reported: Vec<String> = Vec::new();
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                let now = control_plane::pass(&sidecars, &dirs);
+                let (now, summaries) = control_plane::pass(&sidecars, &dirs);
+                if let Ok(mut g) = f.lock() {
+                    for (svc, line) in summaries {
+                        if g.get(&svc).is_none_or(|(l, _)| *l != line) {
+                            g.insert(svc, (line, std::time::Instant::now()));
+                        }
+                    }
+                }
                 if now != reported {
                     for line in now.iter().filter(|l| !reported.contains(l)) {
                         eprintln!("control plane: {line}");
@@ -409,8 +422,14 @@ impl ControlPlane {
         ControlPlane {
             stop,
             problems,
+            in_force,
             thread: Some(thread),
         }
+    }
+
+    /// Per upstream service: the tuned fields in force and since when.
+    pub fn in_force(&self) -> BTreeMap<String, (String, std::time::Instant)> {
+        self.in_force.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// What the last pass could not apply (file and field path).

@@ -130,4 +130,10 @@ async fn the_agents_destination_rules_reach_the_sidecars_and_a_users_rule_wins()
         "{:?}",
         mesh.control_plane.problems()
     );
+    // The live view's line for reviews shows the agent's values.
+    let (line, _) = mesh.control_plane.in_force()["reviews"].clone();
+    assert!(
+        line.contains("eject after") && !line.starts_with("pool ∞"),
+        "{line}"
+    );
 }
