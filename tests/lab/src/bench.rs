@@ -165,6 +165,7 @@ pub async fn filter(opts: BenchOptions) -> anyhow::Result<Vec<VariantResult>> {
                 vec![]
             },
             xds_dir: None,
+            pod: crate::envoy::Pod::only("bench"),
         };
         let (bin, d, boot, admin) = (
             envoy.clone(),

@@ -7,8 +7,10 @@
 //! and a field it cannot translate are reported with the file and the
 //! field path, and change nothing.
 
+pub use crate::istio::Endpoint;
 use crate::istio::{
     apply_destination_rule, apply_http_route, default_cluster, default_route_action,
+    subset_clusters, subset_names, RouteTarget,
 };
 use meshtune_agent::plan::Kind;
 use serde_json::{json, Value};
@@ -21,8 +23,8 @@ pub struct UpstreamService {
     pub service: String,
     pub namespace: String,
     pub port: u16,
-    /// The replicas' addresses (`127.0.0.1`, port).
-    pub endpoints: Vec<(String, u16)>,
+    /// The replicas.
+    pub endpoints: Vec<Endpoint>,
 }
 
 impl UpstreamService {
@@ -40,6 +42,9 @@ impl UpstreamService {
 #[derive(Debug, Clone)]
 pub struct SidecarXds {
     pub name: String,
+    /// The sidecar's own locality (`region/zone/subzone`): locality load
+    /// balancing ranks endpoints by how near they are to it.
+    pub locality: String,
     pub xds_dir: PathBuf,
     pub upstreams: Vec<UpstreamService>,
 }
@@ -142,11 +147,25 @@ pub fn compute(
         let mut vhosts = Vec::new();
         for u in &s.upstreams {
             let host = u.host();
-            let mut cluster = default_cluster(&u.cluster_name(), &u.endpoints);
+            let mut cluster = vec![default_cluster(&u.cluster_name(), &u.endpoints)];
+            let mut target = RouteTarget {
+                cluster: u.cluster_name(),
+                host: host.clone(),
+                namespace: u.namespace.clone(),
+                subsets: vec![],
+            };
             if let Some(dr) = rules.get(&host) {
-                let mut candidate = cluster.clone();
-                match apply_destination_rule(&mut candidate, &dr.object["spec"]) {
-                    Ok(()) => cluster = candidate,
+                // The whole rule applies, or none of it.
+                let spec = &dr.object["spec"];
+                let mut candidate = cluster[0].clone();
+                let applied = apply_destination_rule(&mut candidate, spec, &s.locality).and_then(|()| {
+                    subset_clusters(&u.cluster_name(), &u.service, &u.endpoints, spec, &s.locality)
+                });
+                match applied {
+                    Ok(subsets) => {
+                        cluster = std::iter::once(candidate).chain(subsets).collect();
+                        target.subsets = subset_names(spec);
+                    }
                     Err(e) => problems.push(format!("{}: {e}", dr.file.display())),
                 }
             }
@@ -155,7 +174,7 @@ pub fn compute(
                 let http = &vs.object["spec"]["http"];
                 let mut candidate = action.clone();
                 let applied = match http.as_array().map(Vec::as_slice) {
-                    Some([one]) => apply_http_route(&mut candidate, one, "spec.http[0]"),
+                    Some([one]) => apply_http_route(&mut candidate, one, "spec.http[0]", &target),
                     _ => Err(crate::istio::Untranslated {
                         path: "spec.http".into(),
                         message: "exactly one http route (matches are not translated yet)".into(),
@@ -166,7 +185,7 @@ pub fn compute(
                     Err(e) => problems.push(format!("{}: {e}", vs.file.display())),
                 }
             }
-            clusters.push(cluster);
+            clusters.extend(cluster);
             vhosts.push(json!({
                 "name": format!("{host}:{}", u.port),
                 "domains": [u.service.clone(), format!("{}:{}", u.service, u.port), host.clone(), format!("{host}:{}", u.port)],
@@ -248,7 +267,11 @@ pub fn summaries(
         };
         for (i, u) in s.upstreams.iter().enumerate() {
             let action = &c.routes["virtual_hosts"][i]["routes"][0]["route"];
-            if let Some(cluster) = c.clusters.get(i) {
+            if let Some(cluster) = c
+                .clusters
+                .iter()
+                .find(|c| c["name"] == u.cluster_name().as_str())
+            {
                 out.entry(u.service.clone())
                     .or_insert_with(|| summary(cluster, action));
             }
@@ -289,12 +312,13 @@ mod tests {
     fn sidecar(dir: &Path) -> SidecarXds {
         SidecarXds {
             name: "productpage".into(),
+            locality: crate::services::DEFAULT_LOCALITY.into(),
             xds_dir: dir.to_path_buf(),
             upstreams: vec![UpstreamService {
                 service: "reviews".into(),
                 namespace: "bookinfo".into(),
                 port: 9080,
-                endpoints: vec![("127.0.0.1".into(), 9)],
+                endpoints: vec![Endpoint::local(9)],
             }],
         }
     }

@@ -122,7 +122,30 @@ pub struct SidecarSpec {
     /// Where the lab's control plane writes this sidecar's outbound clusters
     /// and routes (`cds.json`, `rds.json`); `None`: static, as before.
     pub xds_dir: Option<PathBuf>,
+    /// The pod this sidecar belongs to: its name, version label and
+    /// locality (`region/zone/subzone`).
+    pub pod: Pod,
 }
+
+/// A sidecar's pod, as istiod knows it from the pod's labels and node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub version: String,
+    pub locality: String,
+}
+
+impl Pod {
+    /// The only pod of `service`: `SERVICE-1`, version v1, the default locality.
+    pub fn only(service: &str) -> Pod {
+        Pod {
+            name: format!("{service}-1"),
+            version: "v1".into(),
+            locality: crate::services::DEFAULT_LOCALITY.into(),
+        }
+    }
+}
+
 
 pub const AGENT_CLUSTER: &str = "outbound|9090||meshtune-agent.meshtune-system.svc.cluster.local";
 
@@ -265,14 +288,15 @@ impl SidecarSpec {
         serde_json::json!({
             "dynamic_resources": dynamic,
             "node": {
-                "id": format!("sidecar~127.0.0.1~{}-1.{}~{}.svc.cluster.local", self.service, self.namespace, self.namespace),
+                "id": format!("sidecar~127.0.0.1~{}.{}~{}.svc.cluster.local", self.pod.name, self.namespace, self.namespace),
                 "cluster": format!("{}.{}", self.service, self.namespace),
+                "locality": crate::istio::locality_json(&self.pod.locality),
                 "metadata": {
-                    "NAME": format!("{}-1", self.service),
+                    "NAME": self.pod.name,
                     "NAMESPACE": self.namespace,
                     "WORKLOAD_NAME": self.service,
                     "NODE_NAME": "lab-node",
-                    "LABELS": {"app": self.service, "service.istio.io/canonical-name": self.service}
+                    "LABELS": {"app": self.service, "version": self.pod.version, "service.istio.io/canonical-name": self.service}
                 }
             },
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},

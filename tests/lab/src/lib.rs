@@ -12,6 +12,7 @@ pub mod load;
 pub mod mesh;
 pub mod overload;
 pub mod proc;
+pub mod replicas;
 pub mod prometheus;
 pub mod services;
 pub mod trace;

@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         no_tune: bool,
     },
+    /// One replica of a lab service (started by the lab itself).
+    #[command(hide = true)]
+    Replica {
+        /// The service, as JSON.
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        app_port: u16,
+        #[arg(long)]
+        outbound_port: Option<u16>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -113,6 +124,11 @@ fn main() -> anyhow::Result<()> {
 
 fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Replica {
+            spec,
+            app_port,
+            outbound_port,
+        } => rt.block_on(meshtune_lab::replicas::run(spec, app_port, outbound_port)),
         Command::Bench {
             which:
                 BenchCommand::Filter {

@@ -1,11 +1,13 @@
-//! A local mesh: the Bookinfo-shaped services, one real Envoy sidecar per
-//! service running the meshtune filter, and the node agent.
+//! A local mesh: the Bookinfo-shaped services, each replica its own
+//! process with its own real Envoy sidecar running the meshtune filter,
+//! the lab's control plane, and the node agent.
 
-use crate::control_plane::{self, SidecarXds, UpstreamService};
+use crate::control_plane::{self, Endpoint, SidecarXds, UpstreamService};
 use crate::envoy::{
-    find_envoy, find_wasm, Envoy, FilterKind, SidecarSpec, Upstream, AGENT_CLUSTER,
+    find_envoy, find_wasm, Envoy, FilterKind, Pod, SidecarSpec, Upstream, AGENT_CLUSTER,
 };
-use crate::services::{self, ServiceSpec};
+use crate::replicas::{replica_name, Replica};
+use crate::services::{self, ServiceSpec, StatsSnapshot};
 use anyhow::Context;
 use meshtune_agent::{Agent, AgentConfig};
 use std::collections::BTreeMap;
@@ -194,9 +196,13 @@ pub struct Mesh {
     /// Applies the agent's and the user's objects to the sidecars (stopped
     /// first: fields drop in order, and it writes into `dir`).
     pub control_plane: ControlPlane,
+    /// The replicas (before their sidecars, so none outlives the lab).
+    pub replicas: BTreeMap<String, Replica>,
     pub dir: tempfile::TempDir,
     /// The agent's directory sink (its DestinationRules, when it tunes).
     pub desired_dir: std::path::PathBuf,
+    /// One sidecar per replica, by replica name (the first replica of a
+    /// service has the service's name).
     pub envoys: BTreeMap<String, Envoy>,
     /// Where clients enter: productpage's inbound listener.
     pub entry_port: u16,
@@ -204,9 +210,17 @@ pub struct Mesh {
     pub agent: Arc<Agent>,
     agent_stop: watch::Sender<bool>,
     agent_task: Option<JoinHandle<std::io::Result<()>>>,
-    services: Vec<JoinHandle<()>>,
-    /// What each service saw.
-    pub service_stats: BTreeMap<String, std::sync::Arc<services::ServiceStats>>,
+}
+
+/// The ports of one replica and its sidecar.
+#[derive(Debug, Clone)]
+struct ReplicaPorts {
+    name: String,
+    index: usize,
+    inbound: u16,
+    app: u16,
+    admin: u16,
+    outbound: Option<u16>,
 }
 
 impl Mesh {
@@ -249,12 +263,41 @@ impl Mesh {
             rx,
         )));
 
-        // Ports: each service has an app port and a sidecar (inbound, outbound, admin).
+        // Ports: each replica has an app port and a sidecar (inbound,
+        // outbound when it calls others, admin).
         let specs: Vec<ServiceSpec> = opts.services.clone();
-        let mut inbound = BTreeMap::new();
+        let mut ports: BTreeMap<&'static str, Vec<ReplicaPorts>> = BTreeMap::new();
         for s in &specs {
-            inbound.insert(s.name, free_port()?);
+            anyhow::ensure!(!s.replicas.is_empty(), "service {} has no replica", s.name);
+            let calls = !calls_of(s).is_empty();
+            let mut v = Vec::new();
+            for index in 0..s.replicas.len() {
+                v.push(ReplicaPorts {
+                    name: replica_name(s.name, index),
+                    index,
+                    inbound: free_port()?,
+                    app: free_port()?,
+                    admin: free_port()?,
+                    outbound: if calls { Some(free_port()?) } else { None },
+                });
+            }
+            ports.insert(s.name, v);
         }
+        let endpoints_of = |service: &str| -> Vec<Endpoint> {
+            let spec = specs.iter().find(|s| s.name == service);
+            ports[service]
+                .iter()
+                .map(|p| {
+                    let def = spec.and_then(|s| s.replicas.get(p.index));
+                    Endpoint {
+                        address: "127.0.0.1".into(),
+                        port: p.inbound,
+                        version: def.map_or("v1", |d| d.version).to_owned(),
+                        locality: def.map_or(services::DEFAULT_LOCALITY, |d| d.locality).to_owned(),
+                    }
+                })
+                .collect()
+        };
         let config_json = filter_config(&opts);
         // Every sidecar's outbound side comes from the control plane's
         // files, starting from Istio's defaults.
@@ -264,98 +307,119 @@ impl Mesh {
             if upstreams.is_empty() {
                 continue;
             }
-            let xds_dir = dir.path().join("xds").join(s.name);
-            std::fs::create_dir_all(&xds_dir)?;
-            xds_sidecars.push(SidecarXds {
-                name: s.name.to_owned(),
-                xds_dir,
-                upstreams: upstreams
-                    .iter()
-                    .map(|u| UpstreamService {
-                        service: (*u).to_owned(),
-                        namespace: NAMESPACE.to_owned(),
-                        port: 9080,
-                        endpoints: vec![("127.0.0.1".to_owned(), inbound[u])],
-                    })
-                    .collect(),
-            });
+            for p in &ports[s.name] {
+                let xds_dir = dir.path().join("xds").join(&p.name);
+                std::fs::create_dir_all(&xds_dir)?;
+                xds_sidecars.push(SidecarXds {
+                    name: p.name.clone(),
+                    locality: s.replicas[p.index].locality.to_owned(),
+                    xds_dir,
+                    upstreams: upstreams
+                        .iter()
+                        .map(|u| UpstreamService {
+                            service: (*u).to_owned(),
+                            namespace: NAMESPACE.to_owned(),
+                            port: 9080,
+                            endpoints: endpoints_of(u),
+                        })
+                        .collect(),
+                });
+            }
         }
         let mut config_dirs = vec![desired_dir.clone()];
         config_dirs.extend(opts.istio_config_dir.clone());
         let control_plane = ControlPlane::start(xds_sidecars, config_dirs);
         let mut envoys = BTreeMap::new();
-        let mut tasks = Vec::new();
-        let mut service_stats = BTreeMap::new();
-        for s in specs {
-            let app = TcpListener::bind("127.0.0.1:0").await?;
-            let app_port = app.local_addr()?.port();
-            let downstream = calls_of(&s);
-            let outbound_port = if downstream.is_empty() {
-                None
-            } else {
-                Some(free_port()?)
-            };
-            let sidecar = SidecarSpec {
-                service: s.name.to_owned(),
-                namespace: NAMESPACE.to_owned(),
-                admin_port: free_port()?,
-                inbound_port: inbound[s.name],
-                app_port,
-                outbound_port,
-                upstreams: downstream
-                    .iter()
-                    .map(|d| Upstream {
-                        service: (*d).to_owned(),
-                        port: inbound[d],
-                    })
-                    .collect(),
-                agent_port: Some(agent_port),
-                filter: if opts.per_side_plugins {
-                    FilterKind::WasmPerSide {
-                        path: wasm.clone(),
-                        config_json: config_json.clone(),
-                    }
-                } else {
-                    FilterKind::Wasm {
-                        path: wasm.clone(),
-                        config_json: config_json.clone(),
-                    }
-                },
-                concurrency: opts.envoy_concurrency,
-                extra_inbound_filters: if opts.native_adaptive == Some(s.name) {
-                    vec![crate::envoy::native_adaptive_concurrency()]
-                } else {
-                    vec![]
-                },
-                xds_dir: Some(dir.path().join("xds").join(s.name)),
-            };
-            let name = s.name.to_owned();
-            let (task, stats) = services::spawn(s, app, outbound_port);
-            tasks.push(task);
-            service_stats.insert(name.clone(), stats);
-            let (envoy_bin, dir_path, boot) =
-                (envoy.clone(), dir.path().to_owned(), sidecar.bootstrap());
-            let (conc, admin) = (sidecar.concurrency, sidecar.admin_port);
-            let n = name.clone();
-            let e = tokio::task::spawn_blocking(move || {
-                Envoy::start(&envoy_bin, &dir_path, &n, &boot, conc, admin)
-            })
-            .await??;
-            envoys.insert(name, e);
+        let mut replicas = BTreeMap::new();
+        for s in specs.iter() {
+            let downstream = calls_of(s);
+            for p in &ports[s.name] {
+                let def = &s.replicas[p.index];
+                let sidecar = SidecarSpec {
+                    service: s.name.to_owned(),
+                    namespace: NAMESPACE.to_owned(),
+                    admin_port: p.admin,
+                    inbound_port: p.inbound,
+                    app_port: p.app,
+                    outbound_port: p.outbound,
+                    upstreams: downstream
+                        .iter()
+                        .map(|d| Upstream {
+                            service: (*d).to_owned(),
+                            port: ports[d][0].inbound,
+                        })
+                        .collect(),
+                    agent_port: Some(agent_port),
+                    filter: if opts.per_side_plugins {
+                        FilterKind::WasmPerSide {
+                            path: wasm.clone(),
+                            config_json: config_json.clone(),
+                        }
+                    } else {
+                        FilterKind::Wasm {
+                            path: wasm.clone(),
+                            config_json: config_json.clone(),
+                        }
+                    },
+                    concurrency: opts.envoy_concurrency,
+                    extra_inbound_filters: if opts.native_adaptive == Some(s.name) {
+                        vec![crate::envoy::native_adaptive_concurrency()]
+                    } else {
+                        vec![]
+                    },
+                    xds_dir: p
+                        .outbound
+                        .map(|_| dir.path().join("xds").join(&p.name)),
+                    pod: Pod {
+                        name: format!("{}-{}", s.name, p.index + 1),
+                        version: def.version.to_owned(),
+                        locality: def.locality.to_owned(),
+                    },
+                };
+                let (spec, dir_path, pp) = (s.clone(), dir.path().to_owned(), p.clone());
+                let replica = tokio::task::spawn_blocking(move || {
+                    Replica::start(&dir_path, &spec, pp.index, pp.app, pp.outbound)
+                })
+                .await??;
+                replicas.insert(p.name.clone(), replica);
+                let (envoy_bin, dir_path, boot) =
+                    (envoy.clone(), dir.path().to_owned(), sidecar.bootstrap());
+                let (conc, admin) = (sidecar.concurrency, sidecar.admin_port);
+                let n = p.name.clone();
+                let e = tokio::task::spawn_blocking(move || {
+                    Envoy::start(&envoy_bin, &dir_path, &n, &boot, conc, admin)
+                })
+                .await??;
+                envoys.insert(p.name.clone(), e);
+            }
         }
+        let entry_port = ports
+            .get("productpage")
+            .and_then(|v| v.first())
+            .map(|p| p.inbound)
+            .context("the lab needs a productpage service")?;
         Ok(Mesh {
             control_plane,
+            replicas,
             desired_dir,
-            entry_port: inbound["productpage"],
+            entry_port,
             dir,
             envoys,
             agent_port,
             agent,
             agent_stop,
             agent_task,
-            services: tasks,
-            service_stats,
         })
+    }
+
+    /// What the replicas of `service` saw, summed (a replica that is down
+    /// adds nothing).
+    pub fn service_stats(&self, service: &str) -> StatsSnapshot {
+        self.replicas
+            .values()
+            .filter(|r| r.service == service)
+            .filter_map(Replica::stats)
+            .fold(StatsSnapshot::default(), |a, b| a + b)
     }
 
     /// Stops the agent (its port closes); the sidecars keep running.
@@ -450,9 +514,6 @@ impl Drop for ControlPlane {
 impl Drop for Mesh {
     fn drop(&mut self) {
         let _ = self.agent_stop.send(true);
-        for t in &self.services {
-            t.abort();
-        }
     }
 }
 

@@ -6,7 +6,6 @@
 use crate::http::{client, get};
 use crate::mesh::{ChainDef, Mesh, MeshOptions};
 use crate::services::{self, Capacity};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub const HIGH: &str = "ratings-api";
@@ -168,10 +167,8 @@ pub async fn drive(mesh: &Mesh, control: Control, o: &OverloadOptions) -> Overlo
     let start = Instant::now();
     // What `ratings` saw while the measured requests were sent.
     let ratings_counts = || {
-        mesh.service_stats.get("ratings").map_or([0; 4], |s| {
-            [&s.received, &s.arrived_expired, &s.worked, &s.busy_us]
-                .map(|c| c.load(Ordering::Relaxed))
-        })
+        let s = mesh.service_stats("ratings");
+        [s.received, s.arrived_expired, s.worked, s.busy_us]
     };
     let at_start = ratings_counts();
     let mut at_measure_start = None;

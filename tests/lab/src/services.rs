@@ -5,6 +5,13 @@
 //! calls its dependencies through its own sidecar's outbound listener and
 //! propagates the chain header and `x-request-id`, as Istio apps propagate
 //! trace headers.
+//!
+//! Each replica of a service is its own process (`meshtune-lab replica`,
+//! started by [`crate::replicas`]) with its own sidecar, as a pod is: its
+//! service time is real CPU work (calibrated at start) plus waiting, on a
+//! finite worker pool. Two paths answer on the app port only, never through
+//! the sidecar: `GET /lab/stats` (what it saw) and `PUT /lab/fault` (the
+//! fault schedule's slow-down and error share).
 
 use crate::http::{client, HttpClient};
 use http_body_util::Full;
@@ -13,6 +20,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,43 +29,93 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// A downstream call made while serving a path prefix.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
     pub service: &'static str,
     pub path: &'static str,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Route {
     pub prefix: &'static str,
     pub calls: Vec<Call>,
 }
 
 /// A fixed worker pool with a bounded queue: requests beyond both get 503.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Capacity {
     pub workers: usize,
     pub queue: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub name: &'static str,
     pub capacity: Option<Capacity>,
     /// Own work per request: `base_us` plus a deterministic heavy-ish tail.
     pub base_us: u64,
     pub tail_us: u64,
+    /// Of that work, the part spent on the CPU (the rest is waiting, as on
+    /// a database): real instructions, so a CPU limit slows it.
+    pub cpu_us: u64,
     pub routes: Vec<Route>,
+    /// Its replicas (at least one): version and locality of each.
+    pub replicas: Vec<ReplicaDef>,
 }
+
+/// One replica of a service: its version (the subset label `version`) and
+/// locality (`region/zone/subzone`, Istio's form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDef {
+    pub version: &'static str,
+    pub locality: &'static str,
+}
+
+/// The locality every replica has unless placed elsewhere.
+pub const DEFAULT_LOCALITY: &str = "region1/zone1/sub1";
+
+/// One replica, version `v1`, in the default locality.
+pub fn one_replica() -> Vec<ReplicaDef> {
+    vec![ReplicaDef {
+        version: "v1",
+        locality: DEFAULT_LOCALITY,
+    }]
+}
+
+/// The worker pool every lab service has unless given another: finite, as
+/// a real service's is, and well above what the lab's load needs.
+pub const DEFAULT_CAPACITY: Capacity = Capacity {
+    workers: 32,
+    queue: 128,
+};
 
 pub const CHAIN_HEADER: &str = "x-meshtune-chain";
 
-/// The Bookinfo-shaped topology.
+/// Bookinfo as it ships: `reviews` in three versions, here also in two
+/// zones (v1 and v2 beside the callers, v3 in another zone), so subsets,
+/// outlier detection and locality weights have something to act on.
+pub fn bookinfo_with_versions() -> Vec<ServiceSpec> {
+    let mut s = bookinfo();
+    for svc in &mut s {
+        if svc.name == "reviews" {
+            svc.replicas = vec![
+                ReplicaDef { version: "v1", locality: DEFAULT_LOCALITY },
+                ReplicaDef { version: "v2", locality: DEFAULT_LOCALITY },
+                ReplicaDef { version: "v3", locality: "region1/zone2/sub1" },
+            ];
+        }
+    }
+    s
+}
+
+/// The Bookinfo-shaped topology, one replica per service.
 pub fn bookinfo() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec {
             name: "productpage",
-            capacity: None,
+            capacity: Some(DEFAULT_CAPACITY),
+            cpu_us: 300,
+            replicas: one_replica(),
             base_us: 1500,
             tail_us: 3000,
             routes: vec![
@@ -85,14 +143,18 @@ pub fn bookinfo() -> Vec<ServiceSpec> {
         },
         ServiceSpec {
             name: "details",
-            capacity: None,
+            capacity: Some(DEFAULT_CAPACITY),
+            cpu_us: 150,
+            replicas: one_replica(),
             base_us: 800,
             tail_us: 1500,
             routes: vec![],
         },
         ServiceSpec {
             name: "reviews",
-            capacity: None,
+            capacity: Some(DEFAULT_CAPACITY),
+            cpu_us: 400,
+            replicas: one_replica(),
             base_us: 2000,
             tail_us: 4000,
             routes: vec![Route {
@@ -105,7 +167,9 @@ pub fn bookinfo() -> Vec<ServiceSpec> {
         },
         ServiceSpec {
             name: "ratings",
-            capacity: None,
+            capacity: Some(DEFAULT_CAPACITY),
+            cpu_us: 150,
+            replicas: one_replica(),
             base_us: 700,
             tail_us: 2000,
             routes: vec![],
@@ -131,8 +195,8 @@ impl ServiceSpec {
     }
 }
 
-/// What a service saw, for tests.
-#[derive(Debug, Default)]
+/// What a replica saw, for tests and the live view (`GET /lab/stats`).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ServiceStats {
     pub received: AtomicU64,
     /// Requests that arrived with their chain's deadline already past.
@@ -143,6 +207,88 @@ pub struct ServiceStats {
     pub worked: AtomicU64,
     /// Microseconds workers spent on that work, summed over workers.
     pub busy_us: AtomicU64,
+    /// Requests answered with the fault's error status.
+    pub faulted: AtomicU64,
+}
+
+/// The same counts as plain numbers, summed over replicas.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub received: u64,
+    pub arrived_expired: u64,
+    pub overflowed: u64,
+    pub worked: u64,
+    pub busy_us: u64,
+    pub faulted: u64,
+}
+
+impl std::ops::Add for StatsSnapshot {
+    type Output = StatsSnapshot;
+    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            received: self.received + o.received,
+            arrived_expired: self.arrived_expired + o.arrived_expired,
+            overflowed: self.overflowed + o.overflowed,
+            worked: self.worked + o.worked,
+            busy_us: self.busy_us + o.busy_us,
+            faulted: self.faulted + o.faulted,
+        }
+    }
+}
+
+/// A replica's fault, as the fault schedule sets it (`PUT /lab/fault`):
+/// its work takes `slow` times as long, and `error_share` of its requests
+/// are answered `status` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub slow: f64,
+    pub error_share: f64,
+    pub status: u16,
+}
+
+impl Default for Fault {
+    fn default() -> Self {
+        Fault {
+            slow: 1.0,
+            error_share: 0.0,
+            status: 500,
+        }
+    }
+}
+
+/// Spends real CPU time: a calibrated number of hash rounds per microsecond.
+#[derive(Debug, Clone, Copy)]
+pub struct Burner {
+    rounds_per_us: f64,
+}
+
+impl Burner {
+    /// Measures this machine's rounds per microsecond (best of five).
+    pub fn calibrate() -> Burner {
+        const ROUNDS: u64 = 200_000;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            std::hint::black_box(spin(ROUNDS));
+            best = best.min(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Burner {
+            rounds_per_us: ROUNDS as f64 / best.max(1.0),
+        }
+    }
+
+    pub fn burn(&self, us: u64) {
+        std::hint::black_box(spin((us as f64 * self.rounds_per_us) as u64));
+    }
+}
+
+fn spin(rounds: u64) -> u64 {
+    let mut h = 0xcbf29ce484222325u64;
+    for i in 0..rounds {
+        h ^= i;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
 }
 
 struct Ctx {
@@ -152,6 +298,26 @@ struct Ctx {
     workers: Option<Arc<Semaphore>>,
     waiting: AtomicU64,
     stats: Arc<ServiceStats>,
+    fault: std::sync::Mutex<Fault>,
+    /// Requests seen while erring, to answer exactly the share asked.
+    fault_seen: AtomicU64,
+    burner: Burner,
+}
+
+impl Ctx {
+    fn fault(&self) -> Fault {
+        self.fault.lock().map(|f| *f).unwrap_or_default()
+    }
+
+    /// Whether this request is one of the fault's erring share: the n-th
+    /// request errs when ⌊n·p⌋ steps up, so exactly p of them do.
+    fn errs(&self, share: f64) -> bool {
+        if share <= 0.0 {
+            return false;
+        }
+        let n = self.fault_seen.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * share).floor() > (n * share).floor()
+    }
 }
 
 fn now_ms() -> u64 {
@@ -161,10 +327,50 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn text(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// `/lab/stats` and `/lab/fault`, answered on the app port only.
+fn lab_endpoint(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/lab/stats") => text(200, serde_json::to_string(&*ctx.stats).unwrap_or_default()),
+        ("PUT", "/lab/fault") => {
+            let mut f = Fault::default();
+            for (k, v) in req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+            {
+                match k {
+                    "slow" => f.slow = v.parse().unwrap_or(1.0),
+                    "error_share" => f.error_share = v.parse().unwrap_or(0.0),
+                    "status" => f.status = v.parse().unwrap_or(500),
+                    _ => return text(400, format!("unknown fault field {k}\n")),
+                }
+            }
+            if let Ok(mut g) = ctx.fault.lock() {
+                *g = f;
+            }
+            text(200, format!("{f:?}\n"))
+        }
+        _ => text(404, "unknown lab path\n".into()),
+    }
+}
+
 async fn handle(
     ctx: Arc<Ctx>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.uri().path().starts_with("/lab/") {
+        return Ok(lab_endpoint(&ctx, &req));
+    }
     let rid = req
         .headers()
         .get("x-request-id")
@@ -183,6 +389,11 @@ async fn handle(
     if deadline.is_some_and(|d| now_ms() > d) {
         ctx.stats.arrived_expired.fetch_add(1, Ordering::Relaxed);
     }
+    let fault = ctx.fault();
+    if ctx.errs(fault.error_share) {
+        ctx.stats.faulted.fetch_add(1, Ordering::Relaxed);
+        return Ok(text(fault.status, "injected fault\n".into()));
+    }
     // A capacity-limited service works on `workers` requests at a time and
     // lets at most `queue` wait; beyond that it answers 503.
     let _permit = match (&ctx.workers, ctx.spec.capacity) {
@@ -191,10 +402,7 @@ async fn handle(
             if sem.available_permits() == 0 && waiting >= cap.queue as u64 {
                 ctx.waiting.fetch_sub(1, Ordering::Relaxed);
                 ctx.stats.overflowed.fetch_add(1, Ordering::Relaxed);
-                return Ok(Response::builder()
-                    .status(503)
-                    .body(Full::new(Bytes::from_static(b"overloaded\n")))
-                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))));
+                return Ok(text(503, "overloaded\n".into()));
             }
             let permit = sem.clone().acquire_owned().await.ok();
             ctx.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -203,7 +411,12 @@ async fn handle(
         _ => None,
     };
     let work_started = std::time::Instant::now();
-    tokio::time::sleep(ctx.spec.work(&rid)).await;
+    // Real CPU work first, then the rest of the work time waiting; a slow
+    // replica waits longer.
+    let work = ctx.spec.work(&rid).mul_f64(fault.slow.max(0.0));
+    let cpu = Duration::from_micros(ctx.spec.cpu_us).min(work);
+    ctx.burner.burn(cpu.as_micros() as u64);
+    tokio::time::sleep(work.saturating_sub(work_started.elapsed())).await;
     ctx.stats.worked.fetch_add(1, Ordering::Relaxed);
     ctx.stats
         .busy_us
@@ -231,12 +444,7 @@ async fn handle(
             }
         }
     }
-    let body = format!("{} {}\n", ctx.spec.name, path);
-    Ok(Response::builder()
-        .status(status)
-        .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+    Ok(text(status, format!("{} {}\n", ctx.spec.name, path)))
 }
 
 /// Serves `spec` on `listener` until the task is aborted.
@@ -244,6 +452,7 @@ pub fn spawn(
     spec: ServiceSpec,
     listener: TcpListener,
     outbound_port: Option<u16>,
+    burner: Burner,
 ) -> (JoinHandle<()>, Arc<ServiceStats>) {
     let stats = Arc::new(ServiceStats::default());
     let workers = spec.capacity.map(|c| Arc::new(Semaphore::new(c.workers)));
@@ -254,6 +463,9 @@ pub fn spawn(
         workers,
         waiting: AtomicU64::new(0),
         stats: stats.clone(),
+        fault: std::sync::Mutex::new(Fault::default()),
+        fault_seen: AtomicU64::new(0),
+        burner,
     });
     let handle = tokio::spawn(async move {
         loop {
