@@ -311,6 +311,29 @@ impl SidecarSpec {
     }
 }
 
+/// Per outbound cluster (`outbound|PORT|SUBSET|HOST` shortened to
+/// `HOST` or `SUBSET|HOST`), Envoy's `outlier_detection.ejections_enforced_total`.
+pub fn ejections(admin_port: u16) -> Vec<(String, u64)> {
+    let Some((200, body)) =
+        crate::http::get_blocking(admin_port, "/stats?filter=outlier_detection.ejections_enforced_total")
+    else {
+        return vec![];
+    };
+    body.lines()
+        .filter_map(|l| {
+            let (name, n) = l.split_once(": ")?;
+            let cluster = name
+                .strip_prefix("cluster.")?
+                .strip_suffix(".outlier_detection.ejections_enforced_total")?;
+            let short = cluster
+                .strip_prefix("outbound|9080|")
+                .map(|c| c.trim_start_matches('|').split(".svc").next().unwrap_or(c).to_owned())
+                .unwrap_or_else(|| cluster.to_owned());
+            Some((short, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// A running Envoy, killed when dropped.
 pub struct Envoy {
     pub name: String,

@@ -49,6 +49,12 @@ enum Command {
         /// sidecars run Istio's defaults and your objects only.
         #[arg(long)]
         no_tune: bool,
+        /// A fault schedule (YAML): replicas erring, slow or down, load
+        /// surges, the agent killed; times in seconds from the start.
+        /// Shipped scenarios are in tests/lab/scenarios (a bare name such
+        /// as `reviews-v2-errors` finds one there).
+        #[arg(long)]
+        faults: Option<PathBuf>,
     },
     /// One replica of a lab service (started by the lab itself).
     #[command(hide = true)]
@@ -60,6 +66,16 @@ enum Command {
         app_port: u16,
         #[arg(long)]
         outbound_port: Option<u16>,
+    },
+    /// The lab's agent as its own process (started by the lab itself).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        sink_dir: Option<PathBuf>,
+        #[arg(long)]
+        also_read: Option<PathBuf>,
     },
     /// Benchmarks.
     Bench {
@@ -129,6 +145,11 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             app_port,
             outbound_port,
         } => rt.block_on(meshtune_lab::replicas::run(spec, app_port, outbound_port)),
+        Command::Agent {
+            config,
+            sink_dir,
+            also_read,
+        } => rt.block_on(meshtune_lab::replicas::run_agent(config, sink_dir, also_read)),
         Command::Bench {
             which:
                 BenchCommand::Filter {
@@ -158,15 +179,17 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             seconds_per_minute,
             istio_config,
             no_tune,
-        } => rt.block_on(up(
+            faults,
+        } => rt.block_on(up(UpOptions {
             duration,
-            trace,
+            trace_path: trace,
             offset,
-            peak_rps,
-            seconds_per_minute,
+            peak: peak_rps,
+            spm: seconds_per_minute,
             istio_config,
-            !no_tune,
-        )),
+            tune: !no_tune,
+            faults,
+        })),
     }
 }
 
@@ -222,6 +245,22 @@ fn print_in_force(mesh: &Mesh) {
     }
 }
 
+/// Outlier ejections so far, per calling sidecar and upstream cluster
+/// (Envoy's `outlier_detection.ejections_enforced_total`), when any.
+fn print_ejections(mesh: &Mesh) {
+    let mut parts = Vec::new();
+    for (name, e) in &mesh.envoys {
+        for (cluster, n) in meshtune_lab::envoy::ejections(e.admin_port) {
+            if n > 0 {
+                parts.push(format!("{name} → {cluster}: {n}"));
+            }
+        }
+    }
+    if !parts.is_empty() {
+        println!("ejections: {}", parts.join(", "));
+    }
+}
+
 fn print_view(chains: &serde_json::Value, elapsed: u64, rate: f64) {
     println!("\n[{elapsed:>4} s] offered load {rate:.0} req/s");
     println!(
@@ -258,7 +297,7 @@ fn print_view(chains: &serde_json::Value, elapsed: u64, rate: f64) {
     }
 }
 
-async fn up(
+struct UpOptions {
     duration: u64,
     trace_path: Option<PathBuf>,
     offset: usize,
@@ -266,7 +305,36 @@ async fn up(
     spm: f64,
     istio_config: Option<PathBuf>,
     tune: bool,
-) -> anyhow::Result<()> {
+    faults: Option<PathBuf>,
+}
+
+/// A fault file's path: as given, or a shipped scenario by name.
+fn scenario_path(p: PathBuf) -> PathBuf {
+    if p.exists() {
+        return p;
+    }
+    let shipped = meshtune_lab::faults::scenarios_dir().join(&p);
+    let with_ext = shipped.with_extension("yaml");
+    if shipped.is_file() {
+        shipped
+    } else if with_ext.is_file() {
+        with_ext
+    } else {
+        p
+    }
+}
+
+async fn up(o: UpOptions) -> anyhow::Result<()> {
+    let UpOptions {
+        duration,
+        trace_path,
+        offset,
+        peak,
+        spm,
+        istio_config,
+        tune,
+        faults,
+    } = o;
     let path = trace_path.unwrap_or_else(|| trace::traces_dir().join("worldcup98_1min.csv"));
     let counts = trace::read_counts(&path)?;
     let steps = if duration == 0 {
@@ -275,19 +343,37 @@ async fn up(
         ((duration as f64 / spm).ceil() as usize).max(1)
     };
     let offset = offset.min(counts.len().saturating_sub(steps));
-    let rates = trace::scaled(&counts, offset, steps, peak);
-    println!("meshtune-lab: starting 4 services with Envoy sidecars, the filter and the agent ...");
+    let services = meshtune_lab::services::bookinfo_with_versions();
+    let replica_names: Vec<String> = services
+        .iter()
+        .flat_map(|s| (0..s.replicas.len()).map(|i| meshtune_lab::replicas::replica_name(s.name, i)))
+        .collect();
+    // The schedule is checked before anything starts.
+    let schedule = match faults {
+        Some(f) => Some(meshtune_lab::faults::Schedule::load(&scenario_path(f), &replica_names)?),
+        None => None,
+    };
+    let mut rates = trace::scaled(&counts, offset, steps, peak);
+    if let Some(s) = &schedule {
+        rates = s.surged(&rates, spm);
+    }
+    println!(
+        "meshtune-lab: starting {} services ({} replicas, each its own process with an Envoy sidecar), the filter and the agent ...",
+        services.len(),
+        replica_names.len()
+    );
     // With data-path control on: deadlines, retry budgets, adaptive
     // concurrency, steered by the agent's policy (printed as it changes).
     if let Some(d) = &istio_config {
         std::fs::create_dir_all(d)
             .with_context(|| format!("--istio-config {}: cannot create it", d.display()))?;
     }
-    let mesh = Mesh::start(MeshOptions {
+    let mut mesh = Mesh::start(MeshOptions {
         agent_window_secs: 30,
         control: true,
         tune,
         istio_config_dir: istio_config.clone(),
+        services,
         ..MeshOptions::default()
     })
     .await?;
@@ -305,23 +391,32 @@ async fn up(
         "load: {} from minute {offset}, {steps} minutes at {spm} s each, peak {peak} req/s",
         path.display()
     );
+    if let Some(s) = &schedule {
+        println!("faults: {}", s.description);
+        for (t, a) in s.actions() {
+            println!("  at {t:>5.0} s  {a}");
+        }
+    }
     println!(
         "entry (productpage sidecar):  http://127.0.0.1:{}/productpage",
         mesh.entry_port
-    );
-    println!(
-        "agent chains view:            http://127.0.0.1:{}/v1/chains",
-        mesh.agent_port
-    );
-    println!(
-        "agent metrics:                http://127.0.0.1:{}/metrics",
-        mesh.agent_port
     );
     for (name, e) in &mesh.envoys {
         println!(
             "sidecar {name:<12} stats:   http://127.0.0.1:{}/stats/prometheus",
             e.admin_port
         );
+    }
+    for (name, r) in &mesh.replicas {
+        if let Some(e) = mesh.envoys.get(name) {
+            println!(
+                "  {name:<12} version {}, {}, pid {}, admin http://127.0.0.1:{}/config_dump",
+                r.def.version,
+                r.def.locality,
+                r.pid().unwrap_or(0),
+                e.admin_port
+            );
+        }
     }
     if let Some(p) = &prom {
         println!("prometheus:                   http://127.0.0.1:{}/graph?g0.expr=meshtune_chain_requests_total", p.port);
@@ -341,6 +436,14 @@ async fn up(
             d.display()
         );
     }
+    println!(
+        "agent metrics:                http://127.0.0.1:{}/metrics",
+        mesh.agent_port
+    );
+    println!(
+        "agent chains view:            http://127.0.0.1:{}/v1/chains",
+        mesh.agent_port
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let entry = mesh.entry_port;
     let rates_for_load = rates.clone();
@@ -355,8 +458,11 @@ async fn up(
         .await
     });
     let started = std::time::Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    // A short tick for the fault schedule, the view every five seconds.
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
     ticker.tick().await;
+    let mut last_view = 0;
+    let mut runner = schedule.as_ref().map(meshtune_lab::faults::Runner::new);
     let mut stop = lifecycle::stop_requested();
     if std::env::var_os("MESHTUNE_LAB_PANIC_WHEN_UP").is_some() {
         // For the test that a panic leaves no process behind.
@@ -367,12 +473,26 @@ async fn up(
             _ = ticker.tick() => {}
             _ = stop.changed() => { let _ = stop_tx.send(true); break; }
         }
-        let elapsed = started.elapsed().as_secs();
-        let idx = ((elapsed as f64 / spm) as usize).min(rates.len().saturating_sub(1));
-        if let Some(chains) = mesh.chains_json() {
-            print_view(&chains, elapsed, rates.get(idx).copied().unwrap_or(0.0));
-            print_policy(mesh.agent_port);
-            print_in_force(&mesh);
+        let elapsed_s = started.elapsed().as_secs_f64();
+        if let Some(r) = runner.as_mut() {
+            for (t, action) in r.due(elapsed_s) {
+                let result = tokio::task::block_in_place(|| meshtune_lab::faults::apply(&mut mesh, &action));
+                match result {
+                    Ok(()) => println!("\n[{t:>4.0} s] FAULT: {action}"),
+                    Err(e) => println!("\n[{t:>4.0} s] FAULT: {action}: could not be done: {e:#}"),
+                }
+            }
+        }
+        let elapsed = elapsed_s as u64;
+        if elapsed >= last_view + 5 {
+            last_view = elapsed;
+            let idx = ((elapsed as f64 / spm) as usize).min(rates.len().saturating_sub(1));
+            if let Some(chains) = mesh.chains_json() {
+                print_view(&chains, elapsed, rates.get(idx).copied().unwrap_or(0.0));
+                print_policy(mesh.agent_port);
+                print_in_force(&mesh);
+                print_ejections(&mesh);
+            }
         }
         if loader.is_finished() {
             break;

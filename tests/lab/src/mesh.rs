@@ -6,16 +6,13 @@ use crate::control_plane::{self, Endpoint, SidecarXds, UpstreamService};
 use crate::envoy::{
     find_envoy, find_wasm, Envoy, FilterKind, Pod, SidecarSpec, Upstream, AGENT_CLUSTER,
 };
-use crate::replicas::{replica_name, Replica};
+use crate::replicas::{replica_name, AgentProcess, Replica};
 use crate::services::{self, ServiceSpec, StatsSnapshot};
 use anyhow::Context;
-use meshtune_agent::{Agent, AgentConfig};
+use meshtune_agent::AgentConfig;
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub const NAMESPACE: &str = "bookinfo";
 pub const TOKEN: &str = "lab-token";
@@ -207,9 +204,8 @@ pub struct Mesh {
     /// Where clients enter: productpage's inbound listener.
     pub entry_port: u16,
     pub agent_port: u16,
-    pub agent: Arc<Agent>,
-    agent_stop: watch::Sender<bool>,
-    agent_task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The agent's process (stopped, killed and restarted by faults).
+    pub agent: AgentProcess,
 }
 
 /// The ports of one replica and its sidecar.
@@ -234,34 +230,29 @@ impl Mesh {
             eprintln!("lab files kept in {}", dir.path().display());
         }
 
-        // The agent, in-process.
+        // The agent, as its own process.
         let agent_port = free_port()?;
         let mut yaml = agent_config_yaml(agent_port, &dir.path().join("agent-data"), &opts);
         yaml.push_str(&tuning_yaml(&opts));
-        std::fs::write(dir.path().join("agent.yaml"), &yaml)?;
-        let cfg = AgentConfig::parse(&yaml, "agent.yaml")?;
-        let agent = Agent::open(cfg, meshtune_agent::now_secs())?;
-        let listener = TcpListener::bind(("127.0.0.1", agent_port))
-            .await
-            .context("binding the agent port")?;
-        let (agent_stop, rx) = watch::channel(false);
-        // Where the agent's objects go when it tunes, read by the control plane.
+        let agent_yaml = dir.path().join("agent.yaml");
+        std::fs::write(&agent_yaml, &yaml)?;
+        // Checked here, so a bad configuration is this call's error.
+        AgentConfig::parse(&yaml, "agent.yaml")?;
+        // Where the agent's objects go when it tunes, read by the control
+        // plane; it sees the user's directory as it would see the cluster.
         let desired_dir = dir.path().join("desired");
-        if opts.tune {
-            // It sees the user's directory as it would see the cluster.
-            let sink = meshtune_agent::write::dir::DirSink::new(&desired_dir)?
-                .also_reading(opts.istio_config_dir.iter().cloned().collect());
-            tokio::spawn(meshtune_agent::app::tuner::run_local(
-                agent.clone(),
-                sink,
-                rx.clone(),
-            ));
-        }
-        let agent_task = Some(tokio::spawn(meshtune_agent::app::serve(
-            agent.clone(),
-            listener,
-            rx,
-        )));
+        let agent = {
+            let (d, y, sink, user) = (
+                dir.path().to_owned(),
+                agent_yaml.clone(),
+                opts.tune.then(|| desired_dir.clone()),
+                opts.istio_config_dir.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                AgentProcess::start(&d, &y, agent_port, sink.as_deref(), user.as_deref())
+            })
+            .await??
+        };
 
         // Ports: each replica has an app port and a sidecar (inbound,
         // outbound when it calls others, admin).
@@ -407,8 +398,6 @@ impl Mesh {
             envoys,
             agent_port,
             agent,
-            agent_stop,
-            agent_task,
         })
     }
 
@@ -424,10 +413,7 @@ impl Mesh {
 
     /// Stops the agent (its port closes); the sidecars keep running.
     pub async fn stop_agent(&mut self) {
-        let _ = self.agent_stop.send(true);
-        if let Some(t) = self.agent_task.take() {
-            let _ = t.await;
-        }
+        tokio::task::block_in_place(|| self.agent.stop());
     }
 
     pub fn chains_json(&self) -> Option<serde_json::Value> {
@@ -511,11 +497,6 @@ impl Drop for ControlPlane {
     }
 }
 
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = self.agent_stop.send(true);
-    }
-}
 
 /// Field of chain `name` in a `/v1/chains` answer.
 pub fn chain<'a>(chains: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {

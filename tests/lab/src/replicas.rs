@@ -97,15 +97,8 @@ impl Replica {
         if let Some(p) = self.outbound_port {
             c.args(["--outbound-port", &p.to_string()]);
         }
-        // The replica dies with the lab even when the lab is killed.
-        // SAFETY: prctl(2) is async-signal-safe; nothing else runs here.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            c.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // Adopted below: it ends with the lab (no PR_SET_PDEATHSIG, which
+        // fires when the spawning thread ends, a pool thread here).
         let child = c
             .stdout(Stdio::null())
             .stderr(log)
@@ -195,5 +188,145 @@ pub async fn run(spec_json: String, app_port: u16, outbound_port: Option<u16>) -
         .with_context(|| format!("binding 127.0.0.1:{app_port}"))?;
     let (task, _) = services::spawn(spec, listener, outbound_port, burner);
     task.await.context("the replica's server stopped")?;
+    Ok(())
+}
+
+/// The lab's agent as its own process (`meshtune-lab agent`): the agent
+/// library's server and, when it tunes, its directory sink in apply mode.
+pub struct AgentProcess {
+    pub port: u16,
+    args: Vec<String>,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Starts the agent with `config` (YAML file); `sink_dir` when it tunes,
+    /// `also_read`: the user's directory it sees as the cluster's.
+    pub fn start(
+        dir: &Path,
+        config: &Path,
+        port: u16,
+        sink_dir: Option<&Path>,
+        also_read: Option<&Path>,
+    ) -> anyhow::Result<AgentProcess> {
+        let mut args = vec!["agent".to_owned(), "--config".into(), config.display().to_string()];
+        if let Some(d) = sink_dir {
+            args.extend(["--sink-dir".into(), d.display().to_string()]);
+        }
+        if let Some(d) = also_read {
+            args.extend(["--also-read".into(), d.display().to_string()]);
+        }
+        let mut a = AgentProcess {
+            port,
+            args,
+            log_path: dir.join("agent.log"),
+            child: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let exe = lab_exe()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut c = Command::new(&exe);
+        c.args(&self.args);
+        let child = c
+            .env("MESHTUNE_LOG", std::env::var("MESHTUNE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} agent", exe.display()))?;
+        crate::lifecycle::adopt(child.id());
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                bail!("the agent exited with {status}: {log}");
+            }
+            if crate::http::get_blocking(self.port, "/healthz").is_some_and(|(s, _)| s == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not answer in 30 s; see {}", self.log_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal_and_wait(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the child we spawned.
+            unsafe { libc::kill(c.id() as i32, signal) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            crate::lifecycle::release(c.id());
+        }
+    }
+
+    /// Stops it as Kubernetes stops a pod (SIGTERM: it saves its state).
+    pub fn stop(&mut self) {
+        self.signal_and_wait(libc::SIGTERM);
+    }
+
+    /// Kills it (`-9`): nothing saved beyond its last periodic write.
+    pub fn kill(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+    }
+
+    /// Starts it again with the same arguments (its store is reopened).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The body of `meshtune-lab agent`.
+pub async fn run_agent(
+    config: PathBuf,
+    sink_dir: Option<PathBuf>,
+    also_read: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let yaml = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    let cfg = meshtune_agent::AgentConfig::parse(&yaml, &config.display().to_string())?;
+    let listen = cfg.listen;
+    let agent = meshtune_agent::Agent::open(cfg, meshtune_agent::now_secs())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+        }
+        let _ = tx.send(true);
+    });
+    if let Some(d) = sink_dir {
+        let sink = meshtune_agent::write::dir::DirSink::new(&d)?
+            .also_reading(also_read.into_iter().collect());
+        tokio::spawn(meshtune_agent::app::tuner::run_local(agent.clone(), sink, rx.clone()));
+    }
+    meshtune_agent::app::serve(agent, listener, rx).await?;
     Ok(())
 }

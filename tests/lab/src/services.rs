@@ -309,14 +309,16 @@ impl Ctx {
         self.fault.lock().map(|f| *f).unwrap_or_default()
     }
 
-    /// Whether this request is one of the fault's erring share: the n-th
-    /// request errs when ⌊n·p⌋ steps up, so exactly p of them do.
+    /// Whether this request is one of the fault's erring share: drawn
+    /// from a fixed pseudo-random sequence, so runs of errors occur as
+    /// they do in a real failing replica (an even spread would never give
+    /// outlier detection the consecutive errors it counts).
     fn errs(&self, share: f64) -> bool {
         if share <= 0.0 {
             return false;
         }
-        let n = self.fault_seen.fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * share).floor() > (n * share).floor()
+        let n = self.fault_seen.fetch_add(1, Ordering::Relaxed);
+        (hash(&n.to_le_bytes(), 0x5eed) % 1_000_000) as f64 / 1_000_000.0 < share
     }
 }
 
