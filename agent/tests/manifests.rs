@@ -500,7 +500,7 @@ fn the_committed_crd_is_what_the_code_generates() {
 }
 
 #[test]
-fn every_destination_rule_the_agent_generates_validates_against_istio() {
+fn every_destination_rule_and_virtual_service_the_agent_generates_validates_against_istio() {
     use meshtune_agent::config::{Locality, TrafficSpec};
     use meshtune_agent::plan::observe::ServiceObservation;
     use meshtune_agent::plan::traffic::desired;
@@ -538,6 +538,15 @@ fn every_destination_rule_the_agent_generates_validates_against_istio() {
     assert_eq!(rules.len(), 3);
     for r in rules {
         let errors = check(&schema, &r.object, &r.name);
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+    // And every VirtualService: with retries, and with none that fit.
+    let vs_schema = istio_schema("VirtualService", "networking.istio.io/v1").unwrap();
+    let budgets = [("svc-1".to_string(), 5000), ("svc-2".to_string(), 40)].into();
+    let routes = meshtune_agent::plan::traffic::desired_routes(&obs, &budgets);
+    assert_eq!(routes.len(), 2);
+    for r in routes {
+        let errors = check(&vs_schema, &r.object, &r.name);
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }
 }
@@ -612,10 +621,20 @@ async fn the_directory_sink_round_trips_valid_objects_and_touches_only_its_own_f
     let outcomes = tuner
         .round(&agent, &window, secs, &BTreeSet::new(), true, now)
         .await;
-    let by_name: std::collections::BTreeMap<String, String> = outcomes
-        .iter()
-        .map(|(k, o)| (k.2.clone(), format!("{o:?}")))
-        .collect();
+    // The DestinationRules; the user's rules leave the routes to meshtune.
+    let of_kind = |kind: meshtune_agent::plan::Kind| -> std::collections::BTreeMap<String, String> {
+        outcomes
+            .iter()
+            .filter(|(k, _)| k.0 == kind)
+            .map(|(k, o)| (k.2.clone(), format!("{o:?}")))
+            .collect()
+    };
+    let by_name = of_kind(meshtune_agent::plan::Kind::DestinationRule);
+    let routes = of_kind(meshtune_agent::plan::Kind::VirtualService);
+    assert!(
+        routes.values().all(|o| o == "Applied") && routes.contains_key("reviews"),
+        "a route for each service the chain gives a hop budget: {routes:?}"
+    );
     assert_eq!(by_name["productpage"], "Applied", "{by_name:?}");
     assert!(
         by_name["ratings"].starts_with("UserOwned(\"ratings-by-team\")"),

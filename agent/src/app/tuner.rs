@@ -7,7 +7,7 @@
 use crate::app::agent::Agent;
 use crate::data::aggregate::ChainAgg;
 use crate::plan::observe::observe;
-use crate::plan::traffic::desired;
+use crate::plan::traffic::{desired, desired_routes, widest_hop_budgets};
 use crate::write::guard::{label, Guard, GuardConfig, Mode};
 use crate::write::{Outcome, Sink};
 use serde_json::json;
@@ -86,7 +86,11 @@ impl<S: Sink + Sync> Tuner<S> {
             .iter()
             .filter_map(|(svc, spec)| Some((svc.clone(), spec.locality.as_ref()?.to_locality()?)))
             .collect();
-        let objects = desired(&obs, &locality, &agent.config.traffic);
+        let mut objects = desired(&obs, &locality, &agent.config.traffic);
+        // Route timeouts and retries where the chains give a hop budget.
+        if let Some(policy) = agent.current_policy(now_s * 1000) {
+            objects.extend(desired_routes(&obs, &widest_hop_budgets(&policy)));
+        }
         let attainment: BTreeMap<String, f64> = obs
             .iter()
             .filter_map(|o| {

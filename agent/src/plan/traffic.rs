@@ -5,6 +5,18 @@
 //! configuration (or placement) says so. Only these fields are sent, so
 //! server-side apply makes meshtune the owner of these fields alone. Every
 //! value comes with its reason.
+//!
+//! And the VirtualServices: a route timeout and retries per service, from
+//! the per-hop budgets the chains' deadlines give it ([`desired_routes`]).
+//! One owner per knob: for chain traffic with the filter's control on, the
+//! filter's per-request headers (`x-envoy-upstream-rq-timeout-ms`,
+//! `x-envoy-max-retries`, `x-envoy-retry-on`) set the timeout and retries,
+//! and Envoy lets them override the route's; the route's values are what
+//! the rest gets: traffic the filter does not put on a chain, and every
+//! request while the filter fails open. So the route timeout is the widest
+//! budget any chain gives the hop (no chain's request is cut shorter by the
+//! route than its own budget allows), and its retries are only those that
+//! are safe for any method.
 
 use crate::config::{Locality, TrafficSpec};
 use crate::plan::observe::ServiceObservation;
@@ -35,6 +47,105 @@ pub fn consecutive_errors(error_rate: f64, runs: f64, false_rate: f64) -> u32 {
     }
     let k = ((false_rate / runs.max(1.0)).ln() / error_rate.ln()).ceil();
     (k.max(0.0) as u32).clamp(lo, hi)
+}
+
+/// Retry conditions safe for a request of any method: the request never
+/// reached the application (connection refused or reset before a byte, a
+/// stream refused, the host unavailable). Never `5xx` or `reset`: a POST
+/// that failed there may have been processed.
+pub const IDEMPOTENT_SAFE_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled";
+/// At most this many retries on a route (Istio's default attempts).
+const MAX_ROUTE_RETRIES: u32 = 2;
+
+/// The VirtualService for each observed service that chains give a hop
+/// budget (`hop_budget_ms`: service → the widest budget of any chain
+/// through it, ms). Timeout: that budget. Retries: as many as fit in it at
+/// the observed latency (each try may take the percentile planned for),
+/// at most Istio's default two, each try cut at an equal share.
+pub fn desired_routes(
+    observations: &[ServiceObservation],
+    hop_budget_ms: &BTreeMap<String, u64>,
+) -> Vec<DesiredObject> {
+    observations
+        .iter()
+        .filter_map(|o| {
+            let budget = *hop_budget_ms.get(&o.service)?;
+            Some(desired_route(o, budget))
+        })
+        .collect()
+}
+
+fn desired_route(o: &ServiceObservation, budget_ms: u64) -> DesiredObject {
+    let mut reasons = BTreeMap::new();
+    let p = o.percentile;
+    reasons.insert(
+        "http[0].timeout".into(),
+        format!("the widest per-hop budget any chain through {} gives it ({budget_ms} ms): chain requests carry their own, tighter timeout from the filter; this one is for other traffic and while the filter fails open", o.service),
+    );
+    let tries_that_fit = if o.latency_ms > 0.0 {
+        (budget_ms as f64 / o.latency_ms).floor() as u32
+    } else {
+        MAX_ROUTE_RETRIES + 1
+    };
+    let attempts = tries_that_fit.saturating_sub(1).min(MAX_ROUTE_RETRIES);
+    let per_try = (budget_ms / u64::from(attempts + 1)).max(1);
+    reasons.insert(
+        "http[0].retries.attempts".into(),
+        format!(
+            "{budget_ms} ms budget / p{p} {:.1} ms = {tries_that_fit} tries fit; at most Istio's default {MAX_ROUTE_RETRIES} retries",
+            o.latency_ms
+        ),
+    );
+    reasons.insert(
+        "http[0].retries.perTryTimeout".into(),
+        format!("the budget shared equally by {} tries", attempts + 1),
+    );
+    reasons.insert(
+        "http[0].retries.retryOn".into(),
+        "only failures before the request reached the service, safe for any method (no 5xx, no reset)".into(),
+    );
+    let host = format!("{}.{}.svc.cluster.local", o.service, o.namespace);
+    let retries = if attempts == 0 {
+        json!({"attempts": 0})
+    } else {
+        json!({"attempts": attempts, "perTryTimeout": format!("{per_try}ms"), "retryOn": IDEMPOTENT_SAFE_RETRY_ON})
+    };
+    DesiredObject {
+        kind: Kind::VirtualService,
+        namespace: o.namespace.clone(),
+        name: o.service.clone(),
+        host: host.clone(),
+        object: json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {
+                "name": o.service,
+                "namespace": o.namespace,
+                "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}
+            },
+            "spec": {
+                "hosts": [host],
+                "http": [{
+                    "route": [{"destination": {"host": host}}],
+                    "timeout": format!("{budget_ms}ms"),
+                    "retries": retries
+                }]
+            }
+        }),
+        reasons,
+    }
+}
+
+/// The widest budget each service gets from any chain (service → ms).
+pub fn widest_hop_budgets(policy: &meshtune_filter_core::control::Policy) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for c in policy.chains.values() {
+        for (svc, ms) in &c.hop_budget_ms {
+            let e = out.entry(svc.clone()).or_insert(0);
+            *e = (*e).max(*ms);
+        }
+    }
+    out
 }
 
 /// The DestinationRule for each observation, with locality settings where given.
@@ -281,5 +392,47 @@ mod tests {
         assert_eq!(lb["failover"][0]["to"], "cloud");
         let lb = &tp(&rules[1])["loadBalancer"]["localityLbSetting"];
         assert_eq!(lb["distribute"][0]["to"]["edge/*"], 80);
+    }
+
+    #[test]
+    fn routes_get_the_widest_hop_budget_and_retries_that_fit_and_are_safe_for_any_method() {
+        let fast = obs("reviews", 20.0, 30.0, 0.0);
+        let slow = obs("ratings", 20.0, 90.0, 0.0);
+        let budgets: BTreeMap<String, u64> =
+            [("reviews".to_string(), 120), ("ratings".to_string(), 100)].into();
+        let objs = desired_routes(&[fast, slow, obs("details", 5.0, 3.0, 0.0)], &budgets);
+        assert_eq!(objs.len(), 2, "no budget, no route: details");
+        let http = &objs[0].object["spec"]["http"][0];
+        assert_eq!(objs[0].kind, Kind::VirtualService);
+        assert_eq!(http["timeout"], "120ms");
+        // 120 / 30 = 4 tries fit: Istio's default 2 retries, 40 ms each.
+        assert_eq!(http["retries"]["attempts"], 2);
+        assert_eq!(http["retries"]["perTryTimeout"], "40ms");
+        assert_eq!(http["retries"]["retryOn"], IDEMPOTENT_SAFE_RETRY_ON);
+        assert!(
+            !IDEMPOTENT_SAFE_RETRY_ON.contains("5xx")
+                && !IDEMPOTENT_SAFE_RETRY_ON.contains("reset")
+        );
+        // 100 / 90: one try fits, no retry.
+        assert_eq!(
+            objs[1].object["spec"]["http"][0]["retries"],
+            json!({"attempts": 0})
+        );
+        assert!(objs[0].reasons["http[0].timeout"].contains("120 ms"));
+    }
+
+    #[test]
+    fn the_widest_budget_of_the_chains_through_a_service_is_its_route_timeout() {
+        let policy: meshtune_filter_core::control::Policy = serde_json::from_value(json!({
+            "version": 1, "ttl_ms": 1,
+            "chains": {
+                "a": {"budget_ms": 400, "hop_budget_ms": {"ratings": 50, "reviews": 200}},
+                "b": {"budget_ms": 400, "hop_budget_ms": {"ratings": 70}}
+            }
+        }))
+        .unwrap();
+        let w = widest_hop_budgets(&policy);
+        assert_eq!(w["ratings"], 70);
+        assert_eq!(w["reviews"], 200);
     }
 }

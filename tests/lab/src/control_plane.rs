@@ -158,9 +158,16 @@ pub fn compute(
                 // The whole rule applies, or none of it.
                 let spec = &dr.object["spec"];
                 let mut candidate = cluster[0].clone();
-                let applied = apply_destination_rule(&mut candidate, spec, &s.locality).and_then(|()| {
-                    subset_clusters(&u.cluster_name(), &u.service, &u.endpoints, spec, &s.locality)
-                });
+                let applied =
+                    apply_destination_rule(&mut candidate, spec, &s.locality).and_then(|()| {
+                        subset_clusters(
+                            &u.cluster_name(),
+                            &u.service,
+                            &u.endpoints,
+                            spec,
+                            &s.locality,
+                        )
+                    });
                 match applied {
                     Ok(subsets) => {
                         cluster = std::iter::once(candidate).chain(subsets).collect();

@@ -146,7 +146,6 @@ impl Pod {
     }
 }
 
-
 pub const AGENT_CLUSTER: &str = "outbound|9090||meshtune-agent.meshtune-system.svc.cluster.local";
 
 fn cluster(name: &str, port: u16) -> serde_json::Value {
@@ -314,9 +313,10 @@ impl SidecarSpec {
 /// Per outbound cluster (`outbound|PORT|SUBSET|HOST` shortened to
 /// `HOST` or `SUBSET|HOST`), Envoy's `outlier_detection.ejections_enforced_total`.
 pub fn ejections(admin_port: u16) -> Vec<(String, u64)> {
-    let Some((200, body)) =
-        crate::http::get_blocking(admin_port, "/stats?filter=outlier_detection.ejections_enforced_total")
-    else {
+    let Some((200, body)) = crate::http::get_blocking(
+        admin_port,
+        "/stats?filter=outlier_detection.ejections_enforced_total",
+    ) else {
         return vec![];
     };
     body.lines()
@@ -327,7 +327,13 @@ pub fn ejections(admin_port: u16) -> Vec<(String, u64)> {
                 .strip_suffix(".outlier_detection.ejections_enforced_total")?;
             let short = cluster
                 .strip_prefix("outbound|9080|")
-                .map(|c| c.trim_start_matches('|').split(".svc").next().unwrap_or(c).to_owned())
+                .map(|c| {
+                    c.trim_start_matches('|')
+                        .split(".svc")
+                        .next()
+                        .unwrap_or(c)
+                        .to_owned()
+                })
                 .unwrap_or_else(|| cluster.to_owned());
             Some((short, n.trim().parse().ok()?))
         })

@@ -47,7 +47,11 @@ struct EntryFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FaultKind {
     /// `share` of the replica's requests are answered `status` at once.
-    Errors { replica: String, share: f64, status: u16 },
+    Errors {
+        replica: String,
+        share: f64,
+        status: u16,
+    },
     /// The replica's work takes `factor` times as long.
     Slow { replica: String, factor: f64 },
     /// The replica's process is killed, and started again at `to`.
@@ -106,14 +110,19 @@ impl Schedule {
                 }
             }
             let replica = || -> Result<String, String> {
-                let r = e
-                    .replica
-                    .clone()
-                    .ok_or_else(|| format!("{at}.replica: which replica (one of {})", replicas.join(", ")))?;
+                let r = e.replica.clone().ok_or_else(|| {
+                    format!(
+                        "{at}.replica: which replica (one of {})",
+                        replicas.join(", ")
+                    )
+                })?;
                 if replicas.contains(&r) {
                     Ok(r)
                 } else {
-                    Err(format!("{at}.replica: no replica {r} (the lab runs {})", replicas.join(", ")))
+                    Err(format!(
+                        "{at}.replica: no replica {r} (the lab runs {})",
+                        replicas.join(", ")
+                    ))
                 }
             };
             let mut kinds = Vec::new();
@@ -125,7 +134,11 @@ impl Schedule {
                 if !(400..=599).contains(&status) {
                     return Err(format!("{at}.status: an error status, 400 to 599"));
                 }
-                kinds.push(FaultKind::Errors { replica: replica()?, share, status });
+                kinds.push(FaultKind::Errors {
+                    replica: replica()?,
+                    share,
+                    status,
+                });
             } else if e.status.is_some() {
                 return Err(format!("{at}.status: only with `errors`"));
             }
@@ -133,10 +146,15 @@ impl Schedule {
                 if !(factor >= 1.0 && factor.is_finite()) {
                     return Err(format!("{at}.slow: a factor of at least 1"));
                 }
-                kinds.push(FaultKind::Slow { replica: replica()?, factor });
+                kinds.push(FaultKind::Slow {
+                    replica: replica()?,
+                    factor,
+                });
             }
             if e.down == Some(true) {
-                kinds.push(FaultKind::Down { replica: replica()? });
+                kinds.push(FaultKind::Down {
+                    replica: replica()?,
+                });
             }
             if let Some(factor) = e.surge {
                 if !(factor > 0.0 && factor.is_finite()) {
@@ -196,19 +214,39 @@ impl Schedule {
         let mut v = Vec::new();
         for e in &self.faults {
             let (start, end) = match &e.kind {
-                FaultKind::Errors { replica, share, status } => (
-                    Action::SetFault(replica.clone(), Fault { error_share: *share, status: *status, ..Fault::default() }),
+                FaultKind::Errors {
+                    replica,
+                    share,
+                    status,
+                } => (
+                    Action::SetFault(
+                        replica.clone(),
+                        Fault {
+                            error_share: *share,
+                            status: *status,
+                            ..Fault::default()
+                        },
+                    ),
                     Some(Action::SetFault(replica.clone(), Fault::default())),
                 ),
                 FaultKind::Slow { replica, factor } => (
-                    Action::SetFault(replica.clone(), Fault { slow: *factor, ..Fault::default() }),
+                    Action::SetFault(
+                        replica.clone(),
+                        Fault {
+                            slow: *factor,
+                            ..Fault::default()
+                        },
+                    ),
                     Some(Action::SetFault(replica.clone(), Fault::default())),
                 ),
                 FaultKind::Down { replica } => (
                     Action::Kill(replica.clone()),
                     Some(Action::Restart(replica.clone())),
                 ),
-                FaultKind::Surge { factor } => (Action::Note(format!("offered load × {factor}")), Some(Action::Note("surge over".into()))),
+                FaultKind::Surge { factor } => (
+                    Action::Note(format!("offered load × {factor}")),
+                    Some(Action::Note("surge over".into())),
+                ),
                 FaultKind::KillAgent => (Action::KillAgent, Some(Action::RestartAgent)),
             };
             v.push((e.from_s, start));
@@ -240,7 +278,12 @@ impl std::fmt::Display for Action {
         match self {
             Action::SetFault(r, x) if *x == Fault::default() => write!(f, "{r} healthy again"),
             Action::SetFault(r, x) if x.error_share > 0.0 => {
-                write!(f, "{r} answers {} to {:.0} % of requests", x.status, x.error_share * 100.0)
+                write!(
+                    f,
+                    "{r} answers {} to {:.0} % of requests",
+                    x.status,
+                    x.error_share * 100.0
+                )
             }
             Action::SetFault(r, x) => write!(f, "{r} works {} × slower", x.slow),
             Action::Kill(r) => write!(f, "{r} killed (down)"),
@@ -260,7 +303,10 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(s: &Schedule) -> Runner {
-        Runner { actions: s.actions(), next: 0 }
+        Runner {
+            actions: s.actions(),
+            next: 0,
+        }
     }
 
     /// The actions due at `elapsed_s` not handed out before.
@@ -321,7 +367,9 @@ mod tests {
     use super::*;
 
     fn replicas() -> Vec<String> {
-        ["reviews", "reviews-2", "ratings"].map(String::from).to_vec()
+        ["reviews", "reviews-2", "ratings"]
+            .map(String::from)
+            .to_vec()
     }
 
     #[test]
@@ -339,7 +387,17 @@ mod tests {
         assert_eq!(a[5], (8.0, Action::Restart("ratings".into())));
         assert_eq!(
             a[6],
-            (10.0, Action::SetFault("reviews-2".into(), Fault { error_share: 0.5, status: 500, slow: 1.0 }))
+            (
+                10.0,
+                Action::SetFault(
+                    "reviews-2".into(),
+                    Fault {
+                        error_share: 0.5,
+                        status: 500,
+                        slow: 1.0
+                    }
+                )
+            )
         );
         assert_eq!(s.surged(&[1.0; 5], 1.0), vec![1.0, 1.0, 3.0, 3.0, 1.0]);
         let mut r = Runner::new(&s);
@@ -351,12 +409,27 @@ mod tests {
     #[test]
     fn a_bad_entry_is_named_by_its_index_and_field() {
         let bad = [
-            ("faults:\n- {from: 1, replica: reviews-9, errors: 0.5}\n", "faults[0].replica: no replica reviews-9"),
-            ("faults:\n- {from: 1, replica: reviews, errors: 1.5}\n", "faults[0].errors"),
+            (
+                "faults:\n- {from: 1, replica: reviews-9, errors: 0.5}\n",
+                "faults[0].replica: no replica reviews-9",
+            ),
+            (
+                "faults:\n- {from: 1, replica: reviews, errors: 1.5}\n",
+                "faults[0].errors",
+            ),
             ("faults:\n- {from: 1, to: 1, surge: 2}\n", "faults[0].to"),
-            ("faults:\n- {from: 1, replica: reviews, slow: 2, down: true}\n", "faults[0]: exactly one"),
-            ("faults:\n- {from: 1, surge: 2, replica: reviews}\n", "faults[0].replica: not used"),
-            ("faults:\n- {from: 1, slowness: 2}\n", "unknown field `slowness`"),
+            (
+                "faults:\n- {from: 1, replica: reviews, slow: 2, down: true}\n",
+                "faults[0]: exactly one",
+            ),
+            (
+                "faults:\n- {from: 1, surge: 2, replica: reviews}\n",
+                "faults[0].replica: not used",
+            ),
+            (
+                "faults:\n- {from: 1, slowness: 2}\n",
+                "unknown field `slowness`",
+            ),
         ];
         for (text, want) in bad {
             let e = Schedule::parse(text, &replicas()).unwrap_err();
@@ -366,9 +439,16 @@ mod tests {
 
     #[test]
     fn the_shipped_scenarios_parse() {
-        let replicas: Vec<String> = ["productpage", "details", "reviews", "reviews-2", "reviews-3", "ratings"]
-            .map(String::from)
-            .to_vec();
+        let replicas: Vec<String> = [
+            "productpage",
+            "details",
+            "reviews",
+            "reviews-2",
+            "reviews-3",
+            "ratings",
+        ]
+        .map(String::from)
+        .to_vec();
         let mut n = 0;
         for f in std::fs::read_dir(scenarios_dir()).unwrap() {
             let p = f.unwrap().path();

@@ -245,8 +245,17 @@ pub fn apply_destination_rule(
     proxy_locality: &str,
 ) -> Result<(), Untranslated> {
     let spec = object("spec", spec)?;
-    only("spec", spec, &["host", "trafficPolicy", "exportTo", "subsets"])?;
-    apply_traffic_policy(cluster, spec.get("trafficPolicy"), "spec.trafficPolicy", proxy_locality)
+    only(
+        "spec",
+        spec,
+        &["host", "trafficPolicy", "exportTo", "subsets"],
+    )?;
+    apply_traffic_policy(
+        cluster,
+        spec.get("trafficPolicy"),
+        "spec.trafficPolicy",
+        proxy_locality,
+    )
 }
 
 /// The cluster name of `subset` of the service whose default cluster is
@@ -308,7 +317,12 @@ pub fn subset_clusters(
             }
         }
         let merged = Value::Object(tp);
-        apply_traffic_policy(&mut c, Some(&merged), &format!("{at}.trafficPolicy"), proxy_locality)?;
+        apply_traffic_policy(
+            &mut c,
+            Some(&merged),
+            &format!("{at}.trafficPolicy"),
+            proxy_locality,
+        )?;
         out.push(c);
     }
     Ok(out)
@@ -503,7 +517,9 @@ fn locality_matches(pattern: &str, l: (&str, &str, &str)) -> bool {
     // `util.LocalityMatch`: region must match (or `*`); zone and subzone
     // match when empty or `*`.
     let (r, z, s) = split_locality(pattern);
-    (r == "*" || r == l.0) && (z.is_empty() || z == "*" || z == l.1) && (s.is_empty() || s == "*" || s == l.2)
+    (r == "*" || r == l.0)
+        && (z.is_empty() || z == "*" || z == l.1)
+        && (s.is_empty() || s == "*" || s == l.2)
 }
 
 fn group_locality(g: &Value) -> (String, String, String) {
@@ -673,7 +689,10 @@ pub fn apply_http_route(
             if meshtune_agent::plan::qualify_host(host, &target.namespace) != target.host {
                 return Err(untranslated(
                     &format!("{dat}.host"),
-                    &format!("routes to another service than {} are not translated", target.host),
+                    &format!(
+                        "routes to another service than {} are not translated",
+                        target.host
+                    ),
                 ));
             }
             let cluster = match d.get("subset").and_then(Value::as_str) {
@@ -683,7 +702,10 @@ pub fn apply_http_route(
                 Some(sub) => {
                     return Err(untranslated(
                         &format!("{dat}.subset"),
-                        &format!("no DestinationRule for {} defines subset {sub}", target.host),
+                        &format!(
+                            "no DestinationRule for {} defines subset {sub}",
+                            target.host
+                        ),
                     ))
                 }
                 None => target.cluster.clone(),
@@ -813,31 +835,56 @@ mod tests {
         let mut c = default_cluster(CLUSTER, &reviews());
         apply_destination_rule(&mut c, &json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}), LOCAL).unwrap();
         assert_eq!(priorities(&c), vec![0, 0, 0]);
-        assert_eq!(c["load_assignment"]["endpoints"][0]["lb_endpoints"].as_array().unwrap().len(), 2);
-        assert!(c["common_lb_config"].get("locality_weighted_lb_config").is_none());
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(c["common_lb_config"]
+            .get("locality_weighted_lb_config")
+            .is_none());
     }
 
     #[test]
     fn outlier_detection_turns_on_failover_by_nearness_and_failover_names_the_region() {
         let od = json!({"consecutive5xxErrors": 5});
         let mut c = default_cluster(CLUSTER, &reviews());
-        apply_destination_rule(&mut c, &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}), LOCAL).unwrap();
+        apply_destination_rule(
+            &mut c,
+            &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}),
+            LOCAL,
+        )
+        .unwrap();
         // Same subzone, same region other zone, other region.
         assert_eq!(priorities(&c), vec![0, 1, 2]);
         let mut far = reviews();
         far.push(at(5, "v5", "region3/zone1/sub1"));
         let mut c = default_cluster(CLUSTER, &far);
-        apply_destination_rule(&mut c, &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}), LOCAL).unwrap();
+        apply_destination_rule(
+            &mut c,
+            &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}),
+            LOCAL,
+        )
+        .unwrap();
         assert_eq!(priorities(&c), vec![0, 1, 2, 2], "other regions rank alike");
         let mut c = default_cluster(CLUSTER, &far);
         apply_destination_rule(&mut c, &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od,
             "loadBalancer": {"localityLbSetting": {"failover": [{"from": "region1", "to": "region3"}]}}}}), LOCAL).unwrap();
         // region3 is the failover target: region2 is ranked after it.
         assert_eq!(priorities(&c), vec![0, 1, 3, 2]);
-        assert!(c["common_lb_config"].get("locality_weighted_lb_config").is_some());
+        assert!(c["common_lb_config"]
+            .get("locality_weighted_lb_config")
+            .is_some());
         let mut c = default_cluster(CLUSTER, &reviews());
-        apply_destination_rule(&mut c, &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od,
-            "loadBalancer": {"localityLbSetting": {"enabled": false}}}}), LOCAL).unwrap();
+        apply_destination_rule(
+            &mut c,
+            &json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od,
+            "loadBalancer": {"localityLbSetting": {"enabled": false}}}}),
+            LOCAL,
+        )
+        .unwrap();
         assert_eq!(priorities(&c), vec![0, 0, 0]);
     }
 
@@ -852,7 +899,10 @@ mod tests {
         assert_eq!(g[0]["load_balancing_weight"], 80);
         assert_eq!(g[1]["load_balancing_weight"], 20);
         assert_eq!(g[2]["lb_endpoints"], json!([]));
-        assert_eq!(c["common_lb_config"]["locality_weighted_lb_config"], json!({}));
+        assert_eq!(
+            c["common_lb_config"]["locality_weighted_lb_config"],
+            json!({})
+        );
     }
 
     #[test]
@@ -862,13 +912,34 @@ mod tests {
             "subsets": [{"name": "v1", "labels": {"version": "v1"}},
                         {"name": "v3", "labels": {"version": "v3"}, "trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 99}}}}]});
         let subs = subset_clusters(CLUSTER, "reviews", &reviews(), &spec, LOCAL).unwrap();
-        assert_eq!(subs[0]["name"], "outbound|9080|v1|reviews.bookinfo.svc.cluster.local");
-        assert_eq!(subs[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 1);
-        assert_eq!(subs[0]["circuit_breakers"]["thresholds"][0]["max_requests"], 10);
-        assert_eq!(subs[1]["circuit_breakers"]["thresholds"][0]["max_requests"], 99);
-        assert_eq!(subs[1]["lb_policy"], "RANDOM", "the rule's part the subset leaves alone");
+        assert_eq!(
+            subs[0]["name"],
+            "outbound|9080|v1|reviews.bookinfo.svc.cluster.local"
+        );
+        assert_eq!(
+            subs[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            1
+        );
+        assert_eq!(
+            subs[0]["circuit_breakers"]["thresholds"][0]["max_requests"],
+            10
+        );
+        assert_eq!(
+            subs[1]["circuit_breakers"]["thresholds"][0]["max_requests"],
+            99
+        );
+        assert_eq!(
+            subs[1]["lb_policy"], "RANDOM",
+            "the rule's part the subset leaves alone"
+        );
         let bad = json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"tls": {}}}]});
-        assert_eq!(subset_clusters(CLUSTER, "reviews", &reviews(), &bad, LOCAL).unwrap_err().path, "spec.subsets[0].trafficPolicy.tls");
+        assert_eq!(
+            subset_clusters(CLUSTER, "reviews", &reviews(), &bad, LOCAL)
+                .unwrap_err()
+                .path,
+            "spec.subsets[0].trafficPolicy.tls"
+        );
     }
 
     #[test]
@@ -879,15 +950,39 @@ mod tests {
             {"destination": {"host": "reviews.bookinfo.svc.cluster.local", "subset": "v3"}, "weight": 25},
             {"destination": {"host": "reviews"}, "weight": 0}]}), "spec.http[0]", &target()).unwrap();
         assert!(a.get("cluster").is_none());
-        assert_eq!(a["weighted_clusters"]["clusters"], json!([
+        assert_eq!(
+            a["weighted_clusters"]["clusters"],
+            json!([
             {"name": "outbound|9080|v1|reviews.bookinfo.svc.cluster.local", "weight": 75},
-            {"name": "outbound|9080|v3|reviews.bookinfo.svc.cluster.local", "weight": 25}]));
+            {"name": "outbound|9080|v3|reviews.bookinfo.svc.cluster.local", "weight": 25}])
+        );
         let mut a = default_route_action(CLUSTER);
-        apply_http_route(&mut a, &json!({"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}), "h", &target()).unwrap();
-        assert_eq!(a["cluster"], "outbound|9080|v3|reviews.bookinfo.svc.cluster.local");
-        let e = apply_http_route(&mut a, &json!({"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}), "spec.http[0]", &target()).unwrap_err();
+        apply_http_route(
+            &mut a,
+            &json!({"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}),
+            "h",
+            &target(),
+        )
+        .unwrap();
+        assert_eq!(
+            a["cluster"],
+            "outbound|9080|v3|reviews.bookinfo.svc.cluster.local"
+        );
+        let e = apply_http_route(
+            &mut a,
+            &json!({"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}),
+            "spec.http[0]",
+            &target(),
+        )
+        .unwrap_err();
         assert_eq!(e.path, "spec.http[0].route[0].destination.subset");
-        let e = apply_http_route(&mut a, &json!({"route": [{"destination": {"host": "ratings"}}]}), "spec.http[0]", &target()).unwrap_err();
+        let e = apply_http_route(
+            &mut a,
+            &json!({"route": [{"destination": {"host": "ratings"}}]}),
+            "spec.http[0]",
+            &target(),
+        )
+        .unwrap_err();
         assert_eq!(e.path, "spec.http[0].route[0].destination.host");
     }
 

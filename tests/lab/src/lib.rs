@@ -13,7 +13,7 @@ pub mod load;
 pub mod mesh;
 pub mod overload;
 pub mod proc;
-pub mod replicas;
 pub mod prometheus;
+pub mod replicas;
 pub mod services;
 pub mod trace;

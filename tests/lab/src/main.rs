@@ -149,7 +149,9 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             config,
             sink_dir,
             also_read,
-        } => rt.block_on(meshtune_lab::replicas::run_agent(config, sink_dir, also_read)),
+        } => rt.block_on(meshtune_lab::replicas::run_agent(
+            config, sink_dir, also_read,
+        )),
         Command::Bench {
             which:
                 BenchCommand::Filter {
@@ -346,11 +348,16 @@ async fn up(o: UpOptions) -> anyhow::Result<()> {
     let services = meshtune_lab::services::bookinfo_with_versions();
     let replica_names: Vec<String> = services
         .iter()
-        .flat_map(|s| (0..s.replicas.len()).map(|i| meshtune_lab::replicas::replica_name(s.name, i)))
+        .flat_map(|s| {
+            (0..s.replicas.len()).map(|i| meshtune_lab::replicas::replica_name(s.name, i))
+        })
         .collect();
     // The schedule is checked before anything starts.
     let schedule = match faults {
-        Some(f) => Some(meshtune_lab::faults::Schedule::load(&scenario_path(f), &replica_names)?),
+        Some(f) => Some(meshtune_lab::faults::Schedule::load(
+            &scenario_path(f),
+            &replica_names,
+        )?),
         None => None,
     };
     let mut rates = trace::scaled(&counts, offset, steps, peak);
@@ -476,7 +483,8 @@ async fn up(o: UpOptions) -> anyhow::Result<()> {
         let elapsed_s = started.elapsed().as_secs_f64();
         if let Some(r) = runner.as_mut() {
             for (t, action) in r.due(elapsed_s) {
-                let result = tokio::task::block_in_place(|| meshtune_lab::faults::apply(&mut mesh, &action));
+                let result =
+                    tokio::task::block_in_place(|| meshtune_lab::faults::apply(&mut mesh, &action));
                 match result {
                     Ok(()) => println!("\n[{t:>4.0} s] FAULT: {action}"),
                     Err(e) => println!("\n[{t:>4.0} s] FAULT: {action}: could not be done: {e:#}"),

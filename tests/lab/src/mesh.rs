@@ -284,7 +284,9 @@ impl Mesh {
                         address: "127.0.0.1".into(),
                         port: p.inbound,
                         version: def.map_or("v1", |d| d.version).to_owned(),
-                        locality: def.map_or(services::DEFAULT_LOCALITY, |d| d.locality).to_owned(),
+                        locality: def
+                            .map_or(services::DEFAULT_LOCALITY, |d| d.locality)
+                            .to_owned(),
                     }
                 })
                 .collect()
@@ -358,9 +360,7 @@ impl Mesh {
                     } else {
                         vec![]
                     },
-                    xds_dir: p
-                        .outbound
-                        .map(|_| dir.path().join("xds").join(&p.name)),
+                    xds_dir: p.outbound.map(|_| dir.path().join("xds").join(&p.name)),
                     pod: Pod {
                         name: format!("{}-{}", s.name, p.index + 1),
                         version: def.version.to_owned(),
@@ -496,7 +496,6 @@ impl Drop for ControlPlane {
         }
     }
 }
-
 
 /// Field of chain `name` in a `/v1/chains` answer.
 pub fn chain<'a>(chains: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {

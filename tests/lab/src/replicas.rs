@@ -178,7 +178,11 @@ impl Drop for Replica {
 }
 
 /// The body of `meshtune-lab replica`: serves one replica until killed.
-pub async fn run(spec_json: String, app_port: u16, outbound_port: Option<u16>) -> anyhow::Result<()> {
+pub async fn run(
+    spec_json: String,
+    app_port: u16,
+    outbound_port: Option<u16>,
+) -> anyhow::Result<()> {
     // The names in a spec live as long as the process.
     let leaked: &'static str = Box::leak(spec_json.into_boxed_str());
     let spec: ServiceSpec = serde_json::from_str(leaked).context("--spec: not a service spec")?;
@@ -210,7 +214,11 @@ impl AgentProcess {
         sink_dir: Option<&Path>,
         also_read: Option<&Path>,
     ) -> anyhow::Result<AgentProcess> {
-        let mut args = vec!["agent".to_owned(), "--config".into(), config.display().to_string()];
+        let mut args = vec![
+            "agent".to_owned(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
         if let Some(d) = sink_dir {
             args.extend(["--sink-dir".into(), d.display().to_string()]);
         }
@@ -236,7 +244,10 @@ impl AgentProcess {
         let mut c = Command::new(&exe);
         c.args(&self.args);
         let child = c
-            .env("MESHTUNE_LOG", std::env::var("MESHTUNE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "MESHTUNE_LOG",
+                std::env::var("MESHTUNE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -253,7 +264,10 @@ impl AgentProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the agent did not answer in 30 s; see {}", self.log_path.display());
+                bail!(
+                    "the agent did not answer in 30 s; see {}",
+                    self.log_path.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -325,7 +339,11 @@ pub async fn run_agent(
     if let Some(d) = sink_dir {
         let sink = meshtune_agent::write::dir::DirSink::new(&d)?
             .also_reading(also_read.into_iter().collect());
-        tokio::spawn(meshtune_agent::app::tuner::run_local(agent.clone(), sink, rx.clone()));
+        tokio::spawn(meshtune_agent::app::tuner::run_local(
+            agent.clone(),
+            sink,
+            rx.clone(),
+        ));
     }
     meshtune_agent::app::serve(agent, listener, rx).await?;
     Ok(())

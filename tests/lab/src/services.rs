@@ -99,9 +99,18 @@ pub fn bookinfo_with_versions() -> Vec<ServiceSpec> {
     for svc in &mut s {
         if svc.name == "reviews" {
             svc.replicas = vec![
-                ReplicaDef { version: "v1", locality: DEFAULT_LOCALITY },
-                ReplicaDef { version: "v2", locality: DEFAULT_LOCALITY },
-                ReplicaDef { version: "v3", locality: "region1/zone2/sub1" },
+                ReplicaDef {
+                    version: "v1",
+                    locality: DEFAULT_LOCALITY,
+                },
+                ReplicaDef {
+                    version: "v2",
+                    locality: DEFAULT_LOCALITY,
+                },
+                ReplicaDef {
+                    version: "v3",
+                    locality: "region1/zone2/sub1",
+                },
             ];
         }
     }

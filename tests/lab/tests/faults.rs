@@ -56,7 +56,14 @@ async fn run(meshtune: bool) -> Run {
     let start = Instant::now();
     let settle = tokio::spawn(async move {
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        open_loop(entry, &[RPS; SETTLE_S], Duration::from_secs(1), &[("/productpage", 1)], &rx).await
+        open_loop(
+            entry,
+            &[RPS; SETTLE_S],
+            Duration::from_secs(1),
+            &[("/productpage", 1)],
+            &rx,
+        )
+        .await
     });
     let mut runner = Runner::new(&schedule);
     let mut applied = 0;
@@ -67,7 +74,10 @@ async fn run(meshtune: bool) -> Run {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(applied, 1, "the scenario's fault started during the settling part");
+    assert_eq!(
+        applied, 1,
+        "the scenario's fault started during the settling part"
+    );
     settle.await.unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let measured: OpenLoopOutcome = open_loop(
@@ -106,14 +116,23 @@ async fn meshtunes_outlier_detection_ejects_the_erring_replica_and_istios_defaul
         tuned.error_share,
         tuned.faulted
     );
-    assert!(defaults.faulted > 0 && tuned.faulted > 0, "the fault was in force in both runs");
-    assert_eq!(defaults.ejections, 0, "Istio's defaults have no outlier detection");
+    assert!(
+        defaults.faulted > 0 && tuned.faulted > 0,
+        "the fault was in force in both runs"
+    );
+    assert_eq!(
+        defaults.ejections, 0,
+        "Istio's defaults have no outlier detection"
+    );
     assert!(
         defaults.error_share > 0.05,
         "under Istio's defaults the erring replica fails users' requests: {:.3}",
         defaults.error_share
     );
-    assert!(tuned.ejections > 0, "meshtune's outlier detection ejected reviews-2");
+    assert!(
+        tuned.ejections > 0,
+        "meshtune's outlier detection ejected reviews-2"
+    );
     assert!(
         tuned.error_share < defaults.error_share / 2.0,
         "the chain's error share fell: {:.3} with meshtune vs {:.3}",

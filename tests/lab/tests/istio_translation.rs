@@ -126,7 +126,10 @@ fn in_force_all(admin: u16) -> (serde_json::Map<String, Value>, Value) {
 /// The service's cluster and the route action Envoy runs.
 fn in_force(admin: u16) -> (Value, Value) {
     let (clusters, action) = in_force_all(admin);
-    (clusters.get(CLUSTER).cloned().unwrap_or(Value::Null), action)
+    (
+        clusters.get(CLUSTER).cloned().unwrap_or(Value::Null),
+        action,
+    )
 }
 
 /// A locality group's field in a cluster's dump (`priority` and
@@ -231,7 +234,9 @@ fn every_translated_field_is_in_force_in_envoy() {
         vec![0, 0, 0],
         "every locality at one priority without outlier detection"
     );
-    assert!(c["common_lb_config"].get("locality_weighted_lb_config").is_none());
+    assert!(c["common_lb_config"]
+        .get("locality_weighted_lb_config")
+        .is_none());
 
     // One DestinationRule and one VirtualService setting every translated field.
     let dr = json!({
@@ -255,7 +260,13 @@ fn every_translated_field_is_in_force_in_envoy() {
         "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
                   {"destination": {"host": "reviews", "subset": "v3"}, "weight": 10}]});
     let mut action = default_route_action(CLUSTER);
-    apply_http_route(&mut action, &vs_http, "spec.http[0]", &target(subset_names(&dr))).unwrap();
+    apply_http_route(
+        &mut action,
+        &vs_http,
+        "spec.http[0]",
+        &target(subset_names(&dr)),
+    )
+    .unwrap();
     write_xds(&xds, "cds.json", clusters_for(&dr));
     write_xds(&xds, "rds.json", vec![route_config(&action)]);
     let (c, a) = wait_until(admin, "the DestinationRule and VirtualService", |c, a| {
@@ -264,8 +275,8 @@ fn every_translated_field_is_in_force_in_envoy() {
     let (all, _) = in_force_all(admin);
     let (v1, v3) = (&all[V1], &all[V3]);
     let port_of = |c: &Value| {
-        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-            ["port_value"]
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"]["port_value"]
             .clone()
     };
     let t = &c["circuit_breakers"]["thresholds"][0];
@@ -333,12 +344,17 @@ fn every_translated_field_is_in_force_in_envoy() {
             lb_policy(&c) == "ROUND_ROBIN",
         ),
         // Checked below with a rule of its own (distribute excludes failover).
-        ("trafficPolicy.loadBalancer.localityLbSetting.distribute", true),
+        (
+            "trafficPolicy.loadBalancer.localityLbSetting.distribute",
+            true,
+        ),
         (
             // Nearness: same zone 0, same region 1, other region 2.
             "trafficPolicy.loadBalancer.localityLbSetting.failover",
             per_locality(&c, "priority") == vec![0, 1, 2]
-                && c["common_lb_config"].get("locality_weighted_lb_config").is_some(),
+                && c["common_lb_config"]
+                    .get("locality_weighted_lb_config")
+                    .is_some(),
         ),
         (
             "subsets[].name, subsets[].labels, subsets[].trafficPolicy",
@@ -382,7 +398,10 @@ fn every_translated_field_is_in_force_in_envoy() {
         vec![35, 35, 30],
         "trafficPolicy.loadBalancer.localityLbSetting.distribute: {c}"
     );
-    assert_eq!(c["common_lb_config"]["locality_weighted_lb_config"], json!({}));
+    assert_eq!(
+        c["common_lb_config"]["locality_weighted_lb_config"],
+        json!({})
+    );
     // The table and the checks cover the same fields.
     let mapped: Vec<&str> = MAPPING.iter().map(|r| r.istio).collect();
     let checked: Vec<&str> = rows.iter().map(|(f, _)| *f).collect();

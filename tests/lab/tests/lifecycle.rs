@@ -106,9 +106,17 @@ fn sigterm_sigint_and_a_panic_leave_no_process_behind() {
         let pgid = child.id() as i32;
         let members = group_members(pgid);
         let count = |name: &str| members.iter().filter(|(_, n)| n == name).count();
-        assert_eq!(count("envoy"), 6, "{how}: the lab runs six sidecars in its group: {members:?}");
+        assert_eq!(
+            count("envoy"),
+            6,
+            "{how}: the lab runs six sidecars in its group: {members:?}"
+        );
         // The lab itself, six replicas and the agent.
-        assert_eq!(count("meshtune-lab"), 8, "{how}: replicas and agent are processes: {members:?}");
+        assert_eq!(
+            count("meshtune-lab"),
+            8,
+            "{how}: replicas and agent are processes: {members:?}"
+        );
         // SAFETY: signalling the lab we started.
         unsafe { libc::kill(pgid, signal) };
         assert_nothing_left(child, how);
