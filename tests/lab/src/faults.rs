@@ -105,7 +105,7 @@ impl Schedule {
                 return Err(format!("{at}.from: seconds from the start, at least 0"));
             }
             if let Some(to) = e.to {
-                if !(to > e.from) {
+                if to.is_nan() || to <= e.from {
                     return Err(format!("{at}.to: after `from` ({})", e.from));
                 }
             }

@@ -31,6 +31,28 @@ fn cluster_in_force(mesh: &Mesh, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The route action for `service` in productpage's sidecar.
+fn route_in_force(mesh: &Mesh, service: &str) -> Value {
+    let admin = mesh.envoys["productpage"].admin_port;
+    let (_, body) = meshtune_lab::http::get_blocking(admin, "/config_dump").unwrap_or_default();
+    let dump: Value = serde_json::from_str(&body).unwrap_or_default();
+    let host = format!("{service}.bookinfo.svc.cluster.local:9080");
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for r in c["dynamic_route_configs"].as_array().into_iter().flatten() {
+            for vh in r["route_config"]["virtual_hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if vh["name"] == host.as_str() {
+                    return vh["routes"][0]["route"].clone();
+                }
+            }
+        }
+    }
+    Value::Null
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_destination_rules_reach_the_sidecars_and_a_users_rule_wins() {
     let user = tempfile::tempdir().unwrap();
@@ -129,6 +151,72 @@ async fn the_agents_destination_rules_reach_the_sidecars_and_a_users_rule_wins()
         mesh.control_plane.problems().is_empty(),
         "{:?}",
         mesh.control_plane.problems()
+    );
+    // The agent's VirtualService for reviews is in force in the route, and
+    // its timeout is no shorter than any chain's budget for the hop (chain
+    // requests carry the filter's own timeout header, which Envoy lets
+    // override the route's; the route's is for the rest).
+    let vs_file = mesh
+        .desired_dir
+        .join("bookinfo.virtualservice.reviews.yaml");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut route, mut vs) = (Value::Null, Value::Null);
+    while Instant::now() < deadline {
+        vs = std::fs::read_to_string(&vs_file)
+            .ok()
+            .and_then(|t| serde_yaml_ng::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        route = route_in_force(&mesh, "reviews");
+        let written_ms = vs["spec"]["http"][0]["timeout"]
+            .as_str()
+            .and_then(|t| t.strip_suffix("ms")?.parse::<f64>().ok());
+        let in_force_ms = route["timeout"]
+            .as_str()
+            .and_then(|t| t.strip_suffix('s')?.parse::<f64>().ok())
+            .map(|s| s * 1000.0);
+        if written_ms.is_some() && written_ms == in_force_ms {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let timeout_ms = vs["spec"]["http"][0]["timeout"]
+        .as_str()
+        .and_then(|t| t.strip_suffix("ms")?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("the agent's VirtualService for reviews: {vs}\nroute {route}"));
+    assert_eq!(
+        route["timeout"]
+            .as_str()
+            .and_then(|t| t.strip_suffix('s')?.parse::<f64>().ok()),
+        Some(timeout_ms as f64 / 1000.0),
+        "route {route}"
+    );
+    assert_eq!(
+        route["retry_policy"]["retry_on"],
+        meshtune_agent::plan::traffic::IDEMPOTENT_SAFE_RETRY_ON,
+        "route retries only where safe for any method: {route}"
+    );
+    let auth = format!("Bearer {}", meshtune_lab::mesh::TOKEN);
+    let (_, policy) = meshtune_lab::http::request_blocking(
+        mesh.agent_port,
+        "GET",
+        "/v1/policy",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .unwrap_or_default();
+    let policy: Value = serde_json::from_str(&policy).unwrap_or_default();
+    let widest = policy["policy"]["chains"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, c)| c["hop_budget_ms"]["reviews"].as_u64())
+        .max()
+        .unwrap_or_else(|| panic!("a hop budget for reviews: {policy}"));
+    // Budgets move with measurements; the writer's hysteresis (20 %) lets
+    // the route lag behind them by at most that much.
+    assert!(
+        timeout_ms as f64 * 1.2 >= widest as f64,
+        "the route timeout {timeout_ms} ms follows the widest chain budget for the hop ({widest} ms)"
     );
     // The live view's line for reviews shows the agent's values.
     let (line, _) = mesh.control_plane.in_force()["reviews"].clone();
