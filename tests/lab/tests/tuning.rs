@@ -218,6 +218,42 @@ async fn the_agents_destination_rules_reach_the_sidecars_and_a_users_rule_wins()
         timeout_ms as f64 * 1.2 >= widest as f64,
         "the route timeout {timeout_ms} ms follows the widest chain budget for the hop ({widest} ms)"
     );
+    // A VirtualService written by hand while the lab runs is in force
+    // within seconds (the agent withdraws its own for that host); one with
+    // a field the control plane cannot translate is reported by its path.
+    std::fs::write(
+        user.path().join("details-route.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: details-by-hand\n  namespace: bookinfo\nspec:\n  hosts: [details]\n  http:\n  - route: [{destination: {host: details}}]\n    timeout: 3s\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings-mirror\n  namespace: bookinfo\nspec:\n  hosts: [ratings]\n  http:\n  - route: [{destination: {host: ratings}}]\n    mirror: {host: ratings}\n",
+    )
+    .unwrap();
+    let written_at = Instant::now();
+    let deadline = written_at + Duration::from_secs(20);
+    while route_in_force(&mesh, "details")["timeout"] != "3s" {
+        assert!(
+            Instant::now() < deadline,
+            "the hand-written VirtualService is not in force: {}",
+            route_in_force(&mesh, "details")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "a hand-written VirtualService was in force after {:.1} s",
+        written_at.elapsed().as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mesh
+        .control_plane
+        .problems()
+        .iter()
+        .any(|p| p.contains("details-route.yaml") && p.contains("spec.http[0].mirror"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the untranslatable field is reported by its path: {:?}",
+            mesh.control_plane.problems()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The live view's line for reviews shows the agent's values.
     let (line, _) = mesh.control_plane.in_force()["reviews"].clone();
     assert!(
