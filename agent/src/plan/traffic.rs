@@ -61,7 +61,7 @@ const MAX_ROUTE_RETRIES: u32 = 2;
 /// budget (`hop_budget_ms`: service → the widest budget of any chain
 /// through it, ms). Timeout: that budget. Retries: as many as fit in it at
 /// the observed latency (each try may take the percentile planned for),
-/// at most Istio's default two, each try cut at an equal share.
+/// at most Istio's default two.
 pub fn desired_routes(
     observations: &[ServiceObservation],
     hop_budget_ms: &BTreeMap<String, u64>,
@@ -88,17 +88,12 @@ fn desired_route(o: &ServiceObservation, budget_ms: u64) -> DesiredObject {
         MAX_ROUTE_RETRIES + 1
     };
     let attempts = tries_that_fit.saturating_sub(1).min(MAX_ROUTE_RETRIES);
-    let per_try = (budget_ms / u64::from(attempts + 1)).max(1);
     reasons.insert(
         "http[0].retries.attempts".into(),
         format!(
             "{budget_ms} ms budget / p{p} {:.1} ms = {tries_that_fit} tries fit; at most Istio's default {MAX_ROUTE_RETRIES} retries",
             o.latency_ms
         ),
-    );
-    reasons.insert(
-        "http[0].retries.perTryTimeout".into(),
-        format!("the budget shared equally by {} tries", attempts + 1),
     );
     reasons.insert(
         "http[0].retries.retryOn".into(),
@@ -108,7 +103,10 @@ fn desired_route(o: &ServiceObservation, budget_ms: u64) -> DesiredObject {
     let retries = if attempts == 0 {
         json!({"attempts": 0})
     } else {
-        json!({"attempts": attempts, "perTryTimeout": format!("{per_try}ms"), "retryOn": IDEMPOTENT_SAFE_RETRY_ON})
+        // No per-try timeout: the conditions retried fail fast, and a
+        // per-try timeout, which the filter's header does not replace,
+        // would cut chain requests shorter than their own budget.
+        json!({"attempts": attempts, "retryOn": IDEMPOTENT_SAFE_RETRY_ON})
     };
     DesiredObject {
         kind: Kind::VirtualService,
@@ -405,9 +403,9 @@ mod tests {
         let http = &objs[0].object["spec"]["http"][0];
         assert_eq!(objs[0].kind, Kind::VirtualService);
         assert_eq!(http["timeout"], "120ms");
-        // 120 / 30 = 4 tries fit: Istio's default 2 retries, 40 ms each.
+        // 120 / 30 = 4 tries fit: Istio's default 2 retries.
         assert_eq!(http["retries"]["attempts"], 2);
-        assert_eq!(http["retries"]["perTryTimeout"], "40ms");
+        assert!(http["retries"].get("perTryTimeout").is_none());
         assert_eq!(http["retries"]["retryOn"], IDEMPOTENT_SAFE_RETRY_ON);
         assert!(
             !IDEMPOTENT_SAFE_RETRY_ON.contains("5xx")

@@ -218,6 +218,8 @@ impl SidecarSpec {
             }
             v
         };
+        // The inbound route has no timeout, as istiod makes it: the caller's
+        // sidecar times the request (and its expected timeout reaches the app).
         let inbound_cluster = "inbound|9080||";
         let mut listeners = vec![serde_json::json!({
             "name": "virtualInbound",
@@ -226,7 +228,7 @@ impl SidecarSpec {
             "filter_chains": [{"filters": [hcm(
                 "inbound_0.0.0.0_9080",
                 serde_json::json!([{"name": "inbound", "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "30s"}}]}]),
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "0s"}}]}]),
                 filters(&self.extra_inbound_filters, "inbound"),
             )]}]
         })];

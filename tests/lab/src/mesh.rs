@@ -203,6 +203,9 @@ pub struct Mesh {
     pub envoys: BTreeMap<String, Envoy>,
     /// Where clients enter: productpage's inbound listener.
     pub entry_port: u16,
+    /// Each replica's sidecar outbound listener (where its app calls
+    /// others), by replica name.
+    pub outbound_ports: BTreeMap<String, u16>,
     pub agent_port: u16,
     /// The agent's process (stopped, killed and restarted by faults).
     pub agent: AgentProcess,
@@ -389,8 +392,14 @@ impl Mesh {
             .and_then(|v| v.first())
             .map(|p| p.inbound)
             .context("the lab needs a productpage service")?;
+        let outbound_ports = ports
+            .values()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone(), p.outbound?)))
+            .collect();
         Ok(Mesh {
             control_plane,
+            outbound_ports,
             replicas,
             desired_dir,
             entry_port,

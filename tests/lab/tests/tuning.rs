@@ -261,3 +261,89 @@ async fn the_agents_destination_rules_reach_the_sidecars_and_a_users_rule_wins()
         "{line}"
     );
 }
+
+/// One request from productpage's app to ratings through its sidecar's
+/// outbound listener: its status, and how long it took.
+fn call_ratings(mesh: &Mesh, headers: &[(&str, &str)]) -> (u16, Duration) {
+    let port = mesh.outbound_ports["productpage"];
+    let mut h = vec![("host", "ratings")];
+    h.extend_from_slice(headers);
+    let t = Instant::now();
+    let r = tokio::task::block_in_place(|| {
+        meshtune_lab::http::request_full_blocking(port, "GET", "/ratings/0", &h, b"")
+    });
+    (r.map_or(0, |(s, _, _)| s), t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filter_owns_chain_timeouts_and_the_agents_route_owns_the_rest() {
+    let mut mesh = Mesh::start(MeshOptions {
+        tune: true,
+        control: true,
+        agent_window_secs: 30,
+        ..MeshOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // Traffic on both chains until the agent's route for ratings is in force.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut route = Value::Null;
+    while Instant::now() < deadline {
+        let plan: Vec<String> = (0..40)
+            .map(|i| {
+                if i % 2 == 0 {
+                    "/api/v1/ratings/1".into()
+                } else {
+                    "/productpage".into()
+                }
+            })
+            .collect();
+        closed_loop(mesh.entry_port, plan, 4, "own").await;
+        route = route_in_force(&mesh, "ratings");
+        if route["timeout"].as_str().is_some_and(|t| t != "0s") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let route_timeout = route["timeout"]
+        .as_str()
+        .and_then(|t| t.strip_suffix('s')?.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| panic!("the agent's route for ratings is in force: {route}"));
+    // ratings now takes far longer than any budget (its least work × 1000).
+    let slow = meshtune_lab::faults::Action::SetFault(
+        "ratings".into(),
+        meshtune_lab::services::Fault {
+            slow: 1000.0,
+            ..Default::default()
+        },
+    );
+    tokio::task::block_in_place(|| meshtune_lab::faults::apply(&mut mesh, &slow)).unwrap();
+    // Outside any chain: the route's timeout cuts the request (never sooner).
+    let (status, took) = call_ratings(&mesh, &[]);
+    assert_eq!(status, 504, "a request on no chain times out");
+    assert!(
+        took >= route_timeout,
+        "a request on no chain is cut by the route's timeout ({route_timeout:?}): after {took:?}"
+    );
+    // On a chain with 10 ms of its deadline left: the filter's header cuts
+    // it, long before the route's timeout would.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let dl = (now_ms + 10).to_string();
+    let (status, took) = call_ratings(
+        &mesh,
+        &[
+            ("x-meshtune-chain", "ratings-api"),
+            ("x-meshtune-deadline", &dl),
+        ],
+    );
+    assert_eq!(status, 504, "the chain request times out");
+    assert!(
+        took < route_timeout,
+        "a chain request is cut by the filter's timeout (≤ 10 ms), not the route's ({route_timeout:?}): after {took:?}"
+    );
+}
