@@ -24,14 +24,17 @@ pub fn request_blocking(
     request_full_blocking(port, method, path, headers, body).map(|(s, _, b)| (s, b))
 }
 
-/// As [`request_blocking`], with the response's headers (names lowercased).
+/// Response headers, names lowercased.
+pub type Headers = Vec<(String, String)>;
+
+/// As [`request_blocking`], with the response's headers.
 pub fn request_full_blocking(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Option<(u16, Vec<(String, String)>, String)> {
+) -> Option<(u16, Headers, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
