@@ -117,7 +117,7 @@ impl AgentMetrics {
         );
         registry.register(
             "meshtune_destinationrule_applies",
-            "DestinationRules applied with server-side apply",
+            "Objects applied through the sink (DestinationRules and VirtualServices; server-side apply on a cluster)",
             self.dr_applies.clone(),
         );
         registry.register(

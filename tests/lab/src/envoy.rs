@@ -342,6 +342,26 @@ pub fn ejections(admin_port: u16) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The dynamic cluster `name` as the Envoy with admin port `admin_port`
+/// runs it (from `/config_dump`); `Null` when it has none.
+pub fn cluster_in_force(admin_port: u16, name: &str) -> serde_json::Value {
+    let (_, body) = crate::http::get_blocking(admin_port, "/config_dump").unwrap_or_default();
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["dynamic_active_clusters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| d["cluster"].clone())
+        .find(|c| c["name"] == name)
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// A running Envoy, killed when dropped.
 pub struct Envoy {
     pub name: String,

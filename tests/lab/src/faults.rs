@@ -26,7 +26,30 @@ use std::path::Path;
 struct FileFormat {
     #[serde(default)]
     description: String,
+    #[serde(default)]
     faults: Vec<EntryFormat>,
+    /// A scenario also says what load to run (for `meshtune-lab eval`).
+    #[serde(default)]
+    trace: Option<String>,
+    #[serde(default)]
+    offset: Option<usize>,
+    #[serde(default)]
+    minutes: Option<usize>,
+    #[serde(default)]
+    peak_rps: Option<f64>,
+    #[serde(default)]
+    seconds_per_minute: Option<f64>,
+}
+
+/// The load a scenario file names (each optional; the command line wins).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunSettings {
+    /// A trace file, relative to `../shared/data/traces` unless absolute.
+    pub trace: Option<String>,
+    pub offset: Option<usize>,
+    pub minutes: Option<usize>,
+    pub peak_rps: Option<f64>,
+    pub seconds_per_minute: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +97,7 @@ pub struct Entry {
 pub struct Schedule {
     pub description: String,
     pub faults: Vec<Entry>,
+    pub run: RunSettings,
 }
 
 /// A fault file that cannot be run, naming the entry and field.
@@ -99,7 +123,18 @@ impl Schedule {
     pub fn parse(text: &str, replicas: &[String]) -> Result<Schedule, String> {
         let f: FileFormat = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         let mut faults = Vec::new();
-        for (i, e) in f.faults.into_iter().enumerate() {
+        if f.peak_rps.is_some_and(|p| !(p > 0.0 && p.is_finite())) {
+            return Err("peak_rps: requests per second above 0".into());
+        }
+        if f.seconds_per_minute
+            .is_some_and(|p| !(p > 0.0 && p.is_finite()))
+        {
+            return Err("seconds_per_minute: seconds above 0".into());
+        }
+        if f.minutes == Some(0) {
+            return Err("minutes: at least 1".into());
+        }
+        for (i, e) in f.faults.clone().into_iter().enumerate() {
             let at = format!("faults[{i}]");
             if !(e.from >= 0.0 && e.from.is_finite()) {
                 return Err(format!("{at}.from: seconds from the start, at least 0"));
@@ -187,6 +222,13 @@ impl Schedule {
         Ok(Schedule {
             description: f.description,
             faults,
+            run: RunSettings {
+                trace: f.trace,
+                offset: f.offset,
+                minutes: f.minutes,
+                peak_rps: f.peak_rps,
+                seconds_per_minute: f.seconds_per_minute,
+            },
         })
     }
 
@@ -206,6 +248,15 @@ impl Schedule {
                     })
                     .fold(*r, |r, f| r * f)
             })
+            .collect()
+    }
+
+    /// The periods (from, to) a fault is in force, for plots; `end_s` for
+    /// a fault without `to`.
+    pub fn periods(&self, end_s: f64) -> Vec<(f64, f64)> {
+        self.faults
+            .iter()
+            .map(|e| (e.from_s, e.to_s.unwrap_or(end_s)))
             .collect()
     }
 

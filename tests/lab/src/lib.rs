@@ -5,6 +5,7 @@ pub mod bench;
 pub mod callgrind;
 pub mod control_plane;
 pub mod envoy;
+pub mod eval;
 pub mod faults;
 pub mod http;
 pub mod istio;

@@ -61,8 +61,6 @@ pub async fn closed_loop(
     all
 }
 
-/// Follows `rates` (requests per second, one entry per `step`), choosing
-/// paths round-robin by weight; returns (sent, succeeded).
 /// What an open-loop run sent and how it was answered.
 #[derive(Debug, Default, Clone)]
 pub struct OpenLoopOutcome {
@@ -73,6 +71,26 @@ pub struct OpenLoopOutcome {
     pub failed: std::collections::BTreeMap<String, u64>,
 }
 
+/// One request of an open-loop run, as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When it was sent, seconds from the run's start.
+    pub at_s: f64,
+    /// The step of `rates` it was sent in (a trace minute).
+    pub step: usize,
+    pub path: String,
+    /// 0: no response (connection failed, or the client gave up).
+    pub status: u16,
+    pub latency_ms: f64,
+    /// For a request not answered 200: what happened (the status, with
+    /// meshtune's reason for a reply it made itself, or the error).
+    pub failure: Option<String>,
+}
+
+/// How long the load generator waits for an answer before it counts the
+/// request as timed out (a user's browser gives up too).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn open_loop(
     port: u16,
     rates: &[f64],
@@ -80,17 +98,37 @@ pub async fn open_loop(
     paths: &[(&str, u32)],
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> OpenLoopOutcome {
+    let records = open_loop_recorded(port, rates, step, paths, stop).await;
+    let mut out = OpenLoopOutcome::default();
+    for r in records {
+        out.sent += 1;
+        match r.failure {
+            None => out.ok += 1,
+            Some(what) => *out.failed.entry(what).or_insert(0) += 1,
+        }
+    }
+    out
+}
+
+/// Follows `rates` (requests per second, one entry per `step`), choosing
+/// paths round-robin by weight, and records every request.
+pub async fn open_loop_recorded(
+    port: u16,
+    rates: &[f64],
+    step: Duration,
+    paths: &[(&str, u32)],
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<Record> {
     let c = client();
-    let sent = Arc::new(AtomicU64::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let wheel: Vec<&str> = paths
         .iter()
         .flat_map(|(p, w)| std::iter::repeat_n(*p, *w as usize))
         .collect();
     let mut n: usize = 0;
+    let start = Instant::now();
     let mut in_flight = tokio::task::JoinSet::new();
-    for rate in rates {
+    let mut records = Vec::new();
+    for (step_index, rate) in rates.iter().enumerate() {
         if *stop.borrow() {
             break;
         }
@@ -101,49 +139,54 @@ pub async fn open_loop(
             let path = wheel
                 .get(n % wheel.len().max(1))
                 .copied()
-                .unwrap_or("/productpage");
+                .unwrap_or("/productpage")
+                .to_owned();
             n += 1;
-            let (c, sent, ok, failed) = (c.clone(), sent.clone(), ok.clone(), failed.clone());
+            let c = c.clone();
             let url = format!("http://127.0.0.1:{port}{path}");
-            sent.fetch_add(1, Ordering::Relaxed);
             in_flight.spawn(async move {
-                let what = match get(&c, &url, &[]).await {
-                    Ok((200, _)) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Ok((status, body)) => {
+                let sent = Instant::now();
+                let at_s = sent.duration_since(start).as_secs_f64();
+                let res = tokio::time::timeout(CLIENT_TIMEOUT, get(&c, &url, &[])).await;
+                let latency_ms = sent.elapsed().as_secs_f64() * 1000.0;
+                let (status, failure) = match res {
+                    Ok(Ok((200, _))) => (200, None),
+                    Ok(Ok((status, body))) => {
                         // meshtune's own replies say why in their body.
                         let text = String::from_utf8_lossy(&body);
-                        match text.strip_prefix("meshtune: ") {
+                        let what = match text.strip_prefix("meshtune: ") {
                             Some(_) if status == 504 => {
                                 format!("{status} (meshtune: deadline exceeded)")
                             }
                             Some(_) => format!("{status} (meshtune: shed)"),
                             None => status.to_string(),
-                        }
+                        };
+                        (status, Some(what))
                     }
-                    Err(_) => "no response".to_string(),
+                    Ok(Err(_)) => (0, Some("no response".to_string())),
+                    Err(_) => (0, Some("client timeout".to_string())),
                 };
-                if let Ok(mut f) = failed.lock() {
-                    *f.entry(what).or_insert(0) += 1;
+                Record {
+                    at_s,
+                    step: step_index,
+                    path,
+                    status,
+                    latency_ms,
+                    failure,
                 }
             });
             tokio::time::sleep(gap).await;
         }
-        // Reap what finished so the set stays small on long runs.
-        while in_flight.try_join_next().is_some() {}
+        // Collect what finished so the set stays small on long runs.
+        while let Some(r) = in_flight.try_join_next() {
+            records.extend(r.ok());
+        }
         tokio::time::sleep_until(step_end.into()).await;
     }
     // Requests still in flight count once they are answered.
-    while in_flight.join_next().await.is_some() {}
-    let failed = match failed.lock() {
-        Ok(f) => f.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
-    OpenLoopOutcome {
-        sent: sent.load(Ordering::Relaxed),
-        ok: ok.load(Ordering::Relaxed),
-        failed,
+    while let Some(r) = in_flight.join_next().await {
+        records.extend(r.ok());
     }
+    records.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    records
 }

@@ -56,6 +56,53 @@ enum Command {
         #[arg(long)]
         faults: Option<PathBuf>,
     },
+    /// Does the tuning help? Runs the same trace and fault schedule once per
+    /// arm, each from a clean start, and judges each the way users do, from
+    /// the load generator's own records: per trace minute and chain, a
+    /// window violates when the chain's p99 exceeds its objective or more
+    /// than 1 % of its requests failed (windows under 100 requests are
+    /// merged with the next). Prints a table per run and a last line
+    /// starting `outcome`; writes windows.csv and eval.svg to --out.
+    ///
+    /// Arms: static (Istio's defaults, no meshtune filter), native (plus
+    /// Envoy's adaptive concurrency filter on every inbound sidecar),
+    /// meshtune (the filter's control and the agent writing
+    /// DestinationRules and VirtualServices), meshtune-dataplane (the
+    /// filter's control, the agent only recommending).
+    Eval {
+        /// A shipped scenario (name in tests/lab/scenarios) or a scenario
+        /// file: trace, offset, minutes, peak_rps, seconds_per_minute and
+        /// faults; options given here override the file's.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// `timestamp,requests` CSV [default: WorldCup98 in ../shared/data/traces].
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Trace minute to start from [default: 80000, a match day].
+        #[arg(long)]
+        offset: Option<usize>,
+        /// Trace minutes to run [default: 10].
+        #[arg(long)]
+        minutes: Option<usize>,
+        /// A fault schedule (file or shipped name); replaces the scenario's faults.
+        #[arg(long)]
+        faults: Option<PathBuf>,
+        /// Arms to run, comma-separated [default: all four].
+        #[arg(long, value_delimiter = ',')]
+        arms: Vec<String>,
+        /// Run every arm this many times (the outcome gives min–max).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Real seconds per trace minute [default: 6].
+        #[arg(long)]
+        seconds_per_minute: Option<f64>,
+        /// Requests per second at the busiest trace minute run [default: 60].
+        #[arg(long)]
+        peak_rps: Option<f64>,
+        /// Where windows.csv and eval.svg go.
+        #[arg(long, default_value = "eval-out")]
+        out: PathBuf,
+    },
     /// One replica of a lab service (started by the lab itself).
     #[command(hide = true)]
     Replica {
@@ -145,6 +192,35 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             app_port,
             outbound_port,
         } => rt.block_on(meshtune_lab::replicas::run(spec, app_port, outbound_port)),
+        Command::Eval {
+            scenario,
+            trace,
+            offset,
+            minutes,
+            faults,
+            arms,
+            repeat,
+            seconds_per_minute,
+            peak_rps,
+            out,
+        } => {
+            let o = eval_options(EvalArgs {
+                scenario,
+                trace,
+                offset,
+                minutes,
+                faults,
+                arms,
+                repeat,
+                seconds_per_minute,
+                peak_rps,
+                out,
+            })?;
+            println!("{}", meshtune_lab::eval::settings_line(&o));
+            let runs = rt.block_on(meshtune_lab::eval::eval(&o))?;
+            println!("{}", meshtune_lab::eval::outcome_line(&runs, &o.arms));
+            Ok(())
+        }
         Command::Agent {
             config,
             sink_dir,
@@ -308,6 +384,102 @@ struct UpOptions {
     istio_config: Option<PathBuf>,
     tune: bool,
     faults: Option<PathBuf>,
+}
+
+struct EvalArgs {
+    scenario: Option<PathBuf>,
+    trace: Option<PathBuf>,
+    offset: Option<usize>,
+    minutes: Option<usize>,
+    faults: Option<PathBuf>,
+    arms: Vec<String>,
+    repeat: usize,
+    seconds_per_minute: Option<f64>,
+    peak_rps: Option<f64>,
+    out: PathBuf,
+}
+
+/// The replicas `eval` and `up` run, for checking fault files.
+fn replica_names() -> Vec<String> {
+    meshtune_lab::services::bookinfo_with_versions()
+        .iter()
+        .flat_map(|s| {
+            (0..s.replicas.len()).map(|i| meshtune_lab::replicas::replica_name(s.name, i))
+        })
+        .collect()
+}
+
+/// The eval's settings: the command line over the scenario file over the defaults.
+fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> {
+    use meshtune_lab::eval::{Arm, EvalOptions, ARMS};
+    use meshtune_lab::faults::Schedule;
+    let names = replica_names();
+    let scenario = match &a.scenario {
+        Some(p) => {
+            let path = scenario_path(p.clone());
+            let s = Schedule::load(&path, &names)?;
+            let name = path
+                .file_stem()
+                .map_or("scenario".into(), |n| n.to_string_lossy().into_owned());
+            Some((name, s))
+        }
+        None => None,
+    };
+    let run = scenario
+        .as_ref()
+        .map(|(_, s)| s.run.clone())
+        .unwrap_or_default();
+    let faults = match a.faults {
+        Some(f) => {
+            let path = scenario_path(f);
+            let s = Schedule::load(&path, &names)?;
+            let name = path
+                .file_stem()
+                .map_or("faults".into(), |n| n.to_string_lossy().into_owned());
+            Some((name, s))
+        }
+        None => scenario.filter(|(_, s)| !s.faults.is_empty()),
+    };
+    let trace = a
+        .trace
+        .or_else(|| {
+            run.trace.map(|t| {
+                let p = PathBuf::from(&t);
+                if p.is_absolute() {
+                    p
+                } else {
+                    trace::traces_dir().join(p)
+                }
+            })
+        })
+        .unwrap_or_else(|| trace::traces_dir().join("worldcup98_1min.csv"));
+    let arms = if a.arms.is_empty() {
+        ARMS.to_vec()
+    } else {
+        a.arms
+            .iter()
+            .map(|s| Arm::parse(s).map_err(|e| anyhow::anyhow!("--arms: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    anyhow::ensure!(a.repeat >= 1, "--repeat: at least 1");
+    let o = EvalOptions {
+        trace,
+        offset: a.offset.or(run.offset).unwrap_or(80_000),
+        minutes: a.minutes.or(run.minutes).unwrap_or(10),
+        peak_rps: a.peak_rps.or(run.peak_rps).unwrap_or(60.0),
+        seconds_per_minute: a
+            .seconds_per_minute
+            .or(run.seconds_per_minute)
+            .unwrap_or(6.0),
+        faults,
+        arms,
+        repeat: a.repeat,
+        out: a.out,
+    };
+    anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
+    anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");
+    anyhow::ensure!(o.seconds_per_minute > 0.0, "--seconds-per-minute: above 0");
+    Ok(o)
 }
 
 /// A fault file's path: as given, or a shipped scenario by name.

@@ -58,6 +58,11 @@ pub struct MeshOptions {
     pub control: bool,
     /// Put Envoy's native adaptive concurrency filter in front of this service.
     pub native_adaptive: Option<&'static str>,
+    /// Put it in front of every service (Envoy's documented defaults).
+    pub native_adaptive_everywhere: bool,
+    /// Run meshtune's filter in the sidecars (off: sidecars as users have
+    /// them before installing meshtune).
+    pub filter: bool,
     pub policy_ttl_s: u64,
     /// The agent tunes the mesh: it writes DestinationRules through the
     /// directory sink in `apply` mode, and the lab's control plane applies
@@ -80,6 +85,8 @@ impl Default for MeshOptions {
             services: services::bookinfo(),
             control: false,
             native_adaptive: None,
+            native_adaptive_everywhere: false,
+            filter: true,
             policy_ttl_s: 30,
             tune: false,
             istio_config_dir: None,
@@ -346,7 +353,9 @@ impl Mesh {
                         })
                         .collect(),
                     agent_port: Some(agent_port),
-                    filter: if opts.per_side_plugins {
+                    filter: if !opts.filter {
+                        FilterKind::None
+                    } else if opts.per_side_plugins {
                         FilterKind::WasmPerSide {
                             path: wasm.clone(),
                             config_json: config_json.clone(),
@@ -358,7 +367,9 @@ impl Mesh {
                         }
                     },
                     concurrency: opts.envoy_concurrency,
-                    extra_inbound_filters: if opts.native_adaptive == Some(s.name) {
+                    extra_inbound_filters: if opts.native_adaptive_everywhere
+                        || opts.native_adaptive == Some(s.name)
+                    {
                         vec![crate::envoy::native_adaptive_concurrency()]
                     } else {
                         vec![]

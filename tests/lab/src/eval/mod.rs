@@ -1,0 +1,487 @@
+//! `meshtune-lab eval`: does the tuning help? The same trace and fault
+//! schedule run through the lab once per *arm*, from a clean start each
+//! time, judged from the load generator's own records:
+//!
+//! - `static`: Istio's defaults, no meshtune filter (what users run today);
+//! - `native`: Istio's defaults plus Envoy's adaptive concurrency filter on
+//!   every inbound sidecar, no meshtune filter;
+//! - `meshtune`: the filter's data-path control and the agent writing
+//!   DestinationRules and VirtualServices (`apply` mode);
+//! - `meshtune-dataplane`: the filter's control only, the agent recommending.
+
+pub mod plot;
+pub mod verdict;
+
+use crate::faults::{self, Runner, Schedule};
+use crate::load::{open_loop_recorded, Record};
+use crate::mesh::{Mesh, MeshOptions, CHAINS};
+use crate::replicas::replica_name;
+use crate::services::bookinfo_with_versions;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use verdict::{chain_windows, ChainWindow, Objective, Sample};
+
+/// One way of running the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Arm {
+    Static,
+    Native,
+    Meshtune,
+    MeshtuneDataplane,
+}
+
+pub const ARMS: [Arm; 4] = [
+    Arm::Static,
+    Arm::Native,
+    Arm::Meshtune,
+    Arm::MeshtuneDataplane,
+];
+
+impl Arm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Static => "static",
+            Arm::Native => "native",
+            Arm::Meshtune => "meshtune",
+            Arm::MeshtuneDataplane => "meshtune-dataplane",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Arm, String> {
+        ARMS.iter().copied().find(|a| a.name() == s).ok_or_else(|| {
+            format!(
+                "unknown arm {s:?}: one of {}",
+                ARMS.map(Arm::name).join(", ")
+            )
+        })
+    }
+
+    /// The lab as this arm runs it.
+    pub fn mesh_options(self) -> MeshOptions {
+        let meshtune = matches!(self, Arm::Meshtune | Arm::MeshtuneDataplane);
+        MeshOptions {
+            services: bookinfo_with_versions(),
+            agent_window_secs: 60,
+            filter: meshtune,
+            control: meshtune,
+            tune: self == Arm::Meshtune,
+            native_adaptive_everywhere: self == Arm::Native,
+            ..MeshOptions::default()
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub trace: PathBuf,
+    pub offset: usize,
+    pub minutes: usize,
+    pub peak_rps: f64,
+    pub seconds_per_minute: f64,
+    /// The fault schedule (and its name for the settings line).
+    pub faults: Option<(String, Schedule)>,
+    pub arms: Vec<Arm>,
+    pub repeat: usize,
+    pub out: PathBuf,
+}
+
+/// The paths the load generator sends, with their weights and chains.
+pub const LOAD_MIX: [(&str, u32); 2] = [("/productpage", 7), ("/api/v1/ratings/0", 3)];
+
+/// The chain a request path enters (the lab's entry rules).
+pub fn chain_of(path: &str) -> Option<&'static str> {
+    CHAINS
+        .iter()
+        .find(|(_, prefix, _)| path.starts_with(prefix))
+        .map(|(c, _, _)| *c)
+}
+
+/// The lab chains' objectives (p99).
+pub fn objectives() -> Vec<Objective> {
+    CHAINS
+        .iter()
+        .map(|(c, _, slo)| Objective {
+            chain: (*c).to_owned(),
+            percentile: 99.0,
+            slo_ms: *slo,
+        })
+        .collect()
+}
+
+/// What one run of one arm measured.
+#[derive(Debug, Clone)]
+pub struct ArmRun {
+    pub arm: Arm,
+    pub run: usize,
+    pub windows: Vec<ChainWindow>,
+    /// Per chain: requests, mean and p99 end-to-end latency (ms).
+    pub latency: BTreeMap<String, (usize, f64, f64)>,
+    pub offered: usize,
+    pub good: usize,
+    /// CPU seconds: services, sidecars, agent.
+    pub cpu_s: (f64, f64, f64),
+    /// Objects the agent applied (DestinationRules, VirtualServices).
+    pub changes: u64,
+    /// productpage's sidecar's cluster for reviews as Envoy ran it at the
+    /// end (from `/config_dump`): what this arm's configuration was.
+    pub reviews_cluster: serde_json::Value,
+}
+
+impl ArmRun {
+    pub fn violating(&self) -> usize {
+        self.windows.iter().filter(|w| w.violates).count()
+    }
+
+    pub fn goodput(&self) -> f64 {
+        if self.offered == 0 {
+            return 0.0;
+        }
+        self.good as f64 / self.offered as f64
+    }
+
+    pub fn cpu_total(&self) -> f64 {
+        self.cpu_s.0 + self.cpu_s.1 + self.cpu_s.2
+    }
+}
+
+/// The records of a run as samples: window = the trace minute it was sent in.
+pub fn samples(records: &[Record]) -> Vec<Sample> {
+    records
+        .iter()
+        .filter_map(|r| {
+            Some(Sample {
+                window: r.step,
+                chain: chain_of(&r.path)?.to_owned(),
+                ok: r.failure.is_none(),
+                latency_ms: r.latency_ms,
+            })
+        })
+        .collect()
+}
+
+/// CPU microseconds of the lab's processes: (services, sidecars, agent).
+fn cpu_us(mesh: &Mesh) -> (u64, u64, u64) {
+    let services = mesh
+        .replicas
+        .values()
+        .filter_map(|r| r.pid())
+        .map(crate::proc::cpu_micros)
+        .sum();
+    let sidecars = mesh
+        .envoys
+        .values()
+        .map(|e| crate::proc::cpu_micros(e.child.id()))
+        .sum();
+    let agent = mesh.agent.pid().map_or(0, crate::proc::cpu_micros);
+    (services, sidecars, agent)
+}
+
+/// Objects the agent applied so far (its counter; 0 without the agent).
+fn changes(mesh: &Mesh) -> u64 {
+    crate::http::get_blocking(mesh.agent_port, "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("meshtune_destinationrule_applies_total"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        })
+        .unwrap_or(0)
+}
+
+/// Runs one arm once: a fresh lab, the load and the faults, the verdict.
+pub async fn run_arm(
+    arm: Arm,
+    run: usize,
+    rates: &[f64],
+    o: &EvalOptions,
+) -> anyhow::Result<ArmRun> {
+    let mut mesh = Mesh::start(arm.mesh_options())
+        .await
+        .with_context(|| format!("starting the lab for arm {}", arm.name()))?;
+    let spm = o.seconds_per_minute;
+    let entry = mesh.entry_port;
+    let cpu_start = cpu_us(&mesh);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load_rates = rates.to_vec();
+    let load = tokio::spawn(async move {
+        open_loop_recorded(
+            entry,
+            &load_rates,
+            Duration::from_secs_f64(spm),
+            &LOAD_MIX,
+            &stop_rx,
+        )
+        .await
+    });
+    let mut runner = o.faults.as_ref().map(|(_, s)| Runner::new(s));
+    let started = Instant::now();
+    let mut last_minute = usize::MAX;
+    while !load.is_finished() {
+        let elapsed = started.elapsed().as_secs_f64();
+        if let Some(r) = runner.as_mut() {
+            for (t, action) in r.due(elapsed) {
+                let done = tokio::task::block_in_place(|| faults::apply(&mut mesh, &action));
+                match done {
+                    Ok(()) => println!("  [{:>9} {t:>4.0} s] fault: {action}", arm.name()),
+                    Err(e) => println!(
+                        "  [{:>9} {t:>4.0} s] fault: {action}: not done: {e:#}",
+                        arm.name()
+                    ),
+                }
+            }
+        }
+        let minute = (elapsed / spm) as usize;
+        if minute != last_minute && minute < rates.len() {
+            last_minute = minute;
+            println!(
+                "  [{:>9} run {}] minute {}/{} · {:.0} req/s",
+                arm.name(),
+                run + 1,
+                minute + 1,
+                rates.len(),
+                rates[minute]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = load.await.context("the load generator")?;
+    let cpu_end = cpu_us(&mesh);
+    let changes = changes(&mesh);
+    let reviews_cluster = mesh
+        .envoys
+        .get("productpage")
+        .map(|e| {
+            crate::envoy::cluster_in_force(
+                e.admin_port,
+                "outbound|9080||reviews.bookinfo.svc.cluster.local",
+            )
+        })
+        .unwrap_or_default();
+    let samples = samples(&records);
+    let windows = chain_windows(&samples, &objectives());
+    let mut latency = BTreeMap::new();
+    for ob in objectives() {
+        let mut l: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.chain == ob.chain)
+            .map(|s| s.latency_ms)
+            .collect();
+        l.sort_by(f64::total_cmp);
+        let mean = if l.is_empty() {
+            0.0
+        } else {
+            l.iter().sum::<f64>() / l.len() as f64
+        };
+        latency.insert(
+            ob.chain.clone(),
+            (l.len(), mean, verdict::percentile(&l, 99.0)),
+        );
+    }
+    let good = windows.iter().map(|w| w.good).sum();
+    let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+    Ok(ArmRun {
+        arm,
+        run,
+        windows,
+        latency,
+        offered: records.len(),
+        good,
+        cpu_s: (
+            d(cpu_end.0, cpu_start.0),
+            d(cpu_end.1, cpu_start.1),
+            d(cpu_end.2, cpu_start.2),
+        ),
+        changes,
+        reviews_cluster,
+    })
+}
+
+/// The first line: what ran.
+pub fn settings_line(o: &EvalOptions) -> String {
+    format!(
+        "settings trace={} offset={} minutes={} peak_rps={} seconds_per_minute={} arms={} repeat={} faults={}",
+        o.trace.display(),
+        o.offset,
+        o.minutes,
+        o.peak_rps,
+        o.seconds_per_minute,
+        o.arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(","),
+        o.repeat,
+        o.faults.as_ref().map_or("none", |(n, _)| n.as_str())
+    )
+}
+
+/// The table of one run of one arm.
+pub fn table(r: &ArmRun) -> String {
+    let mut s = format!(
+        "run {} · arm {}\n{:<14} {:>8} {:>10} {:>9} {:>7} {:>8} {:>8}\n",
+        r.run + 1,
+        r.arm.name(),
+        "chain",
+        "windows",
+        "violating",
+        "requests",
+        "failed",
+        "mean ms",
+        "p99 ms"
+    );
+    for (chain, (n, mean, p99)) in &r.latency {
+        let w: Vec<&ChainWindow> = r.windows.iter().filter(|w| &w.chain == chain).collect();
+        s.push_str(&format!(
+            "{chain:<14} {:>8} {:>10} {:>9} {:>7} {:>8.1} {:>8.1}\n",
+            w.len(),
+            w.iter().filter(|w| w.violates).count(),
+            n,
+            w.iter().map(|w| w.failed).sum::<usize>(),
+            mean,
+            p99
+        ));
+    }
+    s.push_str(&format!(
+        "goodput {:.3} · cpu {:.1} s (services {:.1}, sidecars {:.1}, agent {:.1}) · configuration changes {}\n",
+        r.goodput(),
+        r.cpu_total(),
+        r.cpu_s.0,
+        r.cpu_s.1,
+        r.cpu_s.2,
+        r.changes
+    ));
+    s
+}
+
+/// `min` or `min–max` of the values, formatted with `f`.
+fn range(v: &[f64], f: impl Fn(f64) -> String) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.is_empty() {
+        "-".into()
+    } else if (hi - lo).abs() < 1e-12 {
+        f(lo)
+    } else {
+        format!("{}–{}", f(lo), f(hi))
+    }
+}
+
+/// The last line: every arm that ran, in each section.
+pub fn outcome_line(runs: &[ArmRun], arms: &[Arm]) -> String {
+    let section = |name: &str, value: &dyn Fn(&ArmRun) -> f64, fmt: &dyn Fn(f64) -> String| {
+        let parts: Vec<String> = arms
+            .iter()
+            .map(|a| {
+                let v: Vec<f64> = runs.iter().filter(|r| r.arm == *a).map(value).collect();
+                format!("{}={}", a.name(), range(&v, fmt))
+            })
+            .collect();
+        format!("{name} {}", parts.join(" "))
+    };
+    let int = |x: f64| format!("{x:.0}");
+    let three = |x: f64| format!("{x:.3}");
+    let one = |x: f64| format!("{x:.1}");
+    let mut line = format!(
+        "outcome {} {} {}",
+        section("violating_windows", &|r| r.violating() as f64, &int),
+        section("goodput", &|r| r.goodput(), &three),
+        section("cpu_s", &|r| r.cpu_total(), &one),
+    );
+    let mean_cpu = |a: Arm| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.arm == a)
+            .map(ArmRun::cpu_total)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    if let (Some(m), Some(s)) = (mean_cpu(Arm::Meshtune), mean_cpu(Arm::Static)) {
+        if s > 0.0 {
+            line.push_str(&format!(" cpu_ratio_meshtune_vs_static={:.2}", m / s));
+        }
+    }
+    line
+}
+
+/// The per-window CSV.
+pub fn csv(runs: &[ArmRun]) -> String {
+    let mut s = String::from(
+        "# one row per chain-window: arm, run, chain, first and last trace minute (windows with <100 requests merged), requests, failed, p99 ms (declared percentile), objective ms, answered 200 within the objective, violates (1/0)\narm,run,chain,first_minute,last_minute,requests,failed,percentile_ms,slo_ms,good,violates\n",
+    );
+    let slo: BTreeMap<String, f64> = objectives()
+        .into_iter()
+        .map(|o| (o.chain, o.slo_ms))
+        .collect();
+    for r in runs {
+        for w in &r.windows {
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{:.2},{},{},{}\n",
+                r.arm.name(),
+                r.run + 1,
+                w.chain,
+                w.first,
+                w.last,
+                w.requests,
+                w.failed,
+                w.percentile_ms,
+                slo.get(&w.chain).copied().unwrap_or(0.0),
+                w.good,
+                u8::from(w.violates)
+            ));
+        }
+    }
+    s
+}
+
+/// Runs every arm `repeat` times and writes the CSV and the plot; returns
+/// the runs (the caller prints the outcome line).
+pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
+    let counts = crate::trace::read_counts(&o.trace)?;
+    anyhow::ensure!(
+        o.offset + o.minutes <= counts.len(),
+        "--offset {} + {} minutes is past the trace's {} minutes",
+        o.offset,
+        o.minutes,
+        counts.len()
+    );
+    let mut rates = crate::trace::scaled(&counts, o.offset, o.minutes, o.peak_rps);
+    if let Some((_, s)) = &o.faults {
+        rates = s.surged(&rates, o.seconds_per_minute);
+        let names: Vec<String> = bookinfo_with_versions()
+            .iter()
+            .flat_map(|s| (0..s.replicas.len()).map(|i| replica_name(s.name, i)))
+            .collect();
+        for f in &s.faults {
+            if let faults::FaultKind::Errors { replica, .. }
+            | faults::FaultKind::Slow { replica, .. }
+            | faults::FaultKind::Down { replica } = &f.kind
+            {
+                anyhow::ensure!(names.contains(replica), "no replica {replica}");
+            }
+        }
+    }
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("--out {}: cannot create it", o.out.display()))?;
+    let mut runs = Vec::new();
+    for run in 0..o.repeat {
+        for arm in &o.arms {
+            println!("arm {} (run {}/{}) ...", arm.name(), run + 1, o.repeat);
+            let r = run_arm(*arm, run, &rates, o).await?;
+            print!("{}", table(&r));
+            runs.push(r);
+        }
+    }
+    let csv_path = o.out.join("windows.csv");
+    std::fs::write(&csv_path, csv(&runs))?;
+    let svg_path = o.out.join("eval.svg");
+    let periods = o
+        .faults
+        .as_ref()
+        .map(|(_, s)| s.periods(o.minutes as f64 * o.seconds_per_minute))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(a, b)| (a / o.seconds_per_minute, b / o.seconds_per_minute))
+        .collect::<Vec<_>>();
+    plot::write_svg(&svg_path, &runs, &objectives(), &periods)?;
+    println!("wrote {} and {}", csv_path.display(), svg_path.display());
+    Ok(runs)
+}
