@@ -13,22 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The outbound cluster `name` as productpage's sidecar runs it.
 fn cluster_in_force(mesh: &Mesh, name: &str) -> Value {
-    let admin = mesh.envoys["productpage"].admin_port;
-    let (_, body) = meshtune_lab::http::get_blocking(admin, "/config_dump").unwrap_or_default();
-    let dump: Value = serde_json::from_str(&body).unwrap_or_default();
-    dump["configs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| {
-            c["dynamic_active_clusters"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .map(|d| d["cluster"].clone())
-        .find(|c| c["name"] == name)
-        .unwrap_or(Value::Null)
+    meshtune_lab::envoy::cluster_in_force(mesh.envoys["productpage"].admin_port, name)
 }
 
 /// The route action for `service` in productpage's sidecar.
@@ -323,6 +308,15 @@ async fn the_filter_owns_chain_timeouts_and_the_agents_route_owns_the_rest() {
     // Outside any chain: the route's timeout cuts the request (never sooner).
     let (status, took) = call_ratings(&mesh, &[]);
     assert_eq!(status, 504, "a request on no chain times out");
+    // The agent may have moved the route since it was read; Envoy's timers
+    // tick in milliseconds.
+    let route_timeout = route_in_force(&mesh, "ratings")["timeout"]
+        .as_str()
+        .and_then(|t| t.strip_suffix('s')?.parse::<f64>().ok())
+        .map_or(route_timeout, |s| {
+            route_timeout.min(Duration::from_secs_f64(s))
+        })
+        .saturating_sub(Duration::from_millis(2));
     assert!(
         took >= route_timeout,
         "a request on no chain is cut by the route's timeout ({route_timeout:?}): after {took:?}"
