@@ -490,16 +490,7 @@ mod tests {
 
     #[test]
     fn the_shipped_scenarios_parse() {
-        let replicas: Vec<String> = [
-            "productpage",
-            "details",
-            "reviews",
-            "reviews-2",
-            "reviews-3",
-            "ratings",
-        ]
-        .map(String::from)
-        .to_vec();
+        let replicas = crate::replicas::replica_names(&crate::services::bookinfo_with_versions());
         let mut n = 0;
         for f in std::fs::read_dir(scenarios_dir()).unwrap() {
             let p = f.unwrap().path();

@@ -401,43 +401,37 @@ struct EvalArgs {
 
 /// The replicas `eval` and `up` run, for checking fault files.
 fn replica_names() -> Vec<String> {
-    meshtune_lab::services::bookinfo_with_versions()
-        .iter()
-        .flat_map(|s| {
-            (0..s.replicas.len()).map(|i| meshtune_lab::replicas::replica_name(s.name, i))
-        })
-        .collect()
+    meshtune_lab::replicas::replica_names(&meshtune_lab::services::bookinfo_with_versions())
+}
+
+/// A schedule file (path or shipped name) and the name it goes by.
+fn named_schedule(
+    p: PathBuf,
+    names: &[String],
+) -> anyhow::Result<(String, meshtune_lab::faults::Schedule)> {
+    let path = scenario_path(p);
+    let s = meshtune_lab::faults::Schedule::load(&path, names)?;
+    let name = path
+        .file_stem()
+        .map_or("scenario".into(), |n| n.to_string_lossy().into_owned());
+    Ok((name, s))
 }
 
 /// The eval's settings: the command line over the scenario file over the defaults.
 fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> {
     use meshtune_lab::eval::{Arm, EvalOptions, ARMS};
-    use meshtune_lab::faults::Schedule;
     let names = replica_names();
-    let scenario = match &a.scenario {
-        Some(p) => {
-            let path = scenario_path(p.clone());
-            let s = Schedule::load(&path, &names)?;
-            let name = path
-                .file_stem()
-                .map_or("scenario".into(), |n| n.to_string_lossy().into_owned());
-            Some((name, s))
-        }
-        None => None,
-    };
+    let scenario = a
+        .scenario
+        .clone()
+        .map(|p| named_schedule(p, &names))
+        .transpose()?;
     let run = scenario
         .as_ref()
         .map(|(_, s)| s.run.clone())
         .unwrap_or_default();
     let faults = match a.faults {
-        Some(f) => {
-            let path = scenario_path(f);
-            let s = Schedule::load(&path, &names)?;
-            let name = path
-                .file_stem()
-                .map_or("faults".into(), |n| n.to_string_lossy().into_owned());
-            Some((name, s))
-        }
+        Some(f) => Some(named_schedule(f, &names)?),
         None => scenario.filter(|(_, s)| !s.faults.is_empty()),
     };
     let trace = a

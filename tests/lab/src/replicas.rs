@@ -45,6 +45,14 @@ pub fn replica_name(service: &str, index: usize) -> String {
     }
 }
 
+/// Every replica name of `services`, in order.
+pub fn replica_names(services: &[ServiceSpec]) -> Vec<String> {
+    services
+        .iter()
+        .flat_map(|s| (0..s.replicas.len()).map(|i| replica_name(s.name, i)))
+        .collect()
+}
+
 /// A running replica process.
 pub struct Replica {
     pub name: String,

@@ -12,16 +12,8 @@ use meshtune_lab::faults::{scenarios_dir, Schedule};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_files() {
     let out = tempfile::tempdir().unwrap();
-    let names: Vec<String> = [
-        "productpage",
-        "details",
-        "reviews",
-        "reviews-2",
-        "reviews-3",
-        "ratings",
-    ]
-    .map(String::from)
-    .to_vec();
+    let names =
+        meshtune_lab::replicas::replica_names(&meshtune_lab::services::bookinfo_with_versions());
     let faults = Schedule::load(&scenarios_dir().join("reviews-v2-errors.yaml"), &names).unwrap();
     let o = EvalOptions {
         trace: meshtune_lab::trace::traces_dir().join("worldcup98_1min.csv"),

@@ -12,7 +12,7 @@
 use meshtune_lab::faults::{self, Runner, Schedule};
 use meshtune_lab::load::{open_loop, OpenLoopOutcome};
 use meshtune_lab::mesh::{Mesh, MeshOptions};
-use meshtune_lab::replicas::replica_name;
+use meshtune_lab::replicas::replica_names;
 use meshtune_lab::services::bookinfo_with_versions;
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,7 @@ struct Run {
 
 async fn run(meshtune: bool) -> Run {
     let services = bookinfo_with_versions();
-    let names: Vec<String> = services
-        .iter()
-        .flat_map(|s| (0..s.replicas.len()).map(|i| replica_name(s.name, i)))
-        .collect();
+    let names = replica_names(&services);
     let schedule = Schedule::load(
         &faults::scenarios_dir().join("reviews-v2-errors.yaml"),
         &names,

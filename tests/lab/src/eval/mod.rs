@@ -15,7 +15,7 @@ pub mod verdict;
 use crate::faults::{self, Runner, Schedule};
 use crate::load::{open_loop_recorded, Record};
 use crate::mesh::{Mesh, MeshOptions, CHAINS};
-use crate::replicas::replica_name;
+use crate::replicas::replica_names;
 use crate::services::bookinfo_with_versions;
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -446,10 +446,7 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
     let mut rates = crate::trace::scaled(&counts, o.offset, o.minutes, o.peak_rps);
     if let Some((_, s)) = &o.faults {
         rates = s.surged(&rates, o.seconds_per_minute);
-        let names: Vec<String> = bookinfo_with_versions()
-            .iter()
-            .flat_map(|s| (0..s.replicas.len()).map(|i| replica_name(s.name, i)))
-            .collect();
+        let names = replica_names(&bookinfo_with_versions());
         for f in &s.faults {
             if let faults::FaultKind::Errors { replica, .. }
             | faults::FaultKind::Slow { replica, .. }
