@@ -4,7 +4,8 @@
 //! Layers, each importing only those before it (a test over the `use`
 //! lines keeps it so, `tests/layout.rs`):
 //!
-//! 1. `config`, `forecast` — what the user declared; the forecasters.
+//! 1. `config`, `clock`, `forecast` — what the user declared; the agent's
+//!    clock (wall or trace time); the forecasters.
 //! 2. `data` — what was measured: aggregates, the chain state, the store,
 //!    windows as peers exchange them.
 //! 3. `plan` — pure planners: inputs in, decisions out (policy for the
@@ -15,6 +16,7 @@
 //! 5. `app` — the running agent: its state, API, metrics, tuning loop.
 //! 6. `k8s` — cluster I/O and its loops (ChainSLO watch, Lease, peers).
 
+pub mod clock;
 pub mod config;
 pub mod forecast;
 
@@ -31,18 +33,14 @@ pub mod k8s;
 pub use app::agent::Agent;
 pub use config::AgentConfig;
 
-/// Seconds since the Unix epoch, read once per request or tick and passed on.
+/// Seconds since the Unix epoch on the agent's clock ([`clock`]: wall
+/// time, or trace time in a lab replay), read once per request or tick and
+/// passed on.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    clock::now_ms() / 1000
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch on the agent's clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock::now_ms()
 }

@@ -194,7 +194,8 @@ impl Agent {
             crate::plan::policy::compute(&self.chains(), &window, &self.config.policy, version);
         p.load_growth = crate::plan::policy::load_growth(
             &window,
-            self.config.window.as_secs_f64(),
+            // Per wall second, as the forecast is (`crate::clock`).
+            crate::clock::wall_seconds(self.config.window.as_secs_f64()),
             &self.forecast_at_longest_horizon(),
         );
         p.rules = locked(&self.declared).rules.clone();

@@ -97,13 +97,16 @@ impl Forecasting {
             };
             feeds.push((chain, start, per_min));
         }
+        // Requests per wall second: a minute of the agent's clock may pass
+        // faster than a wall minute (trace time, `crate::clock`).
+        let minute_s = crate::clock::wall_seconds(60.0);
         let first = feeds.iter().map(|f| f.1).min().unwrap_or(now_min);
         for m in first..now_min {
             let due: Vec<&(String, u64, _)> = feeds.iter().filter(|f| f.1 <= m).collect();
             // A minute without reports had no traffic: zero, not a gap.
             for (chain, _, per_min) in &due {
                 if let Some(sel) = selectors.get_mut(chain) {
-                    sel.observe(m, per_min.get(&m).copied().unwrap_or(0) as f64 / 60.0);
+                    sel.observe(m, per_min.get(&m).copied().unwrap_or(0) as f64 / minute_s);
                 }
             }
             if let Some(model) = &self.gru {

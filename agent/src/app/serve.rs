@@ -40,7 +40,9 @@ pub async fn serve(
         let agent = this.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            // Once a minute of the agent's clock (trace time in a replay).
+            let mut tick =
+                tokio::time::interval(crate::clock::wall_duration(Duration::from_secs(60)));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}

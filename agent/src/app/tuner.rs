@@ -172,7 +172,7 @@ pub async fn run_local<S: Sink + Send + Sync + 'static>(
             .round(&agent, &window, secs, &BTreeSet::new(), true, now_s)
             .await;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(crate::clock::wall_duration(every)) => {}
             _ = stop.changed() => break,
         }
     }

@@ -205,7 +205,8 @@ impl ChainState {
         self.forgotten_vms.extend(d.forgotten_vms);
     }
 
-    /// The chain aggregates over the last `window_secs`, and the seconds they cover.
+    /// The chain aggregates over the last `window_secs`, and the wall
+    /// seconds they cover (what rates are divided by).
     pub fn window(&self, now_secs: u64, window_secs: u64) -> (BTreeMap<String, ChainAgg>, f64) {
         let mut out: BTreeMap<String, ChainAgg> = BTreeMap::new();
         for (start, slot) in &self.slots {
@@ -218,7 +219,8 @@ impl ChainState {
         let covered = window_secs
             .min(now_secs.saturating_sub(self.started_secs))
             .max(1);
-        (out, covered as f64)
+        // Rates are per wall second (see `crate::clock`).
+        (out, crate::clock::wall_seconds(covered as f64))
     }
 
     pub fn lifetime(&self) -> &BTreeMap<String, ChainAgg> {

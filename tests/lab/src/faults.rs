@@ -19,6 +19,7 @@
 
 use crate::services::Fault;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,7 +40,34 @@ struct FileFormat {
     peak_rps: Option<f64>,
     #[serde(default)]
     seconds_per_minute: Option<f64>,
+    /// A service's worker pool and work time, replacing the lab's defaults.
+    #[serde(default)]
+    capacity: BTreeMap<String, CapacityFormat>,
+    /// Chains' declared priorities (high, normal, low).
+    #[serde(default)]
+    priorities: BTreeMap<String, String>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapacityFormat {
+    workers: usize,
+    queue: usize,
+    work_ms: Option<f64>,
+}
+
+/// A service's worker pool as a scenario sets it: `workers` at a time,
+/// `queue` waiting, each request taking `work_ms` (the service's own work
+/// time otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceCapacity {
+    pub workers: usize,
+    pub queue: usize,
+    pub work_ms: Option<f64>,
+}
+
+/// The priorities a chain can be declared with.
+pub const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 
 /// The load a scenario file names (each optional; the command line wins).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -50,6 +78,10 @@ pub struct RunSettings {
     pub minutes: Option<usize>,
     pub peak_rps: Option<f64>,
     pub seconds_per_minute: Option<f64>,
+    /// Per service (by name): the pool that replaces the lab's default.
+    pub capacity: BTreeMap<String, ServiceCapacity>,
+    /// Per chain: its declared priority (one of [`PRIORITIES`]).
+    pub priorities: BTreeMap<String, &'static str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +165,42 @@ impl Schedule {
         }
         if f.minutes == Some(0) {
             return Err("minutes: at least 1".into());
+        }
+        let mut capacity = BTreeMap::new();
+        for (service, c) in &f.capacity {
+            let at = format!("capacity.{service}");
+            let known = replicas.iter().any(|r| {
+                r == service
+                    || r.strip_prefix(service.as_str())
+                        .is_some_and(|t| t.starts_with('-'))
+            });
+            if !known {
+                return Err(format!("{at}: no service {service} in the lab"));
+            }
+            if c.workers == 0 {
+                return Err(format!("{at}.workers: at least 1"));
+            }
+            if c.work_ms.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+                return Err(format!("{at}.work_ms: milliseconds above 0"));
+            }
+            capacity.insert(
+                service.clone(),
+                ServiceCapacity {
+                    workers: c.workers,
+                    queue: c.queue,
+                    work_ms: c.work_ms,
+                },
+            );
+        }
+        let mut priorities = BTreeMap::new();
+        for (chain, p) in &f.priorities {
+            let Some(known) = PRIORITIES.iter().find(|k| *k == p) else {
+                return Err(format!(
+                    "priorities.{chain}: {p:?} is not one of {}",
+                    PRIORITIES.join(", ")
+                ));
+            };
+            priorities.insert(chain.clone(), *known);
         }
         for (i, e) in f.faults.clone().into_iter().enumerate() {
             let at = format!("faults[{i}]");
@@ -228,6 +296,8 @@ impl Schedule {
                 minutes: f.minutes,
                 peak_rps: f.peak_rps,
                 seconds_per_minute: f.seconds_per_minute,
+                capacity,
+                priorities,
             },
         })
     }
@@ -481,11 +551,46 @@ mod tests {
                 "faults:\n- {from: 1, slowness: 2}\n",
                 "unknown field `slowness`",
             ),
+            (
+                "capacity:\n  review: {workers: 1, queue: 4}\n",
+                "capacity.review: no service review",
+            ),
+            (
+                "capacity:\n  ratings: {workers: 0, queue: 4}\n",
+                "capacity.ratings.workers",
+            ),
+            (
+                "capacity:\n  ratings: {workers: 1, queue: 4, work_ms: -1}\n",
+                "capacity.ratings.work_ms",
+            ),
+            (
+                "priorities:\n  product-page: urgent\n",
+                "priorities.product-page: \"urgent\" is not one of high, normal, low",
+            ),
         ];
         for (text, want) in bad {
             let e = Schedule::parse(text, &replicas()).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_scenario_sets_service_pools_and_chain_priorities() {
+        let s = Schedule::parse(
+            "capacity:\n  reviews: {workers: 2, queue: 8}\n  ratings: {workers: 1, queue: 100, work_ms: 8}\npriorities:\n  ratings-api: high\n",
+            &replicas(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.run.capacity["ratings"],
+            ServiceCapacity {
+                workers: 1,
+                queue: 100,
+                work_ms: Some(8.0)
+            }
+        );
+        assert_eq!(s.run.capacity["reviews"].work_ms, None);
+        assert_eq!(s.run.priorities["ratings-api"], "high");
     }
 
     #[test]

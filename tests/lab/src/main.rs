@@ -123,6 +123,12 @@ enum Command {
         sink_dir: Option<PathBuf>,
         #[arg(long)]
         also_read: Option<PathBuf>,
+        /// Run the agent's clock on trace time: one trace minute per this
+        /// many wall seconds, from `--trace-origin-ms`.
+        #[arg(long, requires = "trace_origin_ms")]
+        seconds_per_minute: Option<f64>,
+        #[arg(long)]
+        trace_origin_ms: Option<u64>,
     },
     /// Benchmarks.
     Bench {
@@ -225,9 +231,19 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             config,
             sink_dir,
             also_read,
-        } => rt.block_on(meshtune_lab::replicas::run_agent(
-            config, sink_dir, also_read,
-        )),
+            seconds_per_minute,
+            trace_origin_ms,
+        } => {
+            let trace_time = seconds_per_minute.zip(trace_origin_ms).map(|(s, o)| {
+                meshtune_lab::replicas::TraceTime {
+                    origin_ms: o,
+                    seconds_per_minute: s,
+                }
+            });
+            rt.block_on(meshtune_lab::replicas::run_agent(
+                config, sink_dir, also_read, trace_time,
+            ))
+        }
         Command::Bench {
             which:
                 BenchCommand::Filter {
@@ -469,6 +485,8 @@ fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> 
         arms,
         repeat: a.repeat,
         out: a.out,
+        capacity: run.capacity,
+        priorities: run.priorities,
     };
     anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
     anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");

@@ -71,6 +71,9 @@ pub struct MeshOptions {
     /// A directory of the user's own DestinationRules and VirtualServices,
     /// applied as `kubectl apply` would (and seen by the agent's guard).
     pub istio_config_dir: Option<std::path::PathBuf>,
+    /// The agent's clock runs on trace time, this many wall seconds per
+    /// trace minute from the mesh's start (`None`: wall time).
+    pub agent_seconds_per_minute: Option<f64>,
 }
 
 impl Default for MeshOptions {
@@ -90,6 +93,7 @@ impl Default for MeshOptions {
             policy_ttl_s: 30,
             tune: false,
             istio_config_dir: None,
+            agent_seconds_per_minute: None,
         }
     }
 }
@@ -174,13 +178,15 @@ pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, opts: &MeshOptio
     y
 }
 
-/// The agent's writing settings when it tunes the lab: apply mode, a round
-/// every five seconds (the lab runs minutes, not hours).
+/// The agent's writing settings when it tunes the lab: apply mode; on
+/// wall time a round every five seconds (the lab runs minutes, not hours),
+/// on trace time the agent's own default period (trace time makes minutes
+/// of the lab hours of the trace).
 fn tuning_yaml(opts: &MeshOptions) -> String {
-    if opts.tune {
-        "kubernetes:\n  mode: apply\n  interval_seconds: 5\n".into()
-    } else {
-        String::new()
+    match (opts.tune, opts.agent_seconds_per_minute) {
+        (false, _) => String::new(),
+        (true, None) => "kubernetes:\n  mode: apply\n  interval_seconds: 5\n".into(),
+        (true, Some(_)) => "kubernetes:\n  mode: apply\n".into(),
     }
 }
 
@@ -258,8 +264,18 @@ impl Mesh {
                 opts.tune.then(|| desired_dir.clone()),
                 opts.istio_config_dir.clone(),
             );
+            let trace_time = opts
+                .agent_seconds_per_minute
+                .map(crate::replicas::TraceTime::from_now);
             tokio::task::spawn_blocking(move || {
-                AgentProcess::start(&d, &y, agent_port, sink.as_deref(), user.as_deref())
+                AgentProcess::start(
+                    &d,
+                    &y,
+                    agent_port,
+                    sink.as_deref(),
+                    user.as_deref(),
+                    trace_time,
+                )
             })
             .await??
         };

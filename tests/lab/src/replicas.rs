@@ -203,6 +203,28 @@ pub async fn run(
     Ok(())
 }
 
+/// The agent's clock on trace time: one trace minute per
+/// `seconds_per_minute` wall seconds from `origin_ms` (Unix ms), the same
+/// for every start of the run's agent (`meshtune_agent::clock`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceTime {
+    pub origin_ms: u64,
+    pub seconds_per_minute: f64,
+}
+
+impl TraceTime {
+    /// Trace time starting now.
+    pub fn from_now(seconds_per_minute: f64) -> Self {
+        TraceTime {
+            origin_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            seconds_per_minute,
+        }
+    }
+}
+
 /// The lab's agent as its own process (`meshtune-lab agent`): the agent
 /// library's server and, when it tunes, its directory sink in apply mode.
 pub struct AgentProcess {
@@ -214,13 +236,15 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts the agent with `config` (YAML file); `sink_dir` when it tunes,
-    /// `also_read`: the user's directory it sees as the cluster's.
+    /// `also_read`: the user's directory it sees as the cluster's;
+    /// `trace_time`: the agent's clock runs on trace time.
     pub fn start(
         dir: &Path,
         config: &Path,
         port: u16,
         sink_dir: Option<&Path>,
         also_read: Option<&Path>,
+        trace_time: Option<TraceTime>,
     ) -> anyhow::Result<AgentProcess> {
         let mut args = vec![
             "agent".to_owned(),
@@ -232,6 +256,14 @@ impl AgentProcess {
         }
         if let Some(d) = also_read {
             args.extend(["--also-read".into(), d.display().to_string()]);
+        }
+        if let Some(t) = trace_time {
+            args.extend([
+                "--seconds-per-minute".into(),
+                t.seconds_per_minute.to_string(),
+                "--trace-origin-ms".into(),
+                t.origin_ms.to_string(),
+            ]);
         }
         let mut a = AgentProcess {
             port,
@@ -327,7 +359,14 @@ pub async fn run_agent(
     config: PathBuf,
     sink_dir: Option<PathBuf>,
     also_read: Option<PathBuf>,
+    trace_time: Option<TraceTime>,
 ) -> anyhow::Result<()> {
+    if let Some(t) = trace_time {
+        meshtune_agent::clock::run_on_trace_time(meshtune_agent::clock::TraceClock::try_new(
+            t.origin_ms,
+            t.seconds_per_minute,
+        )?)?;
+    }
     let yaml = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
     let cfg = meshtune_agent::AgentConfig::parse(&yaml, &config.display().to_string())?;

@@ -25,6 +25,8 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
         arms: vec![Arm::Static, Arm::Meshtune],
         repeat: 1,
         out: out.path().to_path_buf(),
+        capacity: Default::default(),
+        priorities: Default::default(),
     };
     let runs = eval(&o)
         .await

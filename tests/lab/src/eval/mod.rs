@@ -58,16 +58,40 @@ impl Arm {
         })
     }
 
-    /// The lab as this arm runs it.
-    pub fn mesh_options(self) -> MeshOptions {
+    /// The lab for this arm: the scenario's service pools and chain
+    /// priorities, the agent's clock on trace time (one trace minute per
+    /// `seconds_per_minute` wall seconds).
+    pub fn mesh_options(self, o: &EvalOptions) -> MeshOptions {
         let meshtune = matches!(self, Arm::Meshtune | Arm::MeshtuneDataplane);
+        let mut services = bookinfo_with_versions();
+        for s in &mut services {
+            if let Some(c) = o.capacity.get(s.name) {
+                s.capacity = Some(crate::services::Capacity {
+                    workers: c.workers,
+                    queue: c.queue,
+                });
+                if let Some(ms) = c.work_ms {
+                    // A fixed work time: the pool's capacity is workers / work_ms.
+                    s.base_us = (ms * 1000.0) as u64;
+                    s.tail_us = 0;
+                }
+            }
+        }
+        let mut chains = crate::mesh::default_chains();
+        for c in &mut chains {
+            if let Some(p) = o.priorities.get(c.name) {
+                c.priority = p;
+            }
+        }
         MeshOptions {
-            services: bookinfo_with_versions(),
+            services,
+            chains,
             agent_window_secs: 60,
             filter: meshtune,
             control: meshtune,
             tune: self == Arm::Meshtune,
             native_adaptive_everywhere: self == Arm::Native,
+            agent_seconds_per_minute: Some(o.seconds_per_minute),
             ..MeshOptions::default()
         }
     }
@@ -86,6 +110,10 @@ pub struct EvalOptions {
     pub arms: Vec<Arm>,
     pub repeat: usize,
     pub out: PathBuf,
+    /// Service pools the scenario sets (by service name).
+    pub capacity: BTreeMap<String, faults::ServiceCapacity>,
+    /// Chain priorities the scenario declares (by chain name).
+    pub priorities: BTreeMap<String, &'static str>,
 }
 
 /// The paths the load generator sends, with their weights and chains.
@@ -198,7 +226,7 @@ pub async fn run_arm(
     rates: &[f64],
     o: &EvalOptions,
 ) -> anyhow::Result<ArmRun> {
-    let mut mesh = Mesh::start(arm.mesh_options())
+    let mut mesh = Mesh::start(arm.mesh_options(o))
         .await
         .with_context(|| format!("starting the lab for arm {}", arm.name()))?;
     let spm = o.seconds_per_minute;
@@ -456,6 +484,13 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
             }
         }
     }
+    for chain in o.priorities.keys() {
+        anyhow::ensure!(
+            CHAINS.iter().any(|(c, _, _)| c == chain),
+            "priorities.{chain}: no chain {chain} in the lab ({})",
+            CHAINS.map(|c| c.0).join(", ")
+        );
+    }
     std::fs::create_dir_all(&o.out)
         .with_context(|| format!("--out {}: cannot create it", o.out.display()))?;
     let mut runs = Vec::new();
@@ -481,4 +516,51 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
     plot::write_svg(&svg_path, &runs, &objectives(), &periods)?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arm_runs_the_scenarios_service_pools_and_chain_priorities() {
+        let o = EvalOptions {
+            trace: PathBuf::new(),
+            offset: 0,
+            minutes: 1,
+            peak_rps: 1.0,
+            seconds_per_minute: 6.0,
+            faults: None,
+            arms: vec![],
+            repeat: 1,
+            out: PathBuf::new(),
+            capacity: [(
+                "ratings".to_string(),
+                faults::ServiceCapacity {
+                    workers: 1,
+                    queue: 50,
+                    work_ms: Some(8.0),
+                },
+            )]
+            .into(),
+            priorities: [("ratings-api".to_string(), "high")].into(),
+        };
+        for arm in ARMS {
+            let m = arm.mesh_options(&o);
+            let ratings = m.services.iter().find(|s| s.name == "ratings").unwrap();
+            assert_eq!(
+                ratings.capacity.map(|c| (c.workers, c.queue)),
+                Some((1, 50))
+            );
+            assert_eq!((ratings.base_us, ratings.tail_us), (8000, 0));
+            let reviews = m.services.iter().find(|s| s.name == "reviews").unwrap();
+            assert_eq!(reviews.replicas.len(), 3, "reviews keeps its versions");
+            let chain = |n: &str| m.chains.iter().find(|c| c.name == n).unwrap().priority;
+            assert_eq!(
+                (chain("ratings-api"), chain("product-page")),
+                ("high", "normal")
+            );
+            assert_eq!(m.agent_seconds_per_minute, Some(6.0));
+        }
+    }
 }
