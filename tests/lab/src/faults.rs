@@ -43,9 +43,25 @@ struct FileFormat {
     /// A service's worker pool and work time, replacing the lab's defaults.
     #[serde(default)]
     capacity: BTreeMap<String, CapacityFormat>,
-    /// Chains' declared priorities (high, normal, low).
+    /// Chains' objectives and priorities, as users declare them.
     #[serde(default)]
-    priorities: BTreeMap<String, String>,
+    chains: BTreeMap<String, ChainFormat>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainFormat {
+    slo_ms: Option<f64>,
+    priority: Option<String>,
+}
+
+/// A chain as a scenario declares it (each field replaces the lab's).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChainSettings {
+    /// The p99 objective, ms.
+    pub slo_ms: Option<f64>,
+    /// One of [`PRIORITIES`].
+    pub priority: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,8 +96,8 @@ pub struct RunSettings {
     pub seconds_per_minute: Option<f64>,
     /// Per service (by name): the pool that replaces the lab's default.
     pub capacity: BTreeMap<String, ServiceCapacity>,
-    /// Per chain: its declared priority (one of [`PRIORITIES`]).
-    pub priorities: BTreeMap<String, &'static str>,
+    /// Per chain (by name): its objective and priority.
+    pub chains: BTreeMap<String, ChainSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,15 +208,28 @@ impl Schedule {
                 },
             );
         }
-        let mut priorities = BTreeMap::new();
-        for (chain, p) in &f.priorities {
-            let Some(known) = PRIORITIES.iter().find(|k| *k == p) else {
-                return Err(format!(
-                    "priorities.{chain}: {p:?} is not one of {}",
-                    PRIORITIES.join(", ")
-                ));
+        let mut chains = BTreeMap::new();
+        for (chain, c) in &f.chains {
+            let at = format!("chains.{chain}");
+            if c.slo_ms.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+                return Err(format!("{at}.slo_ms: milliseconds above 0"));
+            }
+            let priority = match &c.priority {
+                None => None,
+                Some(p) => Some(*PRIORITIES.iter().find(|k| *k == p).ok_or_else(|| {
+                    format!(
+                        "{at}.priority: {p:?} is not one of {}",
+                        PRIORITIES.join(", ")
+                    )
+                })?),
             };
-            priorities.insert(chain.clone(), *known);
+            chains.insert(
+                chain.clone(),
+                ChainSettings {
+                    slo_ms: c.slo_ms,
+                    priority,
+                },
+            );
         }
         for (i, e) in f.faults.clone().into_iter().enumerate() {
             let at = format!("faults[{i}]");
@@ -297,7 +326,7 @@ impl Schedule {
                 peak_rps: f.peak_rps,
                 seconds_per_minute: f.seconds_per_minute,
                 capacity,
-                priorities,
+                chains,
             },
         })
     }
@@ -564,8 +593,12 @@ mod tests {
                 "capacity.ratings.work_ms",
             ),
             (
-                "priorities:\n  product-page: urgent\n",
-                "priorities.product-page: \"urgent\" is not one of high, normal, low",
+                "chains:\n  product-page: {priority: urgent}\n",
+                "chains.product-page.priority: \"urgent\" is not one of high, normal, low",
+            ),
+            (
+                "chains:\n  product-page: {slo_ms: 0}\n",
+                "chains.product-page.slo_ms",
             ),
         ];
         for (text, want) in bad {
@@ -575,9 +608,9 @@ mod tests {
     }
 
     #[test]
-    fn a_scenario_sets_service_pools_and_chain_priorities() {
+    fn a_scenario_sets_service_pools_and_chain_objectives_and_priorities() {
         let s = Schedule::parse(
-            "capacity:\n  reviews: {workers: 2, queue: 8}\n  ratings: {workers: 1, queue: 100, work_ms: 8}\npriorities:\n  ratings-api: high\n",
+            "capacity:\n  reviews: {workers: 2, queue: 8}\n  ratings: {workers: 1, queue: 100, work_ms: 8}\nchains:\n  ratings-api: {slo_ms: 50, priority: high}\n",
             &replicas(),
         )
         .unwrap();
@@ -590,7 +623,13 @@ mod tests {
             }
         );
         assert_eq!(s.run.capacity["reviews"].work_ms, None);
-        assert_eq!(s.run.priorities["ratings-api"], "high");
+        assert_eq!(
+            s.run.chains["ratings-api"],
+            ChainSettings {
+                slo_ms: Some(50.0),
+                priority: Some("high")
+            }
+        );
     }
 
     #[test]

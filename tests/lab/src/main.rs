@@ -486,7 +486,7 @@ fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> 
         repeat: a.repeat,
         out: a.out,
         capacity: run.capacity,
-        priorities: run.priorities,
+        chains: run.chains,
     };
     anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
     anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");

@@ -26,7 +26,7 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
         repeat: 1,
         out: out.path().to_path_buf(),
         capacity: Default::default(),
-        priorities: Default::default(),
+        chains: Default::default(),
     };
     let runs = eval(&o)
         .await

@@ -77,12 +77,7 @@ impl Arm {
                 }
             }
         }
-        let mut chains = crate::mesh::default_chains();
-        for c in &mut chains {
-            if let Some(p) = o.priorities.get(c.name) {
-                c.priority = p;
-            }
-        }
+        let chains = o.chain_defs();
         MeshOptions {
             services,
             chains,
@@ -112,8 +107,8 @@ pub struct EvalOptions {
     pub out: PathBuf,
     /// Service pools the scenario sets (by service name).
     pub capacity: BTreeMap<String, faults::ServiceCapacity>,
-    /// Chain priorities the scenario declares (by chain name).
-    pub priorities: BTreeMap<String, &'static str>,
+    /// Chain objectives and priorities the scenario declares (by chain name).
+    pub chains: BTreeMap<String, faults::ChainSettings>,
 }
 
 /// The paths the load generator sends, with their weights and chains.
@@ -127,16 +122,30 @@ pub fn chain_of(path: &str) -> Option<&'static str> {
         .map(|(c, _, _)| *c)
 }
 
-/// The lab chains' objectives (p99).
-pub fn objectives() -> Vec<Objective> {
-    CHAINS
-        .iter()
-        .map(|(c, _, slo)| Objective {
-            chain: (*c).to_owned(),
-            percentile: 99.0,
-            slo_ms: *slo,
-        })
-        .collect()
+impl EvalOptions {
+    /// The lab's chains with what the scenario declares for them.
+    pub fn chain_defs(&self) -> Vec<crate::mesh::ChainDef> {
+        let mut chains = crate::mesh::default_chains();
+        for c in &mut chains {
+            if let Some(d) = self.chains.get(c.name) {
+                c.slo_ms = d.slo_ms.unwrap_or(c.slo_ms);
+                c.priority = d.priority.unwrap_or(c.priority);
+            }
+        }
+        chains
+    }
+
+    /// The chains' objectives (p99), as the verdict judges them.
+    pub fn objectives(&self) -> Vec<Objective> {
+        self.chain_defs()
+            .iter()
+            .map(|c| Objective {
+                chain: c.name.to_owned(),
+                percentile: 99.0,
+                slo_ms: c.slo_ms,
+            })
+            .collect()
+    }
 }
 
 /// What one run of one arm measured.
@@ -289,9 +298,9 @@ pub async fn run_arm(
         })
         .unwrap_or_default();
     let samples = samples(&records);
-    let windows = chain_windows(&samples, &objectives());
+    let windows = chain_windows(&samples, &o.objectives());
     let mut latency = BTreeMap::new();
-    for ob in objectives() {
+    for ob in o.objectives() {
         let mut l: Vec<f64> = samples
             .iter()
             .filter(|s| s.chain == ob.chain)
@@ -329,8 +338,14 @@ pub async fn run_arm(
 
 /// The first line: what ran.
 pub fn settings_line(o: &EvalOptions) -> String {
-    format!(
-        "settings trace={} offset={} minutes={} peak_rps={} seconds_per_minute={} arms={} repeat={} faults={}",
+    let chains = o
+        .chain_defs()
+        .iter()
+        .map(|c| format!("{}:{}ms/{}", c.name, c.slo_ms, c.priority))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut line = format!(
+        "settings trace={} offset={} minutes={} peak_rps={} seconds_per_minute={} arms={} repeat={} faults={} chains={chains}",
         o.trace.display(),
         o.offset,
         o.minutes,
@@ -338,8 +353,17 @@ pub fn settings_line(o: &EvalOptions) -> String {
         o.seconds_per_minute,
         o.arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(","),
         o.repeat,
-        o.faults.as_ref().map_or("none", |(n, _)| n.as_str())
-    )
+        o.faults.as_ref().map_or("none", |(n, _)| n.as_str()),
+    );
+    for (service, c) in &o.capacity {
+        line.push_str(&format!(
+            " capacity.{service}=workers:{},queue:{}{}",
+            c.workers,
+            c.queue,
+            c.work_ms.map_or(String::new(), |w| format!(",work_ms:{w}"))
+        ));
+    }
+    line
 }
 
 /// The table of one run of one arm.
@@ -431,13 +455,13 @@ pub fn outcome_line(runs: &[ArmRun], arms: &[Arm]) -> String {
 }
 
 /// The per-window CSV.
-pub fn csv(runs: &[ArmRun]) -> String {
+pub fn csv(runs: &[ArmRun], objectives: &[Objective]) -> String {
     let mut s = String::from(
         "# one row per chain-window: arm, run, chain, first and last trace minute (windows with <100 requests merged), requests, failed, p99 ms (declared percentile), objective ms, answered 200 within the objective, violates (1/0)\narm,run,chain,first_minute,last_minute,requests,failed,percentile_ms,slo_ms,good,violates\n",
     );
-    let slo: BTreeMap<String, f64> = objectives()
-        .into_iter()
-        .map(|o| (o.chain, o.slo_ms))
+    let slo: BTreeMap<String, f64> = objectives
+        .iter()
+        .map(|o| (o.chain.clone(), o.slo_ms))
         .collect();
     for r in runs {
         for w in &r.windows {
@@ -484,10 +508,10 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
             }
         }
     }
-    for chain in o.priorities.keys() {
+    for chain in o.chains.keys() {
         anyhow::ensure!(
             CHAINS.iter().any(|(c, _, _)| c == chain),
-            "priorities.{chain}: no chain {chain} in the lab ({})",
+            "chains.{chain}: no chain {chain} in the lab ({})",
             CHAINS.map(|c| c.0).join(", ")
         );
     }
@@ -503,7 +527,7 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
         }
     }
     let csv_path = o.out.join("windows.csv");
-    std::fs::write(&csv_path, csv(&runs))?;
+    std::fs::write(&csv_path, csv(&runs, &o.objectives()))?;
     let svg_path = o.out.join("eval.svg");
     let periods = o
         .faults
@@ -513,7 +537,7 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
         .into_iter()
         .map(|(a, b)| (a / o.seconds_per_minute, b / o.seconds_per_minute))
         .collect::<Vec<_>>();
-    plot::write_svg(&svg_path, &runs, &objectives(), &periods)?;
+    plot::write_svg(&svg_path, &runs, &o.objectives(), &periods)?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
     Ok(runs)
 }
@@ -523,7 +547,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_arm_runs_the_scenarios_service_pools_and_chain_priorities() {
+    fn an_arm_runs_the_scenarios_service_pools_and_chains() {
         let o = EvalOptions {
             trace: PathBuf::new(),
             offset: 0,
@@ -543,7 +567,14 @@ mod tests {
                 },
             )]
             .into(),
-            priorities: [("ratings-api".to_string(), "high")].into(),
+            chains: [(
+                "ratings-api".to_string(),
+                faults::ChainSettings {
+                    slo_ms: Some(50.0),
+                    priority: Some("high"),
+                },
+            )]
+            .into(),
         };
         for arm in ARMS {
             let m = arm.mesh_options(&o);
