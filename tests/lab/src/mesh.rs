@@ -148,7 +148,12 @@ pub fn filter_config(opts: &MeshOptions) -> String {
                 (c.name.to_string(), serde_json::json!({"budget_ms": deadline.ceil() as u64, "priority": c.priority}))
             })
             .collect();
-        cfg["control"] = serde_json::json!({"hop_reserve_ms": 2, "chains": chains});
+        // Each of the sidecar's worker threads runs its own filter VM.
+        cfg["control"] = serde_json::json!({
+            "hop_reserve_ms": 2,
+            "chains": chains,
+            "concurrency": {"vms_per_sidecar": opts.envoy_concurrency},
+        });
     }
     cfg.to_string()
 }

@@ -54,6 +54,11 @@ pub struct ConcurrencyConfig {
     pub normal_share: f64,
     #[serde(default = "default_low_share")]
     pub low_share: f64,
+    /// Worker VMs in one sidecar, each with its own limit (Envoy runs one
+    /// VM per worker thread: its `--concurrency`, Istio's `concurrency`).
+    /// The limit's headroom is that of their total, shared between them.
+    #[serde(default = "default_vms_per_sidecar")]
+    pub vms_per_sidecar: u32,
 }
 
 fn default_initial() -> u32 {
@@ -85,6 +90,9 @@ fn default_normal_share() -> f64 {
 fn default_low_share() -> f64 {
     0.6
 }
+fn default_vms_per_sidecar() -> u32 {
+    1
+}
 
 impl Default for ConcurrencyConfig {
     fn default() -> Self {
@@ -98,6 +106,7 @@ impl Default for ConcurrencyConfig {
             min_rtt_drift: default_min_rtt_drift(),
             normal_share: default_normal_share(),
             low_share: default_low_share(),
+            vms_per_sidecar: default_vms_per_sidecar(),
         }
     }
 }
@@ -118,6 +127,9 @@ impl ConcurrencyConfig {
         }
         if self.sample_window == 0 || self.sample_window > 10_000 {
             return Err(("sample_window", "must be between 1 and 10000"));
+        }
+        if !(1..=256).contains(&self.vms_per_sidecar) {
+            return Err(("vms_per_sidecar", "must be between 1 and 256"));
         }
         if !(0.0..=1.0).contains(&self.min_rtt_drift) {
             return Err(("min_rtt_drift", "must be between 0 and 1"));
@@ -295,7 +307,12 @@ impl AdaptiveLimit {
         .max(1.0);
         self.min_rtt_ns = Some(min_rtt);
         let gradient = ((min_rtt * (1.0 + self.cfg.tolerance)) / sample.max(1.0)).clamp(0.5, 2.0);
-        let target = self.limit * gradient + self.limit.sqrt();
+        // Headroom √(total limit), this VM's share of it: with `n` VMs each
+        // holding `limit`, n × √(limit / n) = √(n × limit). Without the share
+        // every VM would add the whole headroom and the sidecar would queue
+        // n times as deep at the gradient's floor.
+        let n = f64::from(self.cfg.vms_per_sidecar.max(1));
+        let target = self.limit * gradient + (self.limit / n).sqrt();
         let mut next = (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target;
         if self.slow_start {
             if gradient >= 1.0 {
@@ -376,6 +393,59 @@ mod tests {
         // With tolerance 0.5 the knee is at 16 × 1.5 = 24, plus headroom.
         assert!((16..=40).contains(&lim), "limit {lim}");
         assert_eq!(l.inflight(), 0);
+    }
+
+    /// `vms` limits in one sidecar (configured with `vms_per_sidecar:
+    /// declared`) in front of one server with `workers` slots: light load,
+    /// then each VM offered `offered` per round; the sidecar's total limit.
+    fn drive_sidecar(vms: u32, declared: u32, workers: u32, offered: u32, rounds: u32) -> u32 {
+        let cfg = ConcurrencyConfig {
+            vms_per_sidecar: declared,
+            ..ConcurrencyConfig::default()
+        };
+        let mut ls: Vec<AdaptiveLimit> =
+            (0..vms).map(|_| AdaptiveLimit::new(cfg.clone())).collect();
+        // Light load first, one request at a time through one VM after the
+        // other: every VM learns the uncongested latency.
+        const LIGHT: u32 = 400;
+        for round in 0..LIGHT + rounds {
+            let admitted: Vec<u32> = ls
+                .iter_mut()
+                .enumerate()
+                .map(|(i, l)| {
+                    let n = if round >= LIGHT {
+                        offered
+                    } else {
+                        u32::from(round % vms == i as u32)
+                    };
+                    (0..n)
+                        .filter(|_| l.try_acquire(Priority::High) == Admission::Admit)
+                        .count() as u32
+                })
+                .collect();
+            // Every VM's requests queue at the same server.
+            let r = rtt(admitted.iter().sum(), workers, 8_000_000);
+            for (l, n) in ls.iter_mut().zip(admitted) {
+                for _ in 0..n {
+                    l.release(r);
+                }
+            }
+        }
+        ls.iter().map(AdaptiveLimit::limit).sum()
+    }
+
+    #[test]
+    fn worker_vms_of_one_sidecar_share_its_headroom() {
+        // One worker, overloaded: one VM settles where the gradient's floor
+        // meets the headroom (4); two VMs sharing a sidecar keep about that
+        // in total instead of queueing twice as deep.
+        let one = drive_sidecar(1, 1, 1, 50, 400);
+        let two = drive_sidecar(2, 2, 1, 50, 400);
+        assert!((2..=6).contains(&one), "one VM: {one}");
+        assert!(two <= one + 1, "two VMs: {two} in total, one VM: {one}");
+        // Each counting itself alone, they queue deeper.
+        let unaware = drive_sidecar(2, 1, 1, 50, 400);
+        assert!(unaware > two, "unaware: {unaware}, sharing: {two}");
     }
 
     #[test]
