@@ -71,8 +71,9 @@ enum Command {
     /// filter's control, the agent only recommending).
     Eval {
         /// A shipped scenario (name in tests/lab/scenarios) or a scenario
-        /// file: trace, offset, minutes, peak_rps, seconds_per_minute and
-        /// faults; options given here override the file's.
+        /// file: trace, offset, minutes, peak_rps, seconds_per_minute,
+        /// faults, chains (slo_ms, priority) and capacity (a service's
+        /// workers, queue, work_ms); options given here override the file's.
         #[arg(long)]
         scenario: Option<PathBuf>,
         /// `timestamp,requests` CSV [default: WorldCup98 in ../shared/data/traces].
