@@ -172,11 +172,12 @@ impl ArmRun {
         self.windows.iter().filter(|w| w.violates).count()
     }
 
+    /// Requests answered 200 within their chain's objective ÷ offered: the
+    /// agent's SLO attainment rule (one function for the agent's view, its
+    /// rollback and this verdict).
     pub fn goodput(&self) -> f64 {
-        if self.offered == 0 {
-            return 0.0;
-        }
-        self.good as f64 / self.offered as f64
+        meshtune_agent::data::attainment::attainment(self.offered as u64, self.good as u64)
+            .unwrap_or(0.0)
     }
 
     pub fn cpu_total(&self) -> f64 {
