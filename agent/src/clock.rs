@@ -58,7 +58,8 @@ pub fn run_on_trace_time(clock: TraceClock) -> Result<(), ClockError> {
     CLOCK.set(clock).map_err(|_| ClockError::AlreadySet)
 }
 
-fn wall_ms() -> u64 {
+/// Milliseconds since the Unix epoch on the wall clock.
+pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

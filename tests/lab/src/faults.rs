@@ -42,7 +42,7 @@ struct FileFormat {
     seconds_per_minute: Option<f64>,
     /// A service's worker pool and work time, replacing the lab's defaults.
     #[serde(default)]
-    capacity: BTreeMap<String, CapacityFormat>,
+    capacity: BTreeMap<String, ServiceCapacity>,
     /// Chains' objectives and priorities, as users declare them.
     #[serde(default)]
     chains: BTreeMap<String, ChainFormat>,
@@ -64,18 +64,11 @@ pub struct ChainSettings {
     pub priority: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapacityFormat {
-    workers: usize,
-    queue: usize,
-    work_ms: Option<f64>,
-}
-
 /// A service's worker pool as a scenario sets it: `workers` at a time,
 /// `queue` waiting, each request taking `work_ms` (the service's own work
 /// time otherwise).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceCapacity {
     pub workers: usize,
     pub queue: usize,
@@ -199,14 +192,7 @@ impl Schedule {
             if c.work_ms.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
                 return Err(format!("{at}.work_ms: milliseconds above 0"));
             }
-            capacity.insert(
-                service.clone(),
-                ServiceCapacity {
-                    workers: c.workers,
-                    queue: c.queue,
-                    work_ms: c.work_ms,
-                },
-            );
+            capacity.insert(service.clone(), c.clone());
         }
         let mut chains = BTreeMap::new();
         for (chain, c) in &f.chains {

@@ -216,10 +216,7 @@ impl TraceTime {
     /// Trace time starting now.
     pub fn from_now(seconds_per_minute: f64) -> Self {
         TraceTime {
-            origin_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            origin_ms: meshtune_agent::clock::wall_ms(),
             seconds_per_minute,
         }
     }
