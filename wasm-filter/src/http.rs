@@ -386,7 +386,7 @@ impl Hop {
                     if self.status == 0 {
                         limit.release_without_sample();
                     } else {
-                        limit.release(duration);
+                        limit.release(&self.chain, duration);
                     }
                 }
             }

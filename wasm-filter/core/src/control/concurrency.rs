@@ -2,7 +2,9 @@
 //!
 //! The limit follows a gradient, as Envoy's adaptive concurrency filter:
 //! `limit ← limit × (min_rtt × (1 + tolerance)) / sample_rtt + √limit`,
-//! smoothed. Unlike Envoy's, the minimum RTT is never re-measured by pinning
+//! smoothed, where the sample RTT is judged against its own chain's minimum
+//! (chains through one hop go on to different services, so their latencies
+//! differ without any queueing). Unlike Envoy's, the minimum RTT is never re-measured by pinning
 //! concurrency low for a window (which makes bursts of 503s): it is the
 //! lowest sample seen. It drifts up slowly only while the limit is not what
 //! holds latency up (the limit is near its floor, or in-flight requests stay
@@ -12,7 +14,11 @@
 //! and doubles every window until latency first shows queueing; before the
 //! first window every class may use the whole starting limit. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
-//! limit, so a reserve always stays for it. Priority is strict at admission:
+//! limit, so a reserve stays for it. A share holds room only for classes
+//! that are around: while no request of a more important class has arrived
+//! in this sample window or the last, a class may use the whole limit (a
+//! sidecar that only ever sees `low` traffic would otherwise leave its
+//! service idle keeping room nobody asks for). Priority is strict at admission:
 //! once a request of a class is refused, no request of a lower class is
 //! admitted until one of that class is, or until two requests have finished
 //! (requests in flight are never preempted): the room that frees up first
@@ -156,8 +162,12 @@ pub struct AdaptiveLimit {
     cfg: ConcurrencyConfig,
     limit: f64,
     inflight: u32,
-    min_rtt_ns: Option<f64>,
-    samples: Vec<u64>,
+    /// Uncongested latency of each chain through this hop (chains go on to
+    /// different services, so one hop's latencies differ by chain: a sample
+    /// is judged against its own chain's baseline, never another's).
+    baselines: Vec<ChainBaseline>,
+    /// This window's samples: (index into `baselines`, latency).
+    samples: Vec<(u8, u64)>,
     /// Highest in-flight count during the current sample window.
     window_peak: u32,
     shed: u64,
@@ -173,6 +183,30 @@ pub struct AdaptiveLimit {
     /// for it; after a second, lower classes are admitted again, so waiting
     /// for a class that does not come back never idles the service.
     finished_while_starved: u32,
+    /// Classes that asked for admission in this sample window and in the
+    /// last (one bit per class): shares reserve room only for these.
+    classes_seen: u8,
+    classes_seen_before: u8,
+}
+
+/// Chains with a baseline of their own per limit; any further chain shares
+/// the last one (a bounded memory whatever the traffic names).
+pub const MAX_BASELINES: usize = 32;
+
+#[derive(Debug, Clone)]
+struct ChainBaseline {
+    chain: String,
+    /// Lowest window median seen, drifting up while the limit does not
+    /// hold latency up; `None` until the chain's first window.
+    min_rtt_ns: Option<f64>,
+}
+
+fn class_bit(p: Priority) -> u8 {
+    match p {
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 4,
+    }
 }
 
 /// Largest growth the limit makes room for ahead of the load.
@@ -195,13 +229,15 @@ impl AdaptiveLimit {
             samples: Vec::with_capacity(cfg.sample_window as usize),
             cfg,
             inflight: 0,
-            min_rtt_ns: None,
+            baselines: Vec::new(),
             window_peak: 0,
             shed: 0,
             growth: 1.0,
             slow_start: true,
             starved: None,
             finished_while_starved: 0,
+            classes_seen: 0,
+            classes_seen_before: 0,
         }
     }
 
@@ -227,11 +263,39 @@ impl AdaptiveLimit {
         self.shed
     }
 
-    pub fn min_rtt_ns(&self) -> Option<f64> {
-        self.min_rtt_ns
+    /// The uncongested latency learnt for `chain` at this hop.
+    pub fn min_rtt_ns(&self, chain: &str) -> Option<f64> {
+        self.baselines
+            .iter()
+            .find(|b| b.chain == chain)
+            .and_then(|b| b.min_rtt_ns)
+    }
+
+    /// Whether any chain's uncongested latency has been measured yet.
+    fn measured(&self) -> bool {
+        self.baselines.iter().any(|b| b.min_rtt_ns.is_some())
+    }
+
+    fn baseline_slot(&mut self, chain: &str) -> u8 {
+        if let Some(i) = self.baselines.iter().position(|b| b.chain == chain) {
+            return i as u8;
+        }
+        if self.baselines.len() < MAX_BASELINES {
+            self.baselines.push(ChainBaseline {
+                chain: chain.to_string(),
+                min_rtt_ns: None,
+            });
+        }
+        (self.baselines.len() - 1) as u8
     }
 
     fn threshold(&self, p: Priority) -> f64 {
+        // Bits of the classes more important than `p` (each bit is one
+        // class; the more important ones have the lower bits).
+        let above = class_bit(p) - 1;
+        if (self.classes_seen | self.classes_seen_before) & above == 0 {
+            return self.limit;
+        }
         let share = match p {
             Priority::High => 1.0,
             Priority::Normal => self.cfg.normal_share,
@@ -243,11 +307,12 @@ impl AdaptiveLimit {
     /// Admits a request of class `p` (and counts it in flight) or sheds it:
     /// admitted, the class must stay within its share of the limit.
     pub fn try_acquire(&mut self, p: Priority) -> Admission {
+        self.classes_seen |= class_bit(p);
         // Until the first window has measured the service (a VM that has
         // seen little traffic yet), every class may use the whole starting
         // limit: it is kept low to learn the uncongested latency, not to
         // ration a service nothing says is loaded.
-        let threshold = if self.min_rtt_ns.is_none() {
+        let threshold = if !self.measured() {
             self.limit
         } else {
             self.threshold(p)
@@ -271,10 +336,11 @@ impl AdaptiveLimit {
         Admission::Admit
     }
 
-    /// A request admitted earlier finished after `rtt_ns`.
-    pub fn release(&mut self, rtt_ns: u64) {
+    /// A request of `chain` admitted earlier finished after `rtt_ns`.
+    pub fn release(&mut self, chain: &str, rtt_ns: u64) {
         self.release_without_sample();
-        self.samples.push(rtt_ns);
+        let slot = self.baseline_slot(chain);
+        self.samples.push((slot, rtt_ns));
         if self.samples.len() >= self.cfg.sample_window as usize {
             self.update();
         }
@@ -292,21 +358,49 @@ impl AdaptiveLimit {
     }
 
     fn update(&mut self) {
-        self.samples.sort_unstable();
-        let sample = self.samples[self.samples.len() / 2] as f64;
-        self.samples.clear();
         let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0
             || f64::from(self.window_peak) < self.limit / 2.0;
         let peak = f64::from(self.window_peak);
         self.window_peak = self.inflight;
-        let min_rtt = match self.min_rtt_ns {
-            Some(m) if unconstrained => (m * (1.0 + self.cfg.min_rtt_drift)).min(sample),
-            Some(m) => m.min(sample),
-            None => sample,
+        self.classes_seen_before = self.classes_seen;
+        self.classes_seen = 0;
+        // Each chain's baseline: the lowest of its window medians.
+        self.samples.sort_unstable();
+        let mut start = 0;
+        while start < self.samples.len() {
+            let slot = self.samples[start].0;
+            let end = start
+                + self.samples[start..]
+                    .iter()
+                    .take_while(|(s, _)| *s == slot)
+                    .count();
+            let median = self.samples[(start + end) / 2].1 as f64;
+            let b = &mut self.baselines[usize::from(slot)];
+            b.min_rtt_ns = Some(
+                match b.min_rtt_ns {
+                    Some(m) if unconstrained => (m * (1.0 + self.cfg.min_rtt_drift)).min(median),
+                    Some(m) => m.min(median),
+                    None => median,
+                }
+                .max(1.0),
+            );
+            start = end;
         }
-        .max(1.0);
-        self.min_rtt_ns = Some(min_rtt);
-        let gradient = ((min_rtt * (1.0 + self.cfg.tolerance)) / sample.max(1.0)).clamp(0.5, 2.0);
+        // The window's queueing: the median of the samples' latencies, each
+        // relative to its chain's baseline (with one chain, the median
+        // latency over the baseline).
+        let mut ratios: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|(slot, rtt)| {
+                let base = self.baselines[usize::from(*slot)].min_rtt_ns.unwrap_or(1.0);
+                (*rtt as f64).max(1.0) / base
+            })
+            .collect();
+        self.samples.clear();
+        ratios.sort_unstable_by(f64::total_cmp);
+        let ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(1.0);
+        let gradient = ((1.0 + self.cfg.tolerance) / ratio).clamp(0.5, 2.0);
         // Headroom √(total limit), this VM's share of it: with `n` VMs each
         // holding `limit`, n × √(limit / n) = √(n × limit). Without the share
         // every VM would add the whole headroom and the sidecar would queue
@@ -333,6 +427,8 @@ impl AdaptiveLimit {
 mod tests {
     use super::*;
 
+    const CHAIN: &str = "checkout";
+
     /// A server with `workers` parallel slots and `service_ns` per request:
     /// a request admitted with `n` in flight takes `service_ns × max(1, n / workers)`.
     fn rtt(inflight: u32, workers: u32, service_ns: u64) -> u64 {
@@ -349,7 +445,7 @@ mod tests {
             }
             let r = rtt(admitted, workers, 5_000_000);
             for _ in 0..admitted {
-                limit.release(r);
+                limit.release(CHAIN, r);
             }
         }
     }
@@ -367,11 +463,11 @@ mod tests {
         // High requests fill the limit; the next one is refused.
         while l.try_acquire(Priority::High) == Admission::Admit {}
         // One finishes: its room is held for the refused high class.
-        l.release(5_000_000);
+        l.release(CHAIN, 5_000_000);
         assert_eq!(l.try_acquire(Priority::Low), Admission::Shed);
         assert_eq!(l.try_acquire(Priority::Normal), Admission::Shed);
         assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
-        l.release(5_000_000);
+        l.release(CHAIN, 5_000_000);
         assert_eq!(
             l.try_acquire(Priority::Low),
             Admission::Admit,
@@ -379,9 +475,9 @@ mod tests {
         );
         // A refused class that does not come back holds one room, not more.
         while l.try_acquire(Priority::High) == Admission::Admit {}
-        l.release(5_000_000);
+        l.release(CHAIN, 5_000_000);
         assert_eq!(l.try_acquire(Priority::Low), Admission::Shed);
-        l.release(5_000_000);
+        l.release(CHAIN, 5_000_000);
         assert_eq!(l.try_acquire(Priority::Low), Admission::Admit);
     }
 
@@ -427,7 +523,7 @@ mod tests {
             let r = rtt(admitted.iter().sum(), workers, 8_000_000);
             for (l, n) in ls.iter_mut().zip(admitted) {
                 for _ in 0..n {
-                    l.release(r);
+                    l.release(CHAIN, r);
                 }
             }
         }
@@ -446,6 +542,42 @@ mod tests {
         // Each counting itself alone, they queue deeper.
         let unaware = drive_sidecar(2, 1, 1, 50, 400);
         assert!(unaware > two, "unaware: {unaware}, sharing: {two}");
+    }
+
+    #[test]
+    fn chains_with_different_paths_are_not_mistaken_for_queueing() {
+        // One hop, two chains: `short` answers in 5 ms, `long` goes on to
+        // more services and takes 20 ms. The service is far from busy, but
+        // the mix shifts between windows: judged against one shared
+        // minimum, the long chain's windows would look like queueing.
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        for round in 0..600 {
+            let long_share = if (round / 20) % 2 == 0 { 0.2 } else { 0.8 };
+            let admitted: Vec<bool> = (0..100)
+                .map(|i| (i as f64) < 100.0 * long_share)
+                .filter(|_| l.try_acquire(Priority::High) == Admission::Admit)
+                .collect();
+            for long in admitted {
+                if long {
+                    l.release("long", 20_000_000);
+                } else {
+                    l.release("short", 5_000_000);
+                }
+            }
+        }
+        assert!(l.limit() >= 100, "limit {}", l.limit());
+        assert_eq!(l.min_rtt_ns("short"), Some(5_000_000.0));
+        assert_eq!(l.min_rtt_ns("long"), Some(20_000_000.0));
+    }
+
+    #[test]
+    fn chains_past_the_cap_share_one_baseline() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        for i in 0..MAX_BASELINES + 10 {
+            assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
+            l.release(&format!("chain-{i}"), 1_000_000);
+        }
+        assert_eq!(l.baselines.len(), MAX_BASELINES);
     }
 
     #[test]
@@ -526,11 +658,11 @@ mod tests {
         );
         // The window measures a flat service: slow start doubles the limit to 20.
         for _ in 0..10 {
-            l.release(5_000_000);
+            l.release(CHAIN, 5_000_000);
         }
         for _ in 0..10 {
             assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
-            l.release(5_000_000);
+            l.release(CHAIN, 5_000_000);
         }
         assert_eq!(l.limit(), 20);
         let before = l.shed_count();
@@ -544,6 +676,52 @@ mod tests {
         assert_eq!(admitted(Priority::High), 3, "high takes the rest");
         assert_eq!(admitted(Priority::High), 0);
         assert_eq!(l.shed_count() - before, 18 + 25 + 27 + 30);
+    }
+
+    #[test]
+    fn a_share_reserves_room_only_while_a_more_important_class_is_around() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig {
+            initial_limit: 10,
+            ..ConcurrencyConfig::default()
+        });
+        // Two windows of low traffic only, latency flat: the limit is 40.
+        for _ in 0..40 {
+            assert_eq!(l.try_acquire(Priority::Low), Admission::Admit);
+            l.release(CHAIN, 5_000_000);
+        }
+        let limit = l.limit() as usize;
+        let fill = |l: &mut AdaptiveLimit, p| {
+            let n = (0..limit + 5)
+                .filter(|_| l.try_acquire(p) == Admission::Admit)
+                .count();
+            for _ in 0..n {
+                l.release_without_sample();
+            }
+            n
+        };
+        assert_eq!(fill(&mut l, Priority::Low), limit, "nothing to reserve for");
+        // A high request arrives: from now on low keeps to its share.
+        assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
+        l.release(CHAIN, 5_000_000);
+        let share = (limit as f64 * 0.6).floor() as usize;
+        assert_eq!(fill(&mut l, Priority::Low), share);
+        // Normal keeps room for high too, but not for low.
+        assert_eq!(
+            fill(&mut l, Priority::Normal),
+            (limit as f64 * 0.85).floor() as usize
+        );
+        // Two whole windows without high: the reserve is released.
+        for _ in 0..40 {
+            l.try_acquire(Priority::Low);
+            l.release(CHAIN, 5_000_000);
+        }
+        let limit = l.limit() as usize;
+        assert_eq!(
+            (0..limit + 5)
+                .filter(|_| l.try_acquire(Priority::Low) == Admission::Admit)
+                .count(),
+            limit
+        );
     }
 
     #[test]
