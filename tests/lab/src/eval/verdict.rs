@@ -1,10 +1,16 @@
 //! Verdicts the way users judge a service: from the load generator's own
 //! records, the same measurement in every arm. Time is cut into windows
-//! (one trace minute each); a chain-window *violates* when the chain's
-//! declared percentile exceeds its objective or more than 1 % of its
-//! requests failed (an error, shed, timed out or never answered). A window
-//! with fewer than [`MIN_REQUESTS`] requests is merged with the following
-//! ones until it has that many (a last short group joins the one before).
+//! (one trace minute each); a chain-window *violates* when fewer of its
+//! requests than the declared percentile were good (answered successfully
+//! within the objective: the agent's one rule,
+//! [`meshtune_agent::data::attainment`]), or more than 1 % of them failed
+//! (an error, shed, timed out or never answered). The first is the
+//! percentile exceeding the objective with failed requests counted as never
+//! answered, so a window whose p99 is within the objective but where 0.6 %
+//! were slow and 0.6 % failed violates: 98.8 % of its users were served in
+//! time. A window with fewer than [`MIN_REQUESTS`] requests is merged with
+//! the following ones until it has that many (a last short group joins the
+//! one before).
 
 use std::collections::BTreeMap;
 
@@ -48,6 +54,12 @@ pub struct ChainWindow {
     pub violates: bool,
 }
 
+/// Whether `good` of `requests` meet a declared percentile (the agent's rule).
+pub fn attains(requests: usize, good: usize, percentile: f64) -> bool {
+    use meshtune_agent::data::attainment::{attainment, meets};
+    attainment(requests as u64, good as u64).is_none_or(|a| meets(a, percentile))
+}
+
 /// The nearest-rank `p`-th percentile of `sorted` (ascending).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -81,7 +93,8 @@ fn judge(
         failed,
         percentile_ms,
         good,
-        violates: percentile_ms > o.slo_ms || failed as f64 > MAX_FAILED_SHARE * requests as f64,
+        violates: !attains(requests, good, o.percentile)
+            || failed as f64 > MAX_FAILED_SHARE * requests as f64,
     }
 }
 
@@ -166,6 +179,29 @@ mod tests {
         );
         assert!(w[2].violates, "2 of 150 failed is above 1 %");
         assert_eq!(w[2].good, 148);
+    }
+
+    #[test]
+    fn slow_and_failed_requests_add_up() {
+        let o = vec![Objective {
+            chain: "c".into(),
+            percentile: 99.0,
+            slo_ms: 50.0,
+        }];
+        // 1000 requests: 6 slow, 6 failed fast. The p99 (the 990th) is
+        // 10 ms and 0.6 % failed, yet only 98.8 % were served in time.
+        let mut v: Vec<Sample> = (0..988).map(|_| s(0, true, 10.0)).collect();
+        v.extend((0..6).map(|_| s(0, true, 60.0)));
+        v.extend((0..6).map(|_| s(0, false, 2.0)));
+        let w = chain_windows(&v, &o);
+        assert_eq!(w[0].percentile_ms, 10.0);
+        assert_eq!(w[0].good, 988);
+        assert!(w[0].violates);
+        // 5 + 5 of 1000: 99.0 % good, exactly the percentile.
+        let mut v: Vec<Sample> = (0..990).map(|_| s(0, true, 10.0)).collect();
+        v.extend((0..5).map(|_| s(0, true, 60.0)));
+        v.extend((0..5).map(|_| s(0, false, 2.0)));
+        assert!(!chain_windows(&v, &o)[0].violates);
     }
 
     #[test]
