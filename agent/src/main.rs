@@ -235,6 +235,26 @@ fn main() -> anyhow::Result<()> {
             if cfg.token.is_none() {
                 tracing::warn!("no auth token configured: any client can post reports");
             }
+            let bounded: Vec<&str> = cfg
+                .services
+                .iter()
+                .filter(|(_, s)| {
+                    s.min_cpu
+                        .or(s.max_cpu)
+                        .or(s.min_memory)
+                        .or(s.max_memory)
+                        .is_some()
+                })
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !bounded.is_empty() {
+                // Said once at start so nobody believes them enforced.
+                tracing::warn!(
+                    "services {bounded:?}: min_cpu/max_cpu/min_memory/max_memory are validated \
+                     but the running agent does not allocate resources yet (no Deployment \
+                     is written); the allocation planner is `meshtune_agent::plan::resources`"
+                );
+            }
             let sink = match sink {
                 Some(SinkArg::Kubernetes) if !cfg.kubernetes.enabled => anyhow::bail!(
                     "--sink kubernetes: set `kubernetes.enabled: true` in {}",

@@ -4,6 +4,7 @@
 
 pub mod observe;
 pub mod policy;
+pub mod resources;
 pub mod traffic;
 
 use serde::Serialize;

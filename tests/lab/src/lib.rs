@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod callgrind;
+pub mod cgroup;
 pub mod control_plane;
 pub mod envoy;
 pub mod eval;

@@ -452,6 +452,18 @@ impl Mesh {
             .fold(StatsSnapshot::default(), |a, b| a + b)
     }
 
+    /// Limits every replica of `service` to `cores` CPUs each (`None`
+    /// lifts the limit), as a Deployment's `resources.limits.cpu` does.
+    pub fn limit_service_cpu(&mut self, service: &str, cores: Option<f64>) -> anyhow::Result<()> {
+        let mut found = false;
+        for r in self.replicas.values_mut().filter(|r| r.service == service) {
+            r.limit_cpu(cores)?;
+            found = true;
+        }
+        anyhow::ensure!(found, "no service {service} in the lab");
+        Ok(())
+    }
+
     /// Stops the agent (its port closes); the sidecars keep running.
     pub async fn stop_agent(&mut self) {
         tokio::task::block_in_place(|| self.agent.stop());

@@ -63,6 +63,9 @@ pub struct Replica {
     outbound_port: Option<u16>,
     log_path: PathBuf,
     child: Option<Child>,
+    /// Its CPU limit, once one is set (kept across restarts, as a pod's
+    /// `resources` outlive its containers).
+    cpu_group: Option<crate::cgroup::Cgroup>,
 }
 
 impl Replica {
@@ -90,6 +93,7 @@ impl Replica {
             spec_json: serde_json::to_string(spec)?,
             outbound_port,
             child: None,
+            cpu_group: None,
         };
         r.spawn()?;
         Ok(r)
@@ -113,6 +117,9 @@ impl Replica {
             .spawn()
             .with_context(|| format!("starting {} replica {}", exe.display(), self.name))?;
         crate::lifecycle::adopt(child.id());
+        if let Some(g) = &self.cpu_group {
+            g.add_process(child.id())?;
+        }
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -161,6 +168,39 @@ impl Replica {
             Some((200, _)) => Ok(()),
             other => bail!("replica {}: setting its fault: {other:?}", self.name),
         }
+    }
+
+    /// Limits it to `cores` CPUs (a CFS quota, as kubelet enforces
+    /// `limits.cpu`); `None` lifts the limit.
+    pub fn limit_cpu(&mut self, cores: Option<f64>) -> anyhow::Result<()> {
+        if self.cpu_group.is_none() {
+            if cores.is_none() {
+                return Ok(());
+            }
+            let g =
+                crate::cgroup::Cgroup::create(&format!("{}-{}", std::process::id(), self.name))?;
+            if let Some(pid) = self.pid() {
+                g.add_process(pid)?;
+            }
+            self.cpu_group = Some(g);
+        }
+        if let Some(g) = &self.cpu_group {
+            match cores {
+                Some(c) => g.set_cpu(c)?,
+                None => g.clear_cpu()?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU limit in force, cores (`None`: unlimited).
+    pub fn cpu_limit(&self) -> Option<f64> {
+        self.cpu_group.as_ref().and_then(|g| g.cpu_limit())
+    }
+
+    /// CPU seconds it has used since it (last) started.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        crate::cgroup::process_cpu_seconds(self.pid()?)
     }
 
     /// Kills it (`-9`, as a crashed pod); its sidecar stays.

@@ -1,0 +1,344 @@
+//! CPU per service so that every chain meets its objective at the least
+//! total CPU, when services are shared by several chains (M9).
+//!
+//! **Model.** A service given `c` cores, doing `demand_s` CPU-seconds of
+//! work per request and offered `rps`, serves like an M/M/1 queue of rate
+//! `μ = c / demand_s`: its latency is exponential with rate `μ − rps`, so
+//! its `p`-quantile is `ln(1 / (1 − p)) / (μ − rps)`, plus `fixed_ms` the
+//! request spends off the CPU (waiting on its own calls, the network). The
+//! quantile falls convexly as `c` grows, and `c` must keep the utilisation
+//! `rps × demand_s / c` at most [`MAX_UTILISATION`]. A chain's latency at its
+//! percentile is bounded by the sum of its services' quantiles (the sum of
+//! quantiles is at least the quantile of the sum: conservative).
+//!
+//! **Solver.** A linear programme (`good_lp` on the pure-Rust `microlp`
+//! backend): minimise Σ cores subject to, per chain, Σ hop latency ≤ the
+//! objective, each hop's latency bounded below by the piecewise-linear
+//! interpolation of its convex quantile curve on a grid of core counts
+//! (the interpolation lies above the curve, so an allocation the programme
+//! accepts meets the objective under the model too). When no allocation
+//! within `max_cpu` meets every objective, each chain may exceed its
+//! objective by a share `s`, weighted by priority, and the programme first
+//! minimises the largest weighted share (a fair degradation that favours
+//! the more important chains), then the cores. The services at their
+//! `max_cpu` on the chains that still miss are the binding limits.
+
+use good_lp::{
+    constraint, microlp, variable, Expression, ProblemVariables, ResolutionError, Solution,
+    SolverModel, Variable,
+};
+use meshtune_filter_core::control::Priority;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Highest utilisation an allocation may plan for: above it the queue's
+/// latency is too sensitive to the load forecast's error to plan on.
+pub const MAX_UTILISATION: f64 = 0.9;
+/// Grid points per service on which its quantile curve is interpolated.
+const GRID: usize = 32;
+/// Cores are allocated in Kubernetes' unit, rounded up to 10 millicores.
+const STEP_CORES: f64 = 0.01;
+
+/// What the allocation knows of one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceModel {
+    pub name: String,
+    /// CPU-seconds of work per request (measured: CPU used ÷ requests).
+    pub demand_s: f64,
+    /// Latency a request spends off the CPU, ms.
+    pub fixed_ms: f64,
+    /// Load to plan for, requests per second (the forecast's upper quantile).
+    pub rps: f64,
+    pub min_cpu: f64,
+    pub max_cpu: f64,
+}
+
+impl ServiceModel {
+    /// Least cores that keep utilisation at [`MAX_UTILISATION`].
+    fn floor_cores(&self) -> f64 {
+        (self.rps * self.demand_s / MAX_UTILISATION).max(self.min_cpu)
+    }
+
+    /// The model's latency at `percentile` with `cores`, ms (infinite
+    /// when the service cannot keep up).
+    pub fn quantile_ms(&self, cores: f64, percentile: f64) -> f64 {
+        let rate = cores / self.demand_s.max(1e-9) - self.rps;
+        if rate <= 0.0 {
+            return f64::INFINITY;
+        }
+        self.fixed_ms + 1000.0 * tail_factor(percentile) / rate
+    }
+}
+
+/// `ln(1 / (1 − p))` for a percentile `p` in (0, 100).
+fn tail_factor(percentile: f64) -> f64 {
+    let p = (percentile / 100.0).clamp(0.5, 0.999_999);
+    (1.0 / (1.0 - p)).ln()
+}
+
+/// A chain's objective and the services it goes through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainObjective {
+    pub name: String,
+    pub slo_ms: f64,
+    pub percentile: f64,
+    pub priority: Priority,
+    pub services: Vec<String>,
+}
+
+/// Weight of a chain's excess over its objective when not every objective
+/// can be met: the more important, the smaller the share it is left.
+fn priority_weight(p: Priority) -> f64 {
+    match p {
+        Priority::High => 4.0,
+        Priority::Normal => 2.0,
+        Priority::Low => 1.0,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainOutcome {
+    /// Latency at the chain's percentile the model predicts, ms.
+    pub predicted_ms: f64,
+    /// Share of requests within the objective the model predicts (the
+    /// tail is exponential: `1 − (1 − p)^(slo / predicted)`).
+    pub predicted_attainment: f64,
+    pub meets: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Allocation {
+    /// Cores per service.
+    pub cores: BTreeMap<String, f64>,
+    pub chains: BTreeMap<String, ChainOutcome>,
+    /// Every chain meets its objective.
+    pub feasible: bool,
+    /// Services at `max_cpu` on a chain that misses: the limits that bind.
+    pub binding: Vec<String>,
+    /// Jain's fairness index over the chains' predicted attainment
+    /// (1: all alike; 1/n: one chain gets everything).
+    pub fairness: f64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AllocationError {
+    #[error("chain {chain}: service {service} has no model")]
+    UnknownService { chain: String, service: String },
+    #[error("service {service}: {field} {problem}")]
+    BadModel {
+        service: String,
+        field: &'static str,
+        problem: &'static str,
+    },
+    #[error("service {service}: min_cpu cannot serve {rps:.1} req/s under max_cpu {max_cpu}")]
+    CannotKeepUp {
+        service: String,
+        rps: f64,
+        max_cpu: f64,
+    },
+    #[error("solver: {0}")]
+    Solver(String),
+}
+
+/// Jain's fairness index of `xs`: (Σx)² / (n Σx²).
+pub fn jain(xs: &[f64]) -> f64 {
+    let sum: f64 = xs.iter().sum();
+    let sq: f64 = xs.iter().map(|x| x * x).sum();
+    if xs.is_empty() || sq <= 0.0 {
+        return 1.0;
+    }
+    sum * sum / (xs.len() as f64 * sq)
+}
+
+fn validate(s: &ServiceModel) -> Result<(), AllocationError> {
+    let bad = |field, problem| AllocationError::BadModel {
+        service: s.name.clone(),
+        field,
+        problem,
+    };
+    if !(s.demand_s.is_finite() && s.demand_s > 0.0) {
+        return Err(bad("demand_s", "must be a positive number"));
+    }
+    if !(s.fixed_ms.is_finite() && s.fixed_ms >= 0.0) {
+        return Err(bad("fixed_ms", "must be ≥ 0"));
+    }
+    if !(s.rps.is_finite() && s.rps >= 0.0) {
+        return Err(bad("rps", "must be ≥ 0"));
+    }
+    if !(s.min_cpu >= 0.0 && s.min_cpu <= s.max_cpu && s.max_cpu.is_finite()) {
+        return Err(bad("min_cpu", "must be ≥ 0 and ≤ max_cpu"));
+    }
+    if s.floor_cores() > s.max_cpu {
+        return Err(AllocationError::CannotKeepUp {
+            service: s.name.clone(),
+            rps: s.rps,
+            max_cpu: s.max_cpu,
+        });
+    }
+    Ok(())
+}
+
+/// Chords of `f` between consecutive grid points from `lo` to `hi`, as
+/// `(intercept, slope)`: their maximum is the interpolation of `f`.
+fn chords(lo: f64, hi: f64, f: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+    if hi - lo < 1e-9 {
+        return vec![(f(lo), 0.0)];
+    }
+    // Denser where the curve bends most (near the floor): geometric steps.
+    let points: Vec<f64> = (0..GRID)
+        .map(|i| {
+            let t = i as f64 / (GRID - 1) as f64;
+            lo + (hi - lo) * (t * t)
+        })
+        .collect();
+    points
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (w[0], w[1]);
+            let slope = (f(b) - f(a)) / (b - a);
+            (f(a) - slope * a, slope)
+        })
+        .collect()
+}
+
+/// The least-CPU allocation meeting every chain's objective under the
+/// model, or, when none does within the limits, the fairest degradation.
+pub fn allocate(
+    services: &[ServiceModel],
+    chains: &[ChainObjective],
+) -> Result<Allocation, AllocationError> {
+    for s in services {
+        validate(s)?;
+    }
+    let by_name: BTreeMap<&str, &ServiceModel> =
+        services.iter().map(|s| (s.name.as_str(), s)).collect();
+    for c in chains {
+        for s in &c.services {
+            if !by_name.contains_key(s.as_str()) {
+                return Err(AllocationError::UnknownService {
+                    chain: c.name.clone(),
+                    service: s.clone(),
+                });
+            }
+        }
+    }
+    // A service's latency enters each chain at that chain's percentile:
+    // one latency variable per (chain, service).
+    let mut vars = ProblemVariables::new();
+    let cores: BTreeMap<&str, Variable> = services
+        .iter()
+        .map(|s| {
+            let v = vars.add(variable().min(s.floor_cores()).max(s.max_cpu));
+            (s.name.as_str(), v)
+        })
+        .collect();
+    let excess: Vec<Variable> = chains
+        .iter()
+        .map(|_| vars.add(variable().min(0.0)))
+        .collect();
+    let worst = vars.add(variable().min(0.0));
+    let mut latency: Vec<(usize, &ServiceModel, Variable)> = Vec::new();
+    for (ci, c) in chains.iter().enumerate() {
+        for s in &c.services {
+            if let Some(m) = by_name.get(s.as_str()) {
+                latency.push((ci, m, vars.add(variable().min(0.0))));
+            }
+        }
+    }
+    // Excess weighs far more than cores: degrade only when forced to.
+    let total_cores: Expression = cores.values().sum();
+    let cpu_scale: f64 = services.iter().map(|s| s.max_cpu).sum::<f64>().max(1.0);
+    let mut problem = vars
+        .minimise(worst * (1000.0 * cpu_scale) + total_cores)
+        .using(microlp);
+    for &(ci, m, t) in &latency {
+        let p = chains[ci].percentile;
+        let c = cores[m.name.as_str()];
+        for (a, b) in chords(m.floor_cores(), m.max_cpu, |x| m.quantile_ms(x, p)) {
+            problem = problem.with(constraint!(t >= a + b * c));
+        }
+    }
+    for (ci, c) in chains.iter().enumerate() {
+        let sum: Expression = latency
+            .iter()
+            .filter(|(i, _, _)| *i == ci)
+            .map(|(_, _, t)| *t)
+            .sum();
+        let e = excess[ci];
+        problem = problem.with(constraint!(sum <= c.slo_ms + c.slo_ms * e));
+        let w = priority_weight(c.priority);
+        problem = problem.with(constraint!(worst >= w * e));
+    }
+    let solution = problem.solve().map_err(|e| match e {
+        ResolutionError::Infeasible => AllocationError::Solver("infeasible".into()),
+        other => AllocationError::Solver(other.to_string()),
+    })?;
+    let alloc: BTreeMap<String, f64> = services
+        .iter()
+        .map(|s| {
+            let raw = solution.value(cores[s.name.as_str()]);
+            let rounded = ((raw - 1e-9) / STEP_CORES).ceil() * STEP_CORES;
+            (s.name.clone(), rounded.clamp(s.floor_cores(), s.max_cpu))
+        })
+        .collect();
+    Ok(judge(services, chains, alloc))
+}
+
+/// What the model predicts for each chain under `cores`.
+pub fn judge(
+    services: &[ServiceModel],
+    chains: &[ChainObjective],
+    cores: BTreeMap<String, f64>,
+) -> Allocation {
+    let by_name: BTreeMap<&str, &ServiceModel> =
+        services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut outcomes = BTreeMap::new();
+    let mut binding = Vec::new();
+    for c in chains {
+        let predicted_ms: f64 = c
+            .services
+            .iter()
+            .filter_map(|s| {
+                let m = by_name.get(s.as_str())?;
+                Some(m.quantile_ms(*cores.get(s)?, c.percentile))
+            })
+            .sum();
+        // Rounding to the millicore step may only add cores, but allow for
+        // the float error of the solver.
+        let meets = predicted_ms <= c.slo_ms * (1.0 + 1e-6);
+        if !meets {
+            for s in &c.services {
+                if let (Some(m), Some(v)) = (by_name.get(s.as_str()), cores.get(s)) {
+                    if *v >= m.max_cpu - 1e-9 && !binding.contains(s) {
+                        binding.push(s.clone());
+                    }
+                }
+            }
+        }
+        let p = (c.percentile / 100.0).clamp(0.0, 0.999_999);
+        let predicted_attainment = if predicted_ms.is_finite() && predicted_ms > 0.0 {
+            1.0 - (1.0 - p).powf(c.slo_ms / predicted_ms)
+        } else {
+            0.0
+        };
+        outcomes.insert(
+            c.name.clone(),
+            ChainOutcome {
+                predicted_ms,
+                predicted_attainment,
+                meets,
+            },
+        );
+    }
+    let attainments: Vec<f64> = outcomes.values().map(|o| o.predicted_attainment).collect();
+    Allocation {
+        feasible: outcomes.values().all(|o| o.meets),
+        fairness: jain(&attainments),
+        chains: outcomes,
+        cores,
+        binding,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,66 @@
+//! The lab enforces a service's CPU the way a cluster does: its replicas
+//! run under a CFS quota (`Mesh::limit_service_cpu`), so a service given
+//! too little CPU answers slower and uses no more than it was given.
+//! Needs root and a writable cpu controller (it fails naming the fix).
+
+use meshtune_lab::load::closed_loop;
+use meshtune_lab::mesh::{Mesh, MeshOptions};
+use meshtune_lab::services;
+use std::time::Instant;
+
+/// Median latency (ms) of `n` requests straight to the ratings replica,
+/// two in flight, and the cores it used meanwhile.
+async fn ratings_p50_and_cores(mesh: &Mesh, n: usize) -> (f64, f64) {
+    let r = &mesh.replicas["ratings"];
+    let (t0, c0) = (Instant::now(), r.cpu_seconds().expect("ratings runs"));
+    let out = closed_loop(r.app_port, vec!["/ratings/0".into(); n], 2, "cpu").await;
+    let cores = (r.cpu_seconds().expect("ratings runs") - c0) / t0.elapsed().as_secs_f64();
+    assert!(out.iter().all(|o| o.status == 200), "ratings failed");
+    let mut ms: Vec<f64> = out.iter().map(|o| o.latency.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    (ms[ms.len() / 2], cores)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_limit_slows_the_service_and_caps_what_it_uses() {
+    let mut svcs = services::bookinfo();
+    for s in &mut svcs {
+        if s.name == "ratings" {
+            // 4 ms of CPU per request, nothing else: CPU-bound.
+            s.cpu_us = 4000;
+            s.base_us = 4000;
+            s.tail_us = 0;
+        }
+    }
+    let mut mesh = Mesh::start(MeshOptions {
+        services: svcs,
+        filter: false,
+        ..MeshOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (free_ms, _) = ratings_p50_and_cores(&mesh, 200).await;
+    mesh.limit_service_cpu("ratings", Some(0.1))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(mesh.replicas["ratings"].cpu_limit(), Some(0.1));
+    let (limited_ms, cores) = ratings_p50_and_cores(&mesh, 100).await;
+    println!("ratings p50 {free_ms:.1} ms unlimited, {limited_ms:.1} ms at 0.1 core using {cores:.3} cores");
+    // Two requests of 4 ms CPU each in flight on 0.1 core: about 80 ms each.
+    assert!(
+        limited_ms > 4.0 * free_ms,
+        "p50 {limited_ms:.1} ms at 0.1 core vs {free_ms:.1} ms unlimited"
+    );
+    assert!(
+        cores <= 0.15,
+        "used {cores:.3} cores under a 0.1-core limit"
+    );
+    // Lifted, it is fast again.
+    mesh.limit_service_cpu("ratings", None)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (lifted_ms, _) = ratings_p50_and_cores(&mesh, 200).await;
+    assert!(
+        lifted_ms < limited_ms / 3.0,
+        "{lifted_ms:.1} ms after lifting"
+    );
+    assert!(mesh.limit_service_cpu("nope", Some(1.0)).is_err());
+}
