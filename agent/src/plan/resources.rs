@@ -2,14 +2,19 @@
 //! total CPU, when services are shared by several chains (M9).
 //!
 //! **Model.** A service given `c` cores, doing `demand_s` CPU-seconds of
-//! work per request and offered `rps`, serves like an M/M/1 queue of rate
-//! `μ = c / demand_s`: its latency is exponential with rate `μ − rps`, so
-//! its `p`-quantile is `ln(1 / (1 − p)) / (μ − rps)`, plus `fixed_ms` the
-//! request spends off the CPU (waiting on its own calls, the network). The
-//! quantile falls convexly as `c` grows, and `c` must keep the utilisation
-//! `rps × demand_s / c` at most [`MAX_UTILISATION`]. A chain's latency at its
-//! percentile is bounded by the sum of its services' quantiles (the sum of
-//! quantiles is at least the quantile of the sum: conservative).
+//! work per request and offered `rps`, is a queue of utilisation
+//! `ρ = rps × demand_s / c`. A request takes its own work, `demand_s`, plus
+//! the time it waits behind others, whose tail Kingman's approximation puts
+//! at `variability × ln(1 / (1 − p)) × (demand_s / c) × ρ / (1 − ρ)` at
+//! percentile `p` (`variability` is `(ca² + cs²) / 2`: 1 for random
+//! arrivals and exponential work, about half of that for fixed work;
+//! fitted from measurements), plus `fixed_ms` it spends off the CPU. The
+//! quantile falls convexly as `c` grows, and `c` must keep `ρ` at most
+//! [`MAX_UTILISATION`]. `meshtune-lab bench cpu-model` fits it to a real
+//! service under a real CPU limit and reports how well it predicts p99.
+//! A chain's latency at its percentile is bounded by the sum of its
+//! services' quantiles (the sum of quantiles is at least the quantile of
+//! the sum: conservative).
 //!
 //! **Solver.** A linear programme (`good_lp` on the pure-Rust `microlp`
 //! backend): minimise Σ cores subject to, per chain, Σ hop latency ≤ the
@@ -47,6 +52,9 @@ pub struct ServiceModel {
     pub demand_s: f64,
     /// Latency a request spends off the CPU, ms.
     pub fixed_ms: f64,
+    /// How bursty the waiting is: `(ca² + cs²) / 2` in Kingman's
+    /// approximation (1: random arrivals, exponential work).
+    pub variability: f64,
     /// Load to plan for, requests per second (the forecast's upper quantile).
     pub rps: f64,
     pub min_cpu: f64,
@@ -62,11 +70,16 @@ impl ServiceModel {
     /// The model's latency at `percentile` with `cores`, ms (infinite
     /// when the service cannot keep up).
     pub fn quantile_ms(&self, cores: f64, percentile: f64) -> f64 {
-        let rate = cores / self.demand_s.max(1e-9) - self.rps;
-        if rate <= 0.0 {
+        if cores <= 0.0 {
             return f64::INFINITY;
         }
-        self.fixed_ms + 1000.0 * tail_factor(percentile) / rate
+        let rho = self.rps * self.demand_s / cores;
+        if rho >= 1.0 {
+            return f64::INFINITY;
+        }
+        let wait_s = self.variability * tail_factor(percentile) * (self.demand_s / cores) * rho
+            / (1.0 - rho);
+        self.fixed_ms + 1000.0 * (self.demand_s + wait_s)
     }
 }
 
@@ -161,6 +174,9 @@ fn validate(s: &ServiceModel) -> Result<(), AllocationError> {
     }
     if !(s.fixed_ms.is_finite() && s.fixed_ms >= 0.0) {
         return Err(bad("fixed_ms", "must be ≥ 0"));
+    }
+    if !(s.variability.is_finite() && s.variability >= 0.0) {
+        return Err(bad("variability", "must be ≥ 0"));
     }
     if !(s.rps.is_finite() && s.rps >= 0.0) {
         return Err(bad("rps", "must be ≥ 0"));

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod callgrind;
 pub mod cgroup;
 pub mod control_plane;
+pub mod cpu_model;
 pub mod envoy;
 pub mod eval;
 pub mod faults;

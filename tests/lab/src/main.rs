@@ -160,6 +160,25 @@ enum BenchCommand {
         #[arg(long)]
         instructions: bool,
     },
+    /// How well the CPU allocation's latency model predicts a real
+    /// service under a real CPU limit: one CPU-bound replica under a cgroup
+    /// quota, swept over cores × utilisation with open-loop load; the model
+    /// is fitted from CPU per request and median latency, judged on p99.
+    /// Needs root and a writable cpu controller.
+    CpuModel {
+        /// CPU per request of the swept service, µs.
+        #[arg(long, default_value_t = 2000)]
+        cpu_us: u64,
+        /// CPU limits to try, cores (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.5, 1.0])]
+        quotas: Vec<f64>,
+        /// Offered load as shares of what each limit serves (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.2, 0.45, 0.7])]
+        utilisations: Vec<f64>,
+        /// Measured seconds per point (after one second of warm-up).
+        #[arg(long, default_value_t = 6.0)]
+        seconds: f64,
+    },
     /// The overload scenario (a shared service with a fixed worker pool,
     /// open-loop load above its capacity on a high- and a low-priority
     /// chain) without control, with Envoy's native adaptive concurrency and
@@ -266,6 +285,26 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
         Command::Bench {
             which: BenchCommand::Overload { seconds, only },
         } => rt.block_on(bench_overload(seconds, only)),
+        Command::Bench {
+            which:
+                BenchCommand::CpuModel {
+                    cpu_us,
+                    quotas,
+                    utilisations,
+                    seconds,
+                },
+        } => {
+            use meshtune_lab::cpu_model;
+            let o = cpu_model::SweepOptions {
+                cpu_us,
+                quotas,
+                utilisations,
+                seconds,
+            };
+            let points = rt.block_on(cpu_model::sweep(&o, |p| eprintln!("{p}")))?;
+            print!("{}", cpu_model::report(&points, &cpu_model::fit(&points)));
+            Ok(())
+        }
         Command::Up {
             duration,
             trace,

@@ -64,3 +64,32 @@ async fn a_cpu_limit_slows_the_service_and_caps_what_it_uses() {
     );
     assert!(mesh.limit_service_cpu("nope", Some(1.0)).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_sweep_measures_what_the_service_burns() {
+    use meshtune_lab::cpu_model::{fit, sweep, SweepOptions};
+    let o = SweepOptions {
+        cpu_us: 3000,
+        quotas: vec![0.3, 0.9],
+        utilisations: vec![0.5],
+        seconds: 2.0,
+    };
+    let points = sweep(&o, |p| println!("{p}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(points.len(), 2);
+    for p in &points {
+        assert_eq!(p.failed, 0, "{p:?}");
+        // What the process burns per request is the service's 3 ms of CPU
+        // plus its HTTP handling.
+        assert!(
+            (0.0025..0.006).contains(&p.cpu_s_per_request),
+            "{:.2} ms of CPU per request",
+            p.cpu_s_per_request * 1e3
+        );
+    }
+    // The same utilisation on 3 × the cores is 3 × the load.
+    assert!((points[1].rps / points[0].rps - 3.0).abs() < 1e-9);
+    let f = fit(&points);
+    assert!((0.0025..0.006).contains(&f.demand_s), "{f:?}");
+}

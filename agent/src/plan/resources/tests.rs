@@ -5,6 +5,7 @@ fn service(name: &str, demand_s: f64, rps: f64, max_cpu: f64) -> ServiceModel {
         name: name.into(),
         demand_s,
         fixed_ms: 0.0,
+        variability: 1.0,
         rps,
         min_cpu: 0.0,
         max_cpu,
@@ -25,28 +26,30 @@ fn total(a: &Allocation) -> f64 {
     a.cores.values().sum()
 }
 
-/// ln(100) / rate in ms: the p99 of an M/M/1 queue of that spare rate.
-fn p99_ms(spare_rate: f64) -> f64 {
-    1000.0 * 100f64.ln() / spare_rate
+/// The p99 (ms) of a service doing 10 ms of CPU per request at 50 req/s
+/// on `c` cores, variability 1, worked out by hand:
+/// 10 ms + ln(100) × (0.01 / c) × ρ / (1 − ρ) s with ρ = 0.5 / c.
+fn p99_ms(c: f64) -> f64 {
+    let rho = 0.5 / c;
+    10.0 + 1000.0 * 100f64.ln() * (0.01 / c) * rho / (1.0 - rho)
 }
 
 #[test]
 fn a_shared_service_is_sized_for_its_strictest_chain_at_the_known_minimum() {
-    // `shared` (10 ms of CPU per request, 50 req/s) serves both chains;
-    // `tail` only the second. Chain `fast` needs shared's p99 within
-    // p99_ms(100): μ = 150/s, 1.5 cores. Chain `slow` then leaves tail
-    // p99_ms(50) of its objective: μ = 100/s, 1.0 core. Any other split
-    // costs more (tail is cheaper per ms only where shared is already
-    // forced up by `fast`).
+    // `shared` serves both chains, `tail` only the second. Chain `fast`
+    // needs shared's p99 within p99_ms(1.5): 1.5 cores. Chain `slow` then
+    // leaves tail p99_ms(1.0): 1 core. Adding to shared instead would buy
+    // 25.6 ms per core where tail buys 138: 2.5 cores is the minimum.
     let services = [
         service("shared", 0.01, 50.0, 4.0),
         service("tail", 0.01, 50.0, 4.0),
     ];
+    assert!((services[0].quantile_ms(1.5, 99.0) - p99_ms(1.5)).abs() < 1e-9);
     let chains = [
-        chain("fast", p99_ms(100.0), Priority::High, &["shared"]),
+        chain("fast", p99_ms(1.5), Priority::High, &["shared"]),
         chain(
             "slow",
-            p99_ms(100.0) + p99_ms(50.0),
+            p99_ms(1.5) + p99_ms(1.0),
             Priority::Low,
             &["shared", "tail"],
         ),
