@@ -722,3 +722,76 @@ fn a_service_missing_from_the_configuration_is_an_error_not_namespace_default() 
         assert_eq!(agent.metrics.unknown_services.get(), 1);
     });
 }
+
+/// What meshtune would apply to a Deployment's resources, merged into the
+/// live object as server-side apply merges it (containers by name), is a
+/// valid Deployment; so is the `pods/resize` body merged into a Pod, and
+/// the autoscalers the guard reads are valid HorizontalPodAutoscalers.
+#[test]
+fn deployment_resources_bodies_are_valid_once_merged() {
+    use meshtune_agent::plan::deployment::{
+        autoscaler_conflict, resize_patch, resources_apply, ContainerAllocation,
+    };
+    let live = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "ratings-v1", "namespace": "bookinfo"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "ratings"}},
+            "template": {
+                "metadata": {"labels": {"app": "ratings"}},
+                "spec": {"containers": [
+                    {"name": "ratings", "image": "docker.io/istio/examples-bookinfo-ratings-v1:1.20.2",
+                     "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "500m"}}}
+                ]}
+            }
+        }
+    });
+    let body = resources_apply(
+        &live,
+        "ratings",
+        ContainerAllocation {
+            cpu: Some(0.35),
+            memory_mib: Some(96.0),
+        },
+    )
+    .unwrap();
+    let mut merged = live.clone();
+    let c = &mut merged["spec"]["template"]["spec"]["containers"][0];
+    c["resources"] = body["spec"]["template"]["spec"]["containers"][0]["resources"].clone();
+    assert_eq!(
+        c["resources"],
+        serde_json::json!({"requests": {"cpu": "70m", "memory": "96Mi"}, "limits": {"cpu": "350m", "memory": "96Mi"}})
+    );
+    let errors = validate(&merged, "Deployment with meshtune's resources");
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "ratings-v1-abc", "namespace": "bookinfo"},
+        "spec": {"containers": [
+            {"name": "ratings", "image": "ratings:1",
+             "resources": resize_patch(&body)["spec"]["containers"][0]["resources"].clone()}
+        ]}
+    });
+    let errors = validate(&pod, "Pod resized in place");
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let hpa = serde_json::json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "ratings", "namespace": "bookinfo"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ratings-v1"},
+            "minReplicas": 1,
+            "maxReplicas": 5,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70}}}]
+        }
+    });
+    let errors = validate(&hpa, "HorizontalPodAutoscaler");
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(autoscaler_conflict("ratings-v1", &[hpa], &[]).is_some());
+}

@@ -2,6 +2,7 @@
 //! clock is read and nothing is written here: time comes in as arguments,
 //! so every planner runs under a virtual clock in tests.
 
+pub mod deployment;
 pub mod observe;
 pub mod policy;
 pub mod resources;
