@@ -356,5 +356,41 @@ pub fn judge(
     }
 }
 
+/// Headroom over the working set a memory allocation keeps (what VPA's
+/// recommender adds to its target: 15 %).
+pub const MEMORY_MARGIN: f64 = 0.15;
+
+/// A service's memory allocation, MiB, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryAllocation {
+    pub mib: f64,
+    /// `max_memory` is below what the service was seen to need: the
+    /// allocation stays at the observed peak (no OOM kill), above the bound.
+    pub above_max: bool,
+}
+
+/// Memory from the observed working set (MiB samples over the history):
+/// its 90th percentile plus [`MEMORY_MARGIN`], within `[min, max]`, and
+/// never below the highest sample seen (what the service has needed would
+/// be killed for). `None` without samples.
+pub fn memory_allocation(samples_mib: &[f64], min: f64, max: f64) -> Option<MemoryAllocation> {
+    let mut v: Vec<f64> = samples_mib
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let peak = v[v.len() - 1];
+    let p90 = v[((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1];
+    let wanted = (p90 * (1.0 + MEMORY_MARGIN)).clamp(min, max.max(min));
+    Some(MemoryAllocation {
+        mib: wanted.max(peak).ceil(),
+        above_max: peak > max,
+    })
+}
+
 #[cfg(test)]
 mod tests;

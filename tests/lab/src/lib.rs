@@ -18,5 +18,6 @@ pub mod overload;
 pub mod proc;
 pub mod prometheus;
 pub mod replicas;
+pub mod resources_bench;
 pub mod services;
 pub mod trace;

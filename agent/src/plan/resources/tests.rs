@@ -228,3 +228,32 @@ fn jains_index() {
     assert!((jain(&[1.0, 0.0]) - 0.5).abs() < 1e-12);
     assert_eq!(jain(&[]), 1.0);
 }
+
+#[test]
+fn memory_follows_the_working_set_and_never_goes_below_its_peak() {
+    // p90 of 100..=200 MiB in steps of 10 is 190: + 15 % = 218.5 → 219.
+    let samples: Vec<f64> = (10..=20).map(|i| f64::from(i) * 10.0).collect();
+    let m = memory_allocation(&samples, 64.0, 1024.0).unwrap();
+    assert_eq!(
+        m,
+        MemoryAllocation {
+            mib: 219.0,
+            above_max: false
+        }
+    );
+    // A low max_memory binds, but not below the peak seen.
+    let m = memory_allocation(&samples, 64.0, 150.0).unwrap();
+    assert_eq!(
+        m,
+        MemoryAllocation {
+            mib: 200.0,
+            above_max: true
+        }
+    );
+    // A min_memory above what is needed is kept.
+    assert_eq!(
+        memory_allocation(&samples, 512.0, 1024.0).unwrap().mib,
+        512.0
+    );
+    assert_eq!(memory_allocation(&[], 64.0, 1024.0), None);
+}
