@@ -35,7 +35,7 @@ pub const PROXY_CONTAINER: &str = "istio-proxy";
 /// `cores` as a Kubernetes CPU quantity, rounded up to a millicore.
 pub fn cpu_quantity(cores: f64) -> String {
     let milli = (cores * 1000.0 - 1e-6).ceil().max(1.0) as u64;
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         format!("{}", milli / 1000)
     } else {
         format!("{milli}m")
@@ -372,7 +372,7 @@ mod tests {
         let cpu = hpa(
             json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]),
         );
-        let why = autoscaler_conflict("ratings-v1", &[cpu.clone()], &[]).unwrap();
+        let why = autoscaler_conflict("ratings-v1", std::slice::from_ref(&cpu), &[]).unwrap();
         assert!(
             why.contains("HorizontalPodAutoscaler ratings") && why.contains("cpu"),
             "{why}"
