@@ -165,6 +165,15 @@ fn request_and_limit(
     }
 }
 
+/// One resource: its name, the allocation, and how its quantities are
+/// read and written.
+type QuantityRule = (
+    &'static str,
+    Option<f64>,
+    fn(&str) -> Option<f64>,
+    fn(f64) -> String,
+);
+
 /// The server-side apply body that sets `container`'s resources in
 /// `deployment` (the live object), naming only the fields meshtune owns.
 pub fn resources_apply(
@@ -191,30 +200,24 @@ pub fn resources_apply(
     let res = &current["resources"];
     let mut requests = serde_json::Map::new();
     let mut limits = serde_json::Map::new();
-    if let Some(cpu) = a.cpu {
+    let rules: [QuantityRule; 2] = [
+        ("cpu", a.cpu, parse_cpu, cpu_quantity),
+        ("memory", a.memory_mib, parse_memory, memory_quantity),
+    ];
+    for (resource, allocation, parse, quantity) in rules {
+        let Some(allocation) = allocation else {
+            continue;
+        };
         let (r, l) = request_and_limit(
-            cpu,
-            res["requests"]["cpu"].as_str().and_then(parse_cpu),
-            res["limits"]["cpu"].as_str().and_then(parse_cpu),
+            allocation,
+            res["requests"][resource].as_str().and_then(parse),
+            res["limits"][resource].as_str().and_then(parse),
         );
         if let Some(r) = r {
-            requests.insert("cpu".into(), cpu_quantity(r).into());
+            requests.insert(resource.into(), quantity(r).into());
         }
         if let Some(l) = l {
-            limits.insert("cpu".into(), cpu_quantity(l).into());
-        }
-    }
-    if let Some(mem) = a.memory_mib {
-        let (r, l) = request_and_limit(
-            mem,
-            res["requests"]["memory"].as_str().and_then(parse_memory),
-            res["limits"]["memory"].as_str().and_then(parse_memory),
-        );
-        if let Some(r) = r {
-            requests.insert("memory".into(), memory_quantity(r).into());
-        }
-        if let Some(l) = l {
-            limits.insert("memory".into(), memory_quantity(l).into());
+            limits.insert(resource.into(), quantity(l).into());
         }
     }
     let mut resources = serde_json::Map::new();
