@@ -211,21 +211,3 @@ impl Drop for Cgroup {
         }
     }
 }
-
-/// CPU seconds process `pid` has used (user + system, all threads), from
-/// `/proc/PID/stat`.
-pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    cpu_seconds_of(&format!("/proc/{pid}/stat"))
-}
-
-fn cpu_seconds_of(path: &str) -> Option<f64> {
-    let stat = fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
-}

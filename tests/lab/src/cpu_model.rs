@@ -144,10 +144,6 @@ pub fn fit(points: &[Point]) -> Fit {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    crate::eval::verdict::percentile(sorted, p)
-}
-
 /// Poisson arrivals at `rps` for `seconds` (exponential gaps from a seeded
 /// generator: many independent users, the arrivals the model assumes);
 /// each request's latency (ms) and status (0: no answer).
@@ -239,8 +235,8 @@ pub async fn sweep(o: &SweepOptions, progress: impl Fn(&str)) -> anyhow::Result<
                 } else {
                     0.0
                 },
-                p50_ms: percentile(&ms, 50.0),
-                p99_ms: percentile(&ms, 99.0),
+                p50_ms: crate::eval::verdict::percentile(&ms, 50.0),
+                p99_ms: crate::eval::verdict::percentile(&ms, 99.0),
             });
         }
     }

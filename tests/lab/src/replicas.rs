@@ -200,7 +200,7 @@ impl Replica {
 
     /// CPU seconds it has used since it (last) started.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        crate::cgroup::process_cpu_seconds(self.pid()?)
+        crate::proc::cpu_seconds(self.pid()?)
     }
 
     /// Kills it (`-9`, as a crashed pod); its sidecar stays.

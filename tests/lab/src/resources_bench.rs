@@ -295,7 +295,7 @@ pub async fn run(o: &ResourcesOptions, progress: impl Fn(&str)) -> anyhow::Resul
                     .iter()
                     .filter(|w| w.chain == ob.chain)
                     .fold((0, 0), |(n, g), w| (n + w.requests, g + w.good));
-                good as f64 / n.max(1) as f64
+                meshtune_agent::data::attainment::attainment(n as u64, good as u64).unwrap_or(0.0)
             })
             .collect();
         out.push(ArmResult {

@@ -3,7 +3,8 @@
 //! raised to 1 (what kubelet's `limits.cpu` does to a container). Needs
 //! root and a writable cpu controller; without them it fails naming the fix.
 
-use meshtune_lab::cgroup::{process_cpu_seconds, Cgroup};
+use meshtune_lab::cgroup::Cgroup;
+use meshtune_lab::proc::cpu_seconds as process_cpu_seconds;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
