@@ -120,6 +120,11 @@ pub struct ServiceSpec {
     /// Locality load balancing written into the service's DestinationRule
     /// (`trafficPolicy.loadBalancer.localityLbSetting`).
     pub locality: Option<LocalitySpec>,
+    /// The Deployment whose container resources meshtune sizes (default:
+    /// the service's name).
+    pub deployment: Option<String>,
+    /// Its container (default: the service's name).
+    pub container: Option<String>,
     /// `false`: meshtune writes nothing for this service (as the annotation
     /// `meshtune.io/manage: "false"` on its Service or namespace does).
     #[serde(default = "default_true")]
@@ -136,6 +141,8 @@ impl Default for ServiceSpec {
             min_memory: None,
             max_memory: None,
             locality: None,
+            deployment: None,
+            container: None,
             manage: true,
         }
     }
@@ -255,6 +262,8 @@ struct RawConfig {
     kubernetes: KubernetesSpec,
     #[serde(default)]
     traffic: TrafficSpec,
+    #[serde(default)]
+    resources: ResourcesSpec,
     /// ONNX model of the GRU forecaster (models/gru.onnx); without it the
     /// statistical methods forecast alone.
     #[serde(default)]
@@ -279,6 +288,39 @@ pub struct PolicySpec {
     /// while the policy is fresh; unset: each plugin's applies.
     #[serde(default)]
     pub retry_budget: Option<meshtune_filter_core::control::RetryBudgetConfig>,
+}
+
+/// How CPU and memory are allocated to the services that give `max_cpu`
+/// (see `plan::sizing`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// Directory of the services' replica cgroups (`SERVICE`, `SERVICE-N`)
+    /// the agent reads CPU and memory from. Without it nothing is measured
+    /// and no resources are planned.
+    pub cgroup_dir: Option<PathBuf>,
+    /// The waiting variability of the services' queues, `(ca² + cs²) / 2`
+    /// (0.37 fitted by `meshtune-lab bench cpu-model` on the lab).
+    #[serde(default = "default_variability")]
+    pub variability: f64,
+    /// On a cluster: resize running pods in place (`pods/resize`,
+    /// Kubernetes ≥ 1.33) instead of changing the Deployment's template.
+    #[serde(default)]
+    pub in_place_resize: bool,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        ResourcesSpec {
+            cgroup_dir: None,
+            variability: default_variability(),
+            in_place_resize: false,
+        }
+    }
+}
+
+fn default_variability() -> f64 {
+    0.4
 }
 
 fn default_namespace() -> String {
@@ -471,6 +513,7 @@ pub struct AgentConfig {
     pub policy: PolicySpec,
     pub kubernetes: KubernetesSpec,
     pub traffic: TrafficSpec,
+    pub resources: ResourcesSpec,
     pub forecast_model: Option<PathBuf>,
 }
 
@@ -632,6 +675,13 @@ impl AgentConfig {
                 }
             }
         }
+        if !(raw.resources.variability > 0.0 && raw.resources.variability <= 10.0) {
+            return Err(invalid(
+                "resources.variability".into(),
+                "variability",
+                "must be in (0, 10]".into(),
+            ));
+        }
         if raw.window_seconds < 5 || raw.window_seconds > 3600 {
             return Err(invalid(
                 "window_seconds".into(),
@@ -783,6 +833,7 @@ impl AgentConfig {
             policy: raw.policy,
             kubernetes: raw.kubernetes,
             traffic: raw.traffic,
+            resources: raw.resources,
             forecast_model: raw.forecast_model,
         })
     }

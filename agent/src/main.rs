@@ -238,21 +238,28 @@ fn main() -> anyhow::Result<()> {
             let bounded: Vec<&str> = cfg
                 .services
                 .iter()
+                .filter(|(_, s)| s.max_cpu.is_some())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !bounded.is_empty() && cfg.resources.cgroup_dir.is_none() {
+                // Said once at start so nobody believes them enforced.
+                tracing::warn!(
+                    "services {bounded:?} give max_cpu but `resources.cgroup_dir` is not set: \
+                     their CPU use cannot be measured, so no resources are planned for them"
+                );
+            }
+            let unbounded_memory: Vec<&str> = cfg
+                .services
+                .iter()
                 .filter(|(_, s)| {
-                    s.min_cpu
-                        .or(s.max_cpu)
-                        .or(s.min_memory)
-                        .or(s.max_memory)
-                        .is_some()
+                    s.max_cpu.is_none() && (s.min_cpu.or(s.min_memory).or(s.max_memory)).is_some()
                 })
                 .map(|(n, _)| n.as_str())
                 .collect();
-            if !bounded.is_empty() {
-                // Said once at start so nobody believes them enforced.
+            if !unbounded_memory.is_empty() {
                 tracing::warn!(
-                    "services {bounded:?}: min_cpu/max_cpu/min_memory/max_memory are validated \
-                     but the running agent does not allocate resources yet (no Deployment \
-                     is written); the allocation planner is `meshtune_agent::plan::resources`"
+                    "services {unbounded_memory:?}: resources are managed only for services that \
+                     give max_cpu; their other bounds are not acted on"
                 );
             }
             let sink = match sink {
@@ -338,7 +345,8 @@ async fn run(cfg: AgentConfig, sink: Option<SinkArg>) -> anyhow::Result<()> {
             match dir_sink {
                 Some(d) => meshtune_agent::k8s::controller::run(agent, client, d, stop).await,
                 None => {
-                    let sink = meshtune_agent::write::kube::KubeSink::new(client.clone());
+                    let sink = meshtune_agent::write::kube::KubeSink::new(client.clone())
+                        .resizing_in_place(agent.config.resources.in_place_resize);
                     meshtune_agent::k8s::controller::run(agent, client, sink, stop).await
                 }
             }

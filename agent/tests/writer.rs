@@ -18,48 +18,9 @@ use meshtune_agent::write::kube::KubeSink;
 use meshtune_agent::write::Outcome;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 
 mod common;
-use common::Handle;
-
-/// One expected request and the answer to give.
-struct Expect {
-    method: &'static str,
-    path: &'static str,
-    status: u16,
-    answer: Value,
-}
-
-/// What the fake server saw: (method, path, query, content type, body).
-type Seen = Arc<Mutex<Vec<(String, String, String, String, Value)>>>;
-
-fn fake(expects: Vec<Expect>) -> (Client, Seen, tokio::task::JoinHandle<()>) {
-    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let task = tokio::spawn(async move {
-        for e in expects {
-            let Some((req, send)) = common::next_request(&mut handle).await else {
-                panic!("expected {} {}", e.method, e.path)
-            };
-            assert_eq!(
-                (req.method.as_str(), req.path.as_str()),
-                (e.method, e.path),
-                "unexpected request"
-            );
-            log.lock()
-                .unwrap()
-                .push((req.method, req.path, req.query, req.content_type, req.body));
-            common::respond(send, e.status, serde_json::to_vec(&e.answer).unwrap());
-        }
-    });
-    (Client::new(service, "default"), seen, task)
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
-}
+use common::{fake, status, Expect};
 
 const DR_PATH: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules/reviews";
 const DRS: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
@@ -649,7 +610,7 @@ async fn a_live_lease_of_another_node_is_respected_and_an_expired_one_taken_over
 
 #[tokio::test]
 async fn services_and_namespaces_opt_out_with_the_manage_annotation() {
-    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
+    let (service, mut handle): (_, common::Handle) = tower_test::mock::pair();
     let client = Client::new(service, "default");
     let server = tokio::spawn(async move {
         let svc = |name: &str, manage: Option<&str>| {

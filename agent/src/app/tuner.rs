@@ -6,8 +6,11 @@
 
 use crate::app::agent::Agent;
 use crate::data::aggregate::ChainAgg;
+use crate::data::usage::{CgroupUsage, DemandTracker};
 use crate::plan::observe::observe;
+use crate::plan::sizing::{desired_resources, ChainLoad, ServiceUsage};
 use crate::plan::traffic::{desired, desired_routes, widest_hop_budgets};
+use crate::plan::Kind;
 use crate::write::guard::{label, Guard, GuardConfig, Mode};
 use crate::write::{Outcome, Sink};
 use serde_json::json;
@@ -32,10 +35,13 @@ pub fn guard_config(agent: &Agent) -> GuardConfig {
     }
 }
 
-/// The tuning loop's state: the guard and where it writes.
+/// The tuning loop's state: the guard, where it writes, and what it
+/// measures of the services' CPU and memory between rounds.
 pub struct Tuner<S> {
     pub guard: Guard,
     pub sink: S,
+    usage: Option<CgroupUsage>,
+    demand: DemandTracker,
 }
 
 impl<S: Sink + Sync> Tuner<S> {
@@ -43,7 +49,124 @@ impl<S: Sink + Sync> Tuner<S> {
         Tuner {
             guard: Guard::new(config),
             sink,
+            usage: None,
+            demand: DemandTracker::default(),
         }
+    }
+
+    /// Measures the services' CPU and memory from the cgroups in `dir`
+    /// (the resources planner needs it).
+    pub fn measuring_usage(mut self, dir: Option<&std::path::Path>) -> Self {
+        self.usage = dir.map(CgroupUsage::new);
+        self
+    }
+
+    /// The Deployment objects for the services whose resources meshtune
+    /// manages, and the plan behind them (`None`: nothing to manage or
+    /// nothing to measure with).
+    async fn plan_resources(
+        &mut self,
+        agent: &Agent,
+        window: &BTreeMap<String, ChainAgg>,
+        obs: &[crate::plan::observe::ServiceObservation],
+    ) -> Option<(Vec<crate::plan::DesiredObject>, serde_json::Value)> {
+        let managed: Vec<(&String, &crate::config::ServiceSpec)> = agent
+            .config
+            .services
+            .iter()
+            .filter(|(_, s)| s.max_cpu.is_some() && s.manage)
+            .collect();
+        if managed.is_empty() {
+            return None;
+        }
+        let Some(usage) = &self.usage else {
+            return Some((
+                Vec::new(),
+                json!({"error": "resources.cgroup_dir is not set: CPU use is not measured"}),
+            ));
+        };
+        let read = match usage.read() {
+            Ok(r) => r,
+            Err(e) => {
+                let error = format!("reading {}: {e}", usage.dir().display());
+                tracing::error!("resources: {error}");
+                return Some((Vec::new(), json!({ "error": error })));
+            }
+        };
+        let mut served: BTreeMap<String, u64> = BTreeMap::new();
+        for agg in agent.lock().lifetime().values() {
+            for (svc, hop) in &agg.hops {
+                *served.entry(svc.clone()).or_default() += hop.preferred().0.requests;
+            }
+        }
+        self.demand.add(&read, &served);
+        // Cores are wall-clock: plan for requests per wall second.
+        let scale = crate::clock::scale();
+        let services: Vec<ServiceUsage> = managed
+            .iter()
+            .map(|(name, spec)| ServiceUsage {
+                service: (*name).clone(),
+                namespace: spec.namespace.clone(),
+                deployment: spec.deployment.clone().unwrap_or_else(|| (*name).clone()),
+                container: spec.container.clone().unwrap_or_else(|| (*name).clone()),
+                demand_s: self.demand.demand_s(name),
+                rps: obs
+                    .iter()
+                    .find(|o| &o.service == *name)
+                    .map_or(0.0, |o| o.rps * scale),
+                memory_mib: self.demand.memory_mib(name),
+                min_cpu: spec.min_cpu.unwrap_or(0.01),
+                max_cpu: spec.max_cpu.unwrap_or(0.01),
+                min_memory: spec.min_memory.unwrap_or(0.0),
+                max_memory: spec.max_memory.unwrap_or(f64::MAX),
+            })
+            .collect();
+        let specs = agent.chains();
+        let chains: Vec<ChainLoad> = window
+            .iter()
+            .filter_map(|(name, agg)| {
+                let spec = specs.get(name)?;
+                Some(ChainLoad {
+                    name: name.clone(),
+                    slo_ms: spec.slo_ms,
+                    percentile: spec.percentile,
+                    priority: spec.priority,
+                    services: agg.hops.keys().cloned().collect(),
+                    median_ms: agg.end_to_end.latency.quantile(0.5).map(|ns| ns / 1e6),
+                })
+            })
+            .collect();
+        let mut live = BTreeMap::new();
+        let mut autoscalers = BTreeMap::new();
+        let namespaces: BTreeSet<&String> = services.iter().map(|u| &u.namespace).collect();
+        for ns in namespaces {
+            if let Ok(objs) = self.sink.list(Kind::Deployment, ns).await {
+                for o in objs {
+                    if let Some(n) = o["metadata"]["name"].as_str() {
+                        live.insert((ns.clone(), n.to_owned()), o.clone());
+                    }
+                }
+            }
+            match self.sink.autoscalers(ns).await {
+                Ok(a) => {
+                    autoscalers.insert(ns.clone(), a);
+                }
+                // Unknown autoscalers: writing could fight one, so recommend only.
+                Err(e) => {
+                    let error = format!("listing autoscalers in {ns}: {e}");
+                    tracing::error!("resources: {error}");
+                    return Some((Vec::new(), json!({ "error": error })));
+                }
+            }
+        }
+        let sizing = desired_resources(
+            &services,
+            &chains,
+            agent.config.resources.variability,
+            &live,
+            &autoscalers,
+        );
+        Some((sizing.objects, sizing.report))
     }
 
     /// One round on `window` (covering `secs`). `opted_out` holds the hosts
@@ -90,6 +213,10 @@ impl<S: Sink + Sync> Tuner<S> {
         // Route timeouts and retries where the chains give a hop budget.
         if let Some(policy) = agent.current_policy(now_s * 1000) {
             objects.extend(desired_routes(&obs, &widest_hop_budgets(&policy)));
+        }
+        let resources = self.plan_resources(agent, window, &obs).await;
+        if let Some((deployments, _)) = &resources {
+            objects.extend(deployments.iter().cloned());
         }
         let attainment: BTreeMap<String, f64> = obs
             .iter()
@@ -142,6 +269,9 @@ impl<S: Sink + Sync> Tuner<S> {
         report["sink"] = json!(self.sink.describe());
         report["errors"] = json!(unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>());
         report["opted_out"] = json!(opted_out);
+        if let Some((_, plan)) = resources {
+            report["resources"] = plan;
+        }
         report["rollbacks"] = json!(rolled
             .iter()
             .map(|r| json!({"object": label(&r.key), "reason": r.reason}))
@@ -158,7 +288,8 @@ pub async fn run_local<S: Sink + Send + Sync + 'static>(
     sink: S,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tuner = Tuner::new(sink, guard_config(&agent));
+    let mut tuner = Tuner::new(sink, guard_config(&agent))
+        .measuring_usage(agent.config.resources.cgroup_dir.as_deref());
     let every = std::time::Duration::from_secs(agent.config.kubernetes.interval_seconds.max(1));
     tracing::info!(
         sink = %tuner.sink.describe(),

@@ -5,4 +5,5 @@ pub mod aggregate;
 pub mod attainment;
 pub mod state;
 pub mod store;
+pub mod usage;
 pub mod window;

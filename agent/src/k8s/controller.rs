@@ -43,7 +43,8 @@ pub async fn run<S: Sink + Send + Sync + 'static>(
         &me,
         cfg.lease_seconds as i32,
     );
-    let mut tuner = Tuner::new(sink, guard_config(&agent));
+    let mut tuner = Tuner::new(sink, guard_config(&agent))
+        .measuring_usage(agent.config.resources.cgroup_dir.as_deref());
     tracing::info!(identity = %me, mode = %cfg.mode, sink = %tuner.sink.describe(), "kubernetes integration started");
     if cfg.watch_chainslos {
         tokio::spawn(crate::k8s::chainslo_watch::run(

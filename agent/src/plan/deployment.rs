@@ -80,6 +80,13 @@ pub fn parse_memory(q: &str) -> Option<f64> {
     (bytes.is_finite() && bytes >= 0.0).then(|| bytes / (1024.0 * 1024.0))
 }
 
+/// The HorizontalPodAutoscalers and VerticalPodAutoscalers of a namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Autoscalers {
+    pub hpas: Vec<Value>,
+    pub vpas: Vec<Value>,
+}
+
 /// Why meshtune writes nothing for a Deployment an autoscaler manages, or
 /// `None` when none does. `hpas` and `vpas` are the namespace's objects.
 pub fn autoscaler_conflict(deployment: &str, hpas: &[Value], vpas: &[Value]) -> Option<String> {

@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod observe;
 pub mod policy;
 pub mod resources;
+pub mod sizing;
 pub mod traffic;
 
 use serde::Serialize;
@@ -17,6 +18,9 @@ use std::collections::BTreeMap;
 pub enum Kind {
     DestinationRule,
     VirtualService,
+    /// Only a container's `resources` (server-side apply of the fields
+    /// meshtune owns in the user's Deployment).
+    Deployment,
 }
 
 impl Kind {
@@ -24,7 +28,14 @@ impl Kind {
         match self {
             Kind::DestinationRule => "DestinationRule",
             Kind::VirtualService => "VirtualService",
+            Kind::Deployment => "Deployment",
         }
+    }
+
+    /// Whether the kind is Istio's (one object per host; a user's object
+    /// for a host wins over meshtune's).
+    pub fn is_istio(self) -> bool {
+        self != Kind::Deployment
     }
 
     /// The plural of the kind's API resource.
@@ -32,6 +43,7 @@ impl Kind {
         match self {
             Kind::DestinationRule => "destinationrules",
             Kind::VirtualService => "virtualservices",
+            Kind::Deployment => "deployments",
         }
     }
 
@@ -39,6 +51,7 @@ impl Kind {
         match s {
             "DestinationRule" => Some(Kind::DestinationRule),
             "VirtualService" => Some(Kind::VirtualService),
+            "Deployment" => Some(Kind::Deployment),
             _ => None,
         }
     }

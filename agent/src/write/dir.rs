@@ -6,7 +6,7 @@
 //! user's object for a host wins over meshtune's) and never touched.
 
 use crate::plan::Kind;
-use crate::write::{is_meshtune_object, Outcome, Sink, SinkError};
+use crate::write::{is_meshtune_object, Autoscalers, Outcome, Sink, SinkError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -163,6 +163,26 @@ impl Sink for DirSink {
             .collect())
     }
 
+    async fn autoscalers(&self, namespace: &str) -> Result<Autoscalers, SinkError> {
+        let all = self
+            .read_all()
+            .map_err(|e| SinkError::Unavailable(format!("{}: {e}", self.dir.display())))?;
+        let of = |kind: &str| -> Vec<Value> {
+            all.iter()
+                .map(|(_, v)| v)
+                .filter(|v| {
+                    v["kind"].as_str() == Some(kind)
+                        && v["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
+                })
+                .cloned()
+                .collect()
+        };
+        Ok(Autoscalers {
+            hpas: of("HorizontalPodAutoscaler"),
+            vpas: of("VerticalPodAutoscaler"),
+        })
+    }
+
     async fn apply(
         &self,
         kind: Kind,
@@ -183,7 +203,14 @@ impl Sink for DirSink {
             Err(e) if e == "absent" => {}
             Err(e) => return Outcome::Failed(format!("{}: {e}", path.display())),
         }
-        let text = match serde_yaml_ng::to_string(object) {
+        // The label marks the file as meshtune's (a Deployment's resources
+        // body carries none: on a cluster the object stays the user's).
+        let mut object = object.clone();
+        if !is_meshtune_object(&object) {
+            object["metadata"]["labels"][crate::plan::MANAGED_BY_LABEL] =
+                crate::plan::FIELD_MANAGER.into();
+        }
+        let text = match serde_yaml_ng::to_string(&object) {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(e.to_string()),
         };

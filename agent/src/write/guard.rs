@@ -113,6 +113,10 @@ pub fn significant_change(old: &Value, new: &Value, hysteresis: f64) -> bool {
             // Durations ("2s") move like numbers: an interval from 2 s to
             // 1.9 s is a small move, not a new value.
             Value::String(d) if seconds(d).is_some() => out.push((path, seconds(d).unwrap_or(0.0))),
+            // So do resource quantities ("250m" → "260m" is a small move).
+            Value::String(q) if quantity(q).is_some() => {
+                out.push((path, quantity(q).unwrap_or(0.0)))
+            }
             _ => out.push((path, f64::NAN)),
         }
     }
@@ -136,6 +140,19 @@ fn seconds(d: &str) -> Option<f64> {
     d.strip_suffix('s')?.parse::<f64>().ok()
 }
 
+/// A resource quantity in units large enough for the hysteresis' floor
+/// of 1: CPU in millicores (`"250m"`, `"2"`), memory in MiB (`"256Mi"`).
+fn quantity(q: &str) -> Option<f64> {
+    use crate::plan::deployment::{parse_cpu, parse_memory};
+    if q.ends_with('i') || q.ends_with(['k', 'M', 'G', 'T']) {
+        parse_memory(q)
+    } else if q.ends_with('m') || q.parse::<f64>().is_ok() {
+        parse_cpu(q).map(|c| c * 1000.0)
+    } else {
+        None
+    }
+}
+
 fn strip_numbers(v: &Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(
@@ -145,7 +162,7 @@ fn strip_numbers(v: &Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_numbers).collect()),
         Value::Number(_) => Value::Null,
-        Value::String(d) if seconds(d).is_some() => Value::Null,
+        Value::String(d) if seconds(d).is_some() || quantity(d).is_some() => Value::Null,
         other => other.clone(),
     }
 }
@@ -193,6 +210,18 @@ pub fn project(live: &Value, shape: &Value) -> Value {
                 .filter_map(|(k, sv)| Some((k.clone(), project(l.get(k)?, sv))))
                 .collect(),
         ),
+        // Lists keyed by name (a Deployment's containers): each element of
+        // the shape against the live element of the same name.
+        (Value::Array(l), Value::Array(s)) if s.iter().all(|e| e["name"].is_string()) => {
+            Value::Array(
+                s.iter()
+                    .filter_map(|se| {
+                        let le = l.iter().find(|le| le["name"] == se["name"])?;
+                        Some(project(le, se))
+                    })
+                    .collect(),
+            )
+        }
         (l, _) => l.clone(),
     }
 }
@@ -263,12 +292,21 @@ impl Guard {
                 }
             }
             let existing = listed.get(&lk).map(Vec::as_slice).unwrap_or_default();
+            // A Deployment is always the user's: meshtune applies only the
+            // resources it owns into it, so it never yields it to the user.
             let users: Vec<&Value> = existing
                 .iter()
-                .filter(|o| !is_meshtune_object(o) && hosts_of(d.kind, o).contains(&d.host))
+                .filter(|o| {
+                    d.kind.is_istio()
+                        && !is_meshtune_object(o)
+                        && hosts_of(d.kind, o).contains(&d.host)
+                })
                 .collect();
             let mut target = d.clone();
-            let mut force = self.config.force;
+            // Opting a service into resource management (its `max_cpu`) is
+            // the consent to take its container's resources from the
+            // Deployment's author.
+            let mut force = self.config.force || d.kind == Kind::Deployment;
             if let Some(user) = users.first() {
                 let user_name = user["metadata"]["name"].as_str().unwrap_or("").to_owned();
                 let take = (d.kind == Kind::DestinationRule
@@ -323,10 +361,11 @@ impl Guard {
                         continue;
                     }
                 }
-            } else if let Some(same_name) = existing
-                .iter()
-                .find(|o| !is_meshtune_object(o) && o["metadata"]["name"].as_str() == Some(&d.name))
-            {
+            } else if let Some(same_name) = existing.iter().find(|o| {
+                d.kind.is_istio()
+                    && !is_meshtune_object(o)
+                    && o["metadata"]["name"].as_str() == Some(&d.name)
+            }) {
                 // A user's object under meshtune's name, for another host: not ours to replace.
                 let _ = same_name;
                 out.push((key_of(d), Outcome::UserOwned(d.name.clone())));

@@ -4,39 +4,150 @@
 //! decides what may be written, and only the Lease holder writes.
 
 use crate::plan::{Kind, FIELD_MANAGER};
-use crate::write::{Outcome, Sink, SinkError};
+use crate::write::{Autoscalers, Outcome, Sink, SinkError};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::Value;
 
-/// The Istio API resource of `kind`.
+/// The API resource of `kind`.
 pub fn resource(kind: Kind) -> ApiResource {
+    let (group, version) = match kind {
+        Kind::Deployment => ("apps", "v1"),
+        _ => ("networking.istio.io", "v1"),
+    };
+    api_resource(group, version, kind.as_str(), kind.plural())
+}
+
+fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource {
-        group: "networking.istio.io".into(),
-        version: "v1".into(),
-        api_version: "networking.istio.io/v1".into(),
-        kind: kind.as_str().into(),
-        plural: kind.plural().into(),
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
     }
 }
 
 pub struct KubeSink {
     client: Client,
+    /// Resize running pods in place (`pods/resize`, Kubernetes ≥ 1.33)
+    /// instead of changing the Deployment's template (which rolls them).
+    resize_in_place: bool,
 }
 
 impl KubeSink {
     pub fn new(client: Client) -> Self {
-        KubeSink { client }
+        KubeSink {
+            client,
+            resize_in_place: false,
+        }
+    }
+
+    /// Resources are applied by resizing the Deployment's running pods in
+    /// place rather than through its template.
+    pub fn resizing_in_place(mut self, yes: bool) -> Self {
+        self.resize_in_place = yes;
+        self
     }
 
     fn api(&self, kind: Kind, namespace: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), namespace, &resource(kind))
+    }
+
+    /// Lists `plural` of `group/version` in `namespace`; an API the server
+    /// does not serve (no VPA installed, say) holds nothing.
+    async fn list_or_none(
+        &self,
+        namespace: &str,
+        (group, version, kind, plural): (&str, &str, &str, &str),
+    ) -> Result<Vec<Value>, SinkError> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &api_resource(group, version, kind, plural),
+        );
+        match api.list(&ListParams::default()).await {
+            Ok(list) => Ok(list
+                .items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(SinkError::Unavailable(format!(
+                "listing {plural} in {namespace}: {e}"
+            ))),
+        }
+    }
+
+    /// Resizes every running pod of Deployment `name` to the resources in
+    /// `object` (a body from [`crate::plan::deployment::resources_apply`]).
+    async fn resize_pods(&self, namespace: &str, name: &str, object: &Value) -> Outcome {
+        let deployment = match self.api(Kind::Deployment, namespace).get(name).await {
+            Ok(d) => d,
+            Err(e) => return failed(Kind::Deployment, e),
+        };
+        let labels = deployment.data["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if labels.is_empty() {
+            return Outcome::Failed(format!(
+                "Deployment {namespace}/{name}: no spec.selector.matchLabels to find its pods by"
+            ));
+        }
+        let selector = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let pods: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &api_resource("", "v1", "Pod", "pods"),
+        );
+        let list = match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(l) => l,
+            Err(e) => return Outcome::Failed(format!("listing the pods of {name}: {e}")),
+        };
+        let body = crate::plan::deployment::resize_patch(object);
+        for pod in list.items {
+            let Some(pod_name) = pod.metadata.name.as_deref() else {
+                continue;
+            };
+            let patched = pods
+                .patch_subresource(
+                    "resize",
+                    pod_name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(&body),
+                )
+                .await;
+            match patched {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 405 => {
+                    return Outcome::Failed(format!(
+                        "pod {pod_name}: the API server does not serve pods/resize (Kubernetes \
+                         ≥ 1.33 does): set `resources.in_place_resize: false` ({})",
+                        s.message
+                    ))
+                }
+                Err(e) => return Outcome::Failed(format!("resizing pod {pod_name}: {e}")),
+            }
+        }
+        Outcome::Applied
     }
 }
 
 fn failed(kind: Kind, e: kube::Error) -> Outcome {
     match e {
         kube::Error::Api(s) if s.code == 409 => Outcome::Conflict(s.message),
+        kube::Error::Api(s) if s.code == 404 && kind == Kind::Deployment => {
+            Outcome::Failed(format!("no such Deployment: {}", s.message))
+        }
         kube::Error::Api(s) if s.code == 404 => Outcome::IstioMissing(
             SinkError::IstioMissing {
                 kind: kind.as_str(),
@@ -75,6 +186,33 @@ impl Sink for KubeSink {
         }
     }
 
+    async fn autoscalers(&self, namespace: &str) -> Result<Autoscalers, SinkError> {
+        Ok(Autoscalers {
+            hpas: self
+                .list_or_none(
+                    namespace,
+                    (
+                        "autoscaling",
+                        "v2",
+                        "HorizontalPodAutoscaler",
+                        "horizontalpodautoscalers",
+                    ),
+                )
+                .await?,
+            vpas: self
+                .list_or_none(
+                    namespace,
+                    (
+                        "autoscaling.k8s.io",
+                        "v1",
+                        "VerticalPodAutoscaler",
+                        "verticalpodautoscalers",
+                    ),
+                )
+                .await?,
+        })
+    }
+
     async fn apply(
         &self,
         kind: Kind,
@@ -83,6 +221,9 @@ impl Sink for KubeSink {
         object: &Value,
         force: bool,
     ) -> Outcome {
+        if kind == Kind::Deployment && self.resize_in_place {
+            return self.resize_pods(namespace, name, object).await;
+        }
         let mut params = PatchParams::apply(FIELD_MANAGER);
         if force {
             params = params.force();
@@ -98,6 +239,12 @@ impl Sink for KubeSink {
     }
 
     async fn remove(&self, kind: Kind, namespace: &str, name: &str) -> Outcome {
+        if kind == Kind::Deployment {
+            // The Deployment is the user's: only its resources are meshtune's.
+            return Outcome::Failed(format!(
+                "Deployment {namespace}/{name} is the user's; meshtune never deletes it"
+            ));
+        }
         match self
             .api(kind, namespace)
             .delete(name, &DeleteParams::default())

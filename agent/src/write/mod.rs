@@ -9,6 +9,7 @@ pub mod dir;
 pub mod guard;
 pub mod kube;
 
+pub use crate::plan::deployment::Autoscalers;
 use crate::plan::{Kind, FIELD_MANAGER, MANAGED_BY_LABEL};
 use serde_json::Value;
 use std::future::Future;
@@ -63,6 +64,13 @@ pub trait Sink {
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<Value>, SinkError>> + Send;
 
+    /// The autoscalers in `namespace` (read only: a Deployment one of
+    /// them sizes is left alone, see [`crate::plan::deployment`]).
+    fn autoscalers(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Autoscalers, SinkError>> + Send;
+
     /// Writes `object` (whole, as meshtune wants it); `force` takes fields
     /// over from other field managers where the sink has such a notion.
     fn apply(
@@ -99,6 +107,9 @@ pub fn hosts_of(kind: Kind, object: &Value) -> Vec<String> {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default(),
+        // A Deployment configures no host; its desired object names the
+        // service it sizes.
+        Kind::Deployment => Vec::new(),
     };
     raw.into_iter()
         .map(|h| crate::plan::qualify_host(h, ns))

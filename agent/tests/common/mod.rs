@@ -6,7 +6,9 @@
 
 use http_body_util::BodyExt;
 use kube::client::Body;
-use serde_json::Value;
+use kube::Client;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 
 pub type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
 pub type Responder = tower_test::mock::SendResponse<http::Response<Body>>;
@@ -60,4 +62,44 @@ pub fn respond(send: Responder, status: u16, body: Vec<u8>) {
             .body(Body::from(body))
             .unwrap(),
     );
+}
+
+/// One expected request and the answer to give.
+pub struct Expect {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub status: u16,
+    pub answer: Value,
+}
+
+/// What the fake server saw: (method, path, query, content type, body).
+pub type SeenLog = Arc<Mutex<Vec<(String, String, String, String, Value)>>>;
+
+#[allow(dead_code)]
+pub fn fake(expects: Vec<Expect>) -> (Client, SeenLog, tokio::task::JoinHandle<()>) {
+    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
+    let seen: SeenLog = Arc::default();
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        for e in expects {
+            let Some((req, send)) = next_request(&mut handle).await else {
+                panic!("expected {} {}", e.method, e.path)
+            };
+            assert_eq!(
+                (req.method.as_str(), req.path.as_str()),
+                (e.method, e.path),
+                "unexpected request"
+            );
+            log.lock()
+                .unwrap()
+                .push((req.method, req.path, req.query, req.content_type, req.body));
+            respond(send, e.status, serde_json::to_vec(&e.answer).unwrap());
+        }
+    });
+    (Client::new(service, "default"), seen, task)
+}
+
+#[allow(dead_code)]
+pub fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
 }

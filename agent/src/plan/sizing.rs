@@ -1,0 +1,401 @@
+//! From measurements to each managed service's container resources, as
+//! Deployment objects for the write seam (pure: inputs in, objects out).
+//!
+//! A service is managed when the configuration gives it `max_cpu` (the
+//! bounds are the consent and the limits). Per round:
+//! - its model ([`ServiceModel`]): CPU-seconds per request as measured
+//!   (CPU used ÷ requests served), the rate to plan for (the window's rate
+//!   grown by its chains' forecast), the waiting variability configured;
+//! - each chain's objective for the allocation: its SLO less the part of
+//!   its median latency the managed services' CPU work does not explain
+//!   (hops, sidecars, services not managed), since cores cannot buy that;
+//! - [`allocate`]: the least total CPU meeting every chain, or the fairest
+//!   degradation with the binding limits named;
+//! - memory from the working set ([`memory_allocation`]);
+//! - the Deployment body ([`resources_apply`]), unless an autoscaler
+//!   sizes the Deployment ([`autoscaler_conflict`]).
+//!
+//! Every value written carries its reason; the whole plan is reported.
+
+use crate::plan::deployment::{
+    autoscaler_conflict, resources_apply, Autoscalers, ContainerAllocation,
+};
+use crate::plan::resources::{allocate, memory_allocation, ChainObjective, ServiceModel};
+use crate::plan::{DesiredObject, Kind};
+use meshtune_filter_core::control::Priority;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// What was measured of one managed service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceUsage {
+    pub service: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    /// CPU-seconds per request (`None`: not measured yet).
+    pub demand_s: Option<f64>,
+    /// Requests per second to plan for.
+    pub rps: f64,
+    /// Working-set samples, MiB (empty: memory is left alone).
+    pub memory_mib: Vec<f64>,
+    pub min_cpu: f64,
+    pub max_cpu: f64,
+    pub min_memory: f64,
+    pub max_memory: f64,
+}
+
+impl ServiceUsage {
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.service, self.namespace)
+    }
+}
+
+/// A chain as the allocation sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainLoad {
+    pub name: String,
+    pub slo_ms: f64,
+    pub percentile: f64,
+    pub priority: Priority,
+    /// Services the chain's requests went through (measured).
+    pub services: Vec<String>,
+    /// Median end-to-end latency measured, ms.
+    pub median_ms: Option<f64>,
+}
+
+/// The plan: objects to write and what they rest on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizing {
+    pub objects: Vec<DesiredObject>,
+    pub report: Value,
+}
+
+/// The chains' objectives for the managed services: each chain's SLO less
+/// the median latency the managed services' work does not explain.
+pub fn chain_objectives(chains: &[ChainLoad], models: &[ServiceModel]) -> Vec<ChainObjective> {
+    chains
+        .iter()
+        .filter_map(|c| {
+            let managed: Vec<&ServiceModel> = c
+                .services
+                .iter()
+                .filter_map(|s| models.iter().find(|m| &m.name == s))
+                .collect();
+            if managed.is_empty() {
+                return None;
+            }
+            let work_ms: f64 = managed.iter().map(|m| m.demand_s * 1e3).sum();
+            let overhead = c.median_ms.map_or(0.0, |m| (m - work_ms).max(0.0));
+            Some(ChainObjective {
+                name: c.name.clone(),
+                slo_ms: (c.slo_ms - overhead).max(1.0),
+                percentile: c.percentile,
+                priority: c.priority,
+                services: managed.iter().map(|m| m.name.clone()).collect(),
+            })
+        })
+        .collect()
+}
+
+/// The Deployment a service's objects start from when the sink holds none
+/// (a directory): a container without resources, so both the request and
+/// the limit are written.
+fn bare_deployment(u: &ServiceUsage) -> Value {
+    json!({
+        "metadata": {"name": u.deployment, "namespace": u.namespace},
+        "spec": {"template": {"spec": {"containers": [{"name": u.container}]}}}
+    })
+}
+
+/// The resources every managed service should have. `live` holds the
+/// Deployments the sink has, by (namespace, name); `autoscalers` the
+/// namespaces' autoscalers.
+pub fn desired_resources(
+    services: &[ServiceUsage],
+    chains: &[ChainLoad],
+    variability: f64,
+    live: &BTreeMap<(String, String), Value>,
+    autoscalers: &BTreeMap<String, Autoscalers>,
+) -> Sizing {
+    let mut report = serde_json::Map::new();
+    let models: Vec<ServiceModel> = services
+        .iter()
+        .filter_map(|u| {
+            Some(ServiceModel {
+                name: u.service.clone(),
+                demand_s: u.demand_s.filter(|d| d.is_finite() && *d > 0.0)?,
+                fixed_ms: 0.0,
+                variability,
+                rps: u.rps.max(0.0),
+                min_cpu: u.min_cpu,
+                max_cpu: u.max_cpu,
+            })
+        })
+        .collect();
+    let waiting: Vec<&str> = services
+        .iter()
+        .filter(|u| !models.iter().any(|m| m.name == u.service))
+        .map(|u| u.service.as_str())
+        .collect();
+    report.insert("not_measured_yet".into(), json!(waiting));
+    let objectives = chain_objectives(chains, &models);
+    let allocation = if models.is_empty() {
+        None
+    } else {
+        match allocate(&models, &objectives) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                report.insert("error".into(), json!(e.to_string()));
+                None
+            }
+        }
+    };
+    let Some(allocation) = allocation else {
+        return Sizing {
+            objects: Vec::new(),
+            report: Value::Object(report),
+        };
+    };
+    report.insert(
+        "chains".into(),
+        json!(objectives
+            .iter()
+            .map(|o| (
+                o.name.clone(),
+                json!({
+                    "objective_for_cpu_ms": o.slo_ms,
+                    "percentile": o.percentile,
+                    "services": o.services,
+                    "predicted": allocation.chains.get(&o.name),
+                })
+            ))
+            .collect::<BTreeMap<_, _>>()),
+    );
+    report.insert("feasible".into(), json!(allocation.feasible));
+    report.insert("binding_limits".into(), json!(allocation.binding));
+    report.insert("fairness".into(), json!(allocation.fairness));
+    let mut per_service = serde_json::Map::new();
+    let mut objects = Vec::new();
+    for u in services {
+        let (Some(model), Some(&cores)) = (
+            models.iter().find(|m| m.name == u.service),
+            allocation.cores.get(&u.service),
+        ) else {
+            continue;
+        };
+        let through: Vec<&str> = objectives
+            .iter()
+            .filter(|o| o.services.contains(&u.service))
+            .map(|o| o.name.as_str())
+            .collect();
+        let cpu_reason = format!(
+            "{cores:.2} cores: least total CPU keeping chains {} within their objectives \
+             ({:.2} ms CPU per request measured, {:.1} req/s planned, utilisation {:.0} %){}",
+            through.join(", "),
+            model.demand_s * 1e3,
+            model.rps,
+            100.0 * model.rps * model.demand_s / cores,
+            if allocation.binding.contains(&u.service) {
+                "; max_cpu binds: a chain through it misses its objective"
+            } else {
+                ""
+            }
+        );
+        let memory = memory_allocation(&u.memory_mib, u.min_memory, u.max_memory);
+        let mut entry = json!({
+            "cores": cores,
+            "demand_ms": model.demand_s * 1e3,
+            "planned_rps": model.rps,
+            "memory_mib": memory.as_ref().map(|m| m.mib),
+        });
+        let scalers = autoscalers.get(&u.namespace).cloned().unwrap_or_default();
+        if let Some(why) = autoscaler_conflict(&u.deployment, &scalers.hpas, &scalers.vpas) {
+            entry["written"] = json!(false);
+            entry["why_not"] = json!(format!("{why}; recommending only"));
+            per_service.insert(u.service.clone(), entry);
+            continue;
+        }
+        let base = live
+            .get(&(u.namespace.clone(), u.deployment.clone()))
+            .cloned()
+            .unwrap_or_else(|| bare_deployment(u));
+        let body = resources_apply(
+            &base,
+            &u.container,
+            ContainerAllocation {
+                cpu: Some(cores),
+                memory_mib: memory.as_ref().map(|m| m.mib),
+            },
+        );
+        let object = match body {
+            Ok(o) => o,
+            Err(e) => {
+                entry["written"] = json!(false);
+                entry["why_not"] = json!(e.to_string());
+                per_service.insert(u.service.clone(), entry);
+                continue;
+            }
+        };
+        let field = format!("spec.template.spec.containers[{}].resources", u.container);
+        let mut reasons = BTreeMap::from([(format!("{field}.cpu"), cpu_reason)]);
+        if let Some(m) = &memory {
+            reasons.insert(
+                format!("{field}.memory"),
+                format!(
+                    "{:.0} MiB: working set's 90th percentile + 15 %, never below its peak{}",
+                    m.mib,
+                    if m.above_max {
+                        " (above max_memory: the service was seen to need more)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        entry["written"] = json!(true);
+        per_service.insert(u.service.clone(), entry);
+        objects.push(DesiredObject {
+            kind: Kind::Deployment,
+            namespace: u.namespace.clone(),
+            name: u.deployment.clone(),
+            host: u.host(),
+            object,
+            reasons,
+        });
+    }
+    report.insert("services".into(), Value::Object(per_service));
+    Sizing {
+        objects,
+        report: Value::Object(report),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(service: &str, demand_ms: Option<f64>, rps: f64) -> ServiceUsage {
+        ServiceUsage {
+            service: service.into(),
+            namespace: "bookinfo".into(),
+            deployment: format!("{service}-v1"),
+            container: service.into(),
+            demand_s: demand_ms.map(|d| d / 1e3),
+            rps,
+            memory_mib: vec![40.0, 42.0, 50.0],
+            min_cpu: 0.05,
+            max_cpu: 2.0,
+            min_memory: 32.0,
+            max_memory: 512.0,
+        }
+    }
+
+    fn chain(name: &str, slo_ms: f64, services: &[&str], median_ms: f64) -> ChainLoad {
+        ChainLoad {
+            name: name.into(),
+            slo_ms,
+            percentile: 99.0,
+            priority: Priority::Normal,
+            services: services.iter().map(|s| s.to_string()).collect(),
+            median_ms: Some(median_ms),
+        }
+    }
+
+    #[test]
+    fn the_median_not_explained_by_cpu_work_comes_off_the_objective() {
+        let models = vec![ServiceModel {
+            name: "ratings".into(),
+            demand_s: 0.004,
+            fixed_ms: 0.0,
+            variability: 0.4,
+            rps: 50.0,
+            min_cpu: 0.05,
+            max_cpu: 2.0,
+        }];
+        // 10 ms median, 4 of it ratings' work: 6 ms are hops and the
+        // unmanaged productpage, which cores for ratings cannot buy.
+        let o = chain_objectives(
+            &[chain("r", 50.0, &["productpage", "ratings"], 10.0)],
+            &models,
+        );
+        assert_eq!(o.len(), 1);
+        assert!((o[0].slo_ms - 44.0).abs() < 1e-9, "{o:?}");
+        assert_eq!(o[0].services, vec!["ratings"]);
+        // A chain through no managed service is not the allocation's.
+        assert!(chain_objectives(&[chain("p", 50.0, &["details"], 10.0)], &models).is_empty());
+    }
+
+    #[test]
+    fn managed_services_get_deployment_objects_with_reasons_and_autoscaled_ones_do_not() {
+        let services = vec![
+            usage("ratings", Some(4.0), 50.0),
+            usage("reviews", Some(2.0), 50.0),
+            usage("details", None, 50.0),
+        ];
+        let chains = vec![chain("product", 100.0, &["reviews", "ratings"], 12.0)];
+        let hpa = json!({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "reviews", "namespace": "bookinfo"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "reviews-v1"}}});
+        let scalers = BTreeMap::from([(
+            "bookinfo".to_string(),
+            Autoscalers {
+                hpas: vec![hpa],
+                vpas: vec![],
+            },
+        )]);
+        let s = desired_resources(&services, &chains, 0.4, &BTreeMap::new(), &scalers);
+        assert_eq!(s.objects.len(), 1, "{:#}", s.report);
+        let o = &s.objects[0];
+        assert_eq!((o.kind, o.name.as_str()), (Kind::Deployment, "ratings-v1"));
+        assert_eq!(o.host, "ratings.bookinfo.svc.cluster.local");
+        let res = &o.object["spec"]["template"]["spec"]["containers"][0]["resources"];
+        let cores =
+            crate::plan::deployment::parse_cpu(res["limits"]["cpu"].as_str().unwrap()).unwrap();
+        // At least what keeps utilisation at 90 % of 50 × 4 ms, at most max_cpu.
+        assert!((0.2 / 0.9..=2.0).contains(&cores), "{res}");
+        assert_eq!(res["requests"]["cpu"], res["limits"]["cpu"]);
+        assert_eq!(res["limits"]["memory"], "58Mi", "p90 50 MiB + 15 %");
+        assert!(
+            o.reasons["spec.template.spec.containers[ratings].resources.cpu"]
+                .contains("4.00 ms CPU per request")
+        );
+        assert_eq!(s.report["services"]["reviews"]["written"], false);
+        assert!(s.report["services"]["reviews"]["why_not"]
+            .as_str()
+            .unwrap()
+            .contains("HorizontalPodAutoscaler reviews"));
+        assert_eq!(s.report["not_measured_yet"], json!(["details"]));
+    }
+
+    #[test]
+    fn a_live_deployment_keeps_its_request_to_limit_ratio() {
+        let services = vec![usage("ratings", Some(4.0), 50.0)];
+        let chains = vec![chain("r", 100.0, &["ratings"], 6.0)];
+        let live = BTreeMap::from([(
+            ("bookinfo".to_string(), "ratings-v1".to_string()),
+            json!({"metadata": {"name": "ratings-v1", "namespace": "bookinfo"},
+                   "spec": {"template": {"spec": {"containers": [{"name": "ratings",
+                     "resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}}}]}}}}),
+        )]);
+        let s = desired_resources(&services, &chains, 0.4, &live, &BTreeMap::new());
+        let res = &s.objects[0].object["spec"]["template"]["spec"]["containers"][0]["resources"];
+        let limit =
+            crate::plan::deployment::parse_cpu(res["limits"]["cpu"].as_str().unwrap()).unwrap();
+        let request =
+            crate::plan::deployment::parse_cpu(res["requests"]["cpu"].as_str().unwrap()).unwrap();
+        assert!((request / limit - 0.25).abs() < 0.03, "{res}");
+    }
+
+    #[test]
+    fn nothing_is_planned_before_anything_is_measured() {
+        let s = desired_resources(
+            &[usage("ratings", None, 50.0)],
+            &[chain("r", 100.0, &["ratings"], 6.0)],
+            0.4,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        assert!(s.objects.is_empty());
+        assert_eq!(s.report["not_measured_yet"], json!(["ratings"]));
+    }
+}
