@@ -55,6 +55,7 @@ fn sized(rps: f64) -> DesiredObject {
         demand_s: Some(0.004),
         rps,
         memory_mib: vec![80.0, 90.0, 100.0],
+        replicas: 1,
         min_cpu: 0.05,
         max_cpu: 4.0,
         min_memory: 32.0,

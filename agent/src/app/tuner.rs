@@ -115,6 +115,7 @@ impl<S: Sink + Sync> Tuner<S> {
                     .find(|o| &o.service == *name)
                     .map_or(0.0, |o| o.rps * scale),
                 memory_mib: self.demand.memory_mib(name),
+                replicas: read.get(name.as_str()).map_or(1, |s| s.replicas.max(1)),
                 min_cpu: spec.min_cpu.unwrap_or(0.01),
                 max_cpu: spec.max_cpu.unwrap_or(0.01),
                 min_memory: spec.min_memory.unwrap_or(0.0),

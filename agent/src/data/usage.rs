@@ -150,7 +150,8 @@ impl DemandTracker {
         for (svc, s) in usage {
             let m = self.memory.entry(svc.clone()).or_default();
             if s.replicas > 0 {
-                m.push_back(s.memory_mib);
+                // Per replica: each pod's container gets its own limit.
+                m.push_back(s.memory_mib / s.replicas as f64);
                 while m.len() > MEMORY_SAMPLES {
                     m.pop_front();
                 }
@@ -228,7 +229,7 @@ mod tests {
         // A restart that reset the counter does not count as negative work.
         t.add(&sample(0.1), &served(1400));
         assert!((t.demand_s("ratings").unwrap() - 0.005).abs() < 1e-12);
-        assert_eq!(t.memory_mib("ratings").len(), 5);
+        assert_eq!(t.memory_mib("ratings"), vec![20.0; 5], "per replica");
     }
 
     #[test]

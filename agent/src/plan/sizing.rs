@@ -37,8 +37,11 @@ pub struct ServiceUsage {
     pub demand_s: Option<f64>,
     /// Requests per second to plan for.
     pub rps: f64,
-    /// Working-set samples, MiB (empty: memory is left alone).
+    /// Working-set samples of one replica, MiB (empty: memory is left alone).
     pub memory_mib: Vec<f64>,
+    /// Replicas sharing the service's load: each pod's container gets its
+    /// share of the service's cores (the load is balanced over them).
+    pub replicas: usize,
     pub min_cpu: f64,
     pub max_cpu: f64,
     pub min_memory: f64,
@@ -190,8 +193,9 @@ pub fn desired_resources(
             .map(|o| o.name.as_str())
             .collect();
         let cpu_reason = format!(
-            "{cores:.2} cores: least total CPU keeping chains {} within their objectives \
-             ({:.2} ms CPU per request measured, {:.1} req/s planned, utilisation {:.0} %){}",
+            "{cores:.2} cores over {} replica(s): least total CPU keeping chains {} within their \
+             objectives ({:.2} ms CPU per request measured, {:.1} req/s planned, utilisation {:.0} %){}",
+            u.replicas.max(1),
             through.join(", "),
             model.demand_s * 1e3,
             model.rps,
@@ -216,6 +220,8 @@ pub fn desired_resources(
             per_service.insert(u.service.clone(), entry);
             continue;
         }
+        let per_pod = cores / u.replicas.max(1) as f64;
+        entry["cores_per_replica"] = json!(per_pod);
         let base = live
             .get(&(u.namespace.clone(), u.deployment.clone()))
             .cloned()
@@ -224,7 +230,7 @@ pub fn desired_resources(
             &base,
             &u.container,
             ContainerAllocation {
-                cpu: Some(cores),
+                cpu: Some(per_pod),
                 memory_mib: memory.as_ref().map(|m| m.mib),
             },
         );
@@ -284,6 +290,7 @@ mod tests {
             demand_s: demand_ms.map(|d| d / 1e3),
             rps,
             memory_mib: vec![40.0, 42.0, 50.0],
+            replicas: 1,
             min_cpu: 0.05,
             max_cpu: 2.0,
             min_memory: 32.0,
@@ -365,6 +372,34 @@ mod tests {
             .unwrap()
             .contains("HorizontalPodAutoscaler reviews"));
         assert_eq!(s.report["not_measured_yet"], json!(["details"]));
+    }
+
+    #[test]
+    fn each_replica_gets_its_share_of_the_service() {
+        let one = desired_resources(
+            &[usage("ratings", Some(4.0), 100.0)],
+            &[chain("r", 100.0, &["ratings"], 6.0)],
+            0.4,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        let mut three = usage("ratings", Some(4.0), 100.0);
+        three.replicas = 3;
+        let three = desired_resources(
+            &[three],
+            &[chain("r", 100.0, &["ratings"], 6.0)],
+            0.4,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        let total = |s: &Sizing| s.report["services"]["ratings"]["cores"].as_f64().unwrap();
+        let pod = |s: &Sizing| {
+            s.report["services"]["ratings"]["cores_per_replica"]
+                .as_f64()
+                .unwrap()
+        };
+        assert_eq!(total(&one), total(&three));
+        assert!((pod(&three) * 3.0 - total(&three)).abs() < 1e-9);
     }
 
     #[test]

@@ -41,12 +41,29 @@ pub enum Version {
 }
 
 /// One lab process's cgroup (in the cpu hierarchy, and in the memory one
-/// where it can be written). Removed when dropped.
+/// where it can be written). Removed when dropped, unless only opened.
 #[derive(Debug)]
 pub struct Cgroup {
     version: Version,
     cpu: PathBuf,
     memory: Option<PathBuf>,
+    /// Made by this handle (removed on drop) rather than opened.
+    made: bool,
+}
+
+/// The cgroup name of a lab replica: under this lab process' own group,
+/// so one directory holds the replicas of one lab (what the agent reads).
+pub fn replica_group(replica: &str) -> String {
+    format!("{}/{replica}", std::process::id())
+}
+
+/// The directory (cpu hierarchy) holding this lab's replica groups.
+pub fn lab_dir() -> Result<PathBuf, CgroupError> {
+    let id = std::process::id().to_string();
+    Ok(match detect()? {
+        Version::V2 => Path::new(ROOT).join(PARENT).join(id),
+        Version::V1 => Path::new(ROOT).join("cpu").join(PARENT).join(id),
+    })
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -120,7 +137,16 @@ impl Cgroup {
             version,
             cpu,
             memory,
+            made: true,
         })
+    }
+
+    /// The lab's existing cgroup `name`, to change its limits without
+    /// owning it (it is not removed when the handle drops).
+    pub fn open(name: &str) -> Result<Cgroup, CgroupError> {
+        let mut g = Cgroup::create(name)?;
+        g.made = false;
+        Ok(g)
     }
 
     pub fn version(&self) -> Version {
@@ -201,6 +227,9 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        if !self.made {
+            return;
+        }
         // Only an empty group can be removed: the lab stops its processes
         // first; a group left behind is reused by the next run.
         let _ = fs::remove_dir(&self.cpu);

@@ -211,6 +211,41 @@ pub fn compute(
     (out, problems)
 }
 
+/// What a Deployment object gives its (first) container: CPU in cores and
+/// memory in MiB, the limit where there is one (what the kubelet's quota
+/// enforces), else the request.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ContainerResources {
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<f64>,
+}
+
+/// Each Deployment's container resources among `objects`, by name.
+pub fn deployment_resources(objects: &[Sourced]) -> BTreeMap<String, ContainerResources> {
+    use meshtune_agent::plan::deployment::{parse_cpu, parse_memory};
+    let mut out = BTreeMap::new();
+    for o in objects.iter().filter(|o| o.object["kind"] == "Deployment") {
+        let Some(name) = o.object["metadata"]["name"].as_str() else {
+            continue;
+        };
+        let r = &o.object["spec"]["template"]["spec"]["containers"][0]["resources"];
+        let pick = |res: &str, parse: fn(&str) -> Option<f64>| {
+            r["limits"][res]
+                .as_str()
+                .or(r["requests"][res].as_str())
+                .and_then(parse)
+        };
+        out.insert(
+            name.to_owned(),
+            ContainerResources {
+                cpu: pick("cpu", parse_cpu),
+                memory_mib: pick("memory", parse_memory),
+            },
+        );
+    }
+    out
+}
+
 /// Writes `resources` as an xDS file by atomic rename; unchanged files are
 /// left alone (Envoy would reload them for nothing).
 pub fn write_xds(dir: &Path, file: &str, resources: Vec<Value>) -> std::io::Result<bool> {

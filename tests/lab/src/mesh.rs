@@ -74,6 +74,11 @@ pub struct MeshOptions {
     /// The agent's clock runs on trace time, this many wall seconds per
     /// trace minute from the mesh's start (`None`: wall time).
     pub agent_seconds_per_minute: Option<f64>,
+    /// The agent sizes the services' CPU and memory: every replica runs in
+    /// its own cgroup, the agent reads them and writes each service's
+    /// Deployment resources through its sink, and the control plane applies
+    /// them to the replicas' cgroups as the kubelet would (needs `tune`).
+    pub agent_sizes_resources: bool,
 }
 
 impl Default for MeshOptions {
@@ -94,6 +99,7 @@ impl Default for MeshOptions {
             tune: false,
             istio_config_dir: None,
             agent_seconds_per_minute: None,
+            agent_sizes_resources: false,
         }
     }
 }
@@ -175,6 +181,24 @@ pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, opts: &MeshOptio
     if opts.chains.iter().map(|c| c.name).collect::<Vec<_>>()
         != CHAINS.iter().map(|c| c.0).collect::<Vec<_>>()
     {
+        return y;
+    }
+    if opts.agent_sizes_resources {
+        // Every service within the machine's two cores, from a twentieth of one.
+        let dir = crate::cgroup::lab_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        y.push_str(&format!("resources:\n  cgroup_dir: {dir}\nservices:\n"));
+        for (svc, chains) in [
+            ("productpage", "[product-page, ratings-api]"),
+            ("details", "[product-page]"),
+            ("reviews", "[product-page]"),
+            ("ratings", "[product-page, ratings-api]"),
+        ] {
+            y.push_str(&format!(
+                "  {svc}:\n    namespace: {NAMESPACE}\n    chains: {chains}\n    min_cpu: 0.05\n    max_cpu: 2\n"
+            ));
+        }
         return y;
     }
     y.push_str(&format!(
@@ -352,7 +376,21 @@ impl Mesh {
         }
         let mut config_dirs = vec![desired_dir.clone()];
         config_dirs.extend(opts.istio_config_dir.clone());
-        let control_plane = ControlPlane::start(xds_sidecars, config_dirs);
+        // Each service's replica cgroups, where its Deployment's resources go.
+        let groups: BTreeMap<String, Vec<String>> = if opts.agent_sizes_resources {
+            specs
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.to_owned(),
+                        ports[s.name].iter().map(|p| p.name.clone()).collect(),
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let control_plane = ControlPlane::start(xds_sidecars, config_dirs, groups);
         let mut envoys = BTreeMap::new();
         let mut replicas = BTreeMap::new();
         for s in specs.iter() {
@@ -407,6 +445,10 @@ impl Mesh {
                     Replica::start(&dir_path, &spec, pp.index, pp.app, pp.outbound)
                 })
                 .await??;
+                let mut replica = replica;
+                if opts.agent_sizes_resources {
+                    replica.join_cgroup()?;
+                }
                 replicas.insert(p.name.clone(), replica);
                 let (envoy_bin, dir_path, boot) =
                     (envoy.clone(), dir.path().to_owned(), sidecar.bootstrap());
@@ -475,6 +517,52 @@ impl Mesh {
     }
 }
 
+/// What the kubelet does with a Deployment's container resources, for the
+/// lab's replicas: each replica of the Deployment's service (its cgroup)
+/// gets the container's CPU quota and, where the memory controller can be
+/// written, its memory limit. Only changes are written; what cannot be is
+/// returned as problems.
+fn apply_resources(
+    dirs: &[std::path::PathBuf],
+    groups: &BTreeMap<String, Vec<String>>,
+    applied: &mut BTreeMap<String, control_plane::ContainerResources>,
+) -> Vec<String> {
+    let (objects, _) = control_plane::read_objects(dirs);
+    let mut problems = Vec::new();
+    for (deployment, res) in control_plane::deployment_resources(&objects) {
+        if applied.get(&deployment) == Some(&res) {
+            continue;
+        }
+        let Some(replicas) = groups.get(&deployment) else {
+            problems.push(format!(
+                "Deployment {deployment}: no such service in the lab"
+            ));
+            continue;
+        };
+        let mut ok = true;
+        for r in replicas {
+            let done =
+                crate::cgroup::Cgroup::open(&crate::cgroup::replica_group(r)).and_then(|g| {
+                    if let Some(c) = res.cpu {
+                        g.set_cpu(c)?;
+                    }
+                    if let Some(m) = res.memory_mib {
+                        g.set_memory((m * 1024.0 * 1024.0) as u64)?;
+                    }
+                    Ok(())
+                });
+            if let Err(e) = done {
+                ok = false;
+                problems.push(format!("Deployment {deployment}: replica {r}: {e}"));
+            }
+        }
+        if ok {
+            applied.insert(deployment, res);
+        }
+    }
+    problems
+}
+
 /// The control plane running beside the mesh: a pass every second until
 /// dropped; what it could not apply is kept for the live view.
 pub struct ControlPlane {
@@ -488,7 +576,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Runs one pass at once (so the sidecars start with their files in
     /// place), then one a second on a thread of its own.
-    pub fn start(sidecars: Vec<SidecarXds>, dirs: Vec<std::path::PathBuf>) -> ControlPlane {
+    pub fn start(
+        sidecars: Vec<SidecarXds>,
+        dirs: Vec<std::path::PathBuf>,
+        groups: BTreeMap<String, Vec<String>>,
+    ) -> ControlPlane {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (first, summaries) = control_plane::pass(&sidecars, &dirs);
         let problems = Arc::new(std::sync::Mutex::new(first));
@@ -501,9 +593,13 @@ impl ControlPlane {
         let (s, p, f) = (stop.clone(), problems.clone(), in_force.clone());
         let thread = std::thread::spawn(move || {
             let mut reported: Vec<String> = Vec::new();
+            let mut applied = BTreeMap::new();
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                let (now, summaries) = control_plane::pass(&sidecars, &dirs);
+                let (mut now, summaries) = control_plane::pass(&sidecars, &dirs);
+                if !groups.is_empty() {
+                    now.extend(apply_resources(&dirs, &groups, &mut applied));
+                }
                 if let Ok(mut g) = f.lock() {
                     for (svc, line) in summaries {
                         if g.get(&svc).is_none_or(|(l, _)| *l != line) {

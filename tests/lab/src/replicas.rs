@@ -177,18 +177,27 @@ impl Replica {
             if cores.is_none() {
                 return Ok(());
             }
-            let g =
-                crate::cgroup::Cgroup::create(&format!("{}-{}", std::process::id(), self.name))?;
-            if let Some(pid) = self.pid() {
-                g.add_process(pid)?;
-            }
-            self.cpu_group = Some(g);
+            self.join_cgroup()?;
         }
         if let Some(g) = &self.cpu_group {
             match cores {
                 Some(c) => g.set_cpu(c)?,
                 None => g.clear_cpu()?,
             }
+        }
+        Ok(())
+    }
+
+    /// Puts it in its own cgroup (no limit yet), where the lab's control
+    /// plane applies the resources of its Deployment and the agent reads
+    /// its CPU and memory.
+    pub fn join_cgroup(&mut self) -> anyhow::Result<()> {
+        if self.cpu_group.is_none() {
+            let g = crate::cgroup::Cgroup::create(&crate::cgroup::replica_group(&self.name))?;
+            if let Some(pid) = self.pid() {
+                g.add_process(pid)?;
+            }
+            self.cpu_group = Some(g);
         }
         Ok(())
     }

@@ -125,3 +125,92 @@ async fn the_resources_bench_runs_each_policy_under_its_quotas() {
     assert!(last.starts_with("resources windows="), "{text}");
     assert!(last.contains("meshtune-resources="), "{text}");
 }
+
+/// The loop closed: the agent measures each service's CPU per request from
+/// the replicas' cgroups, plans the least CPU that keeps both chains
+/// within their objectives, writes each service's Deployment resources
+/// through its directory sink, and the control plane puts that quota on
+/// the replicas, as the kubelet would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_sizes_each_service_and_the_lab_enforces_it() {
+    use meshtune_lab::resources_bench::cpu_bound_services;
+    let specs = cpu_bound_services();
+    let ratings_cpu_ms = specs
+        .iter()
+        .find(|s| s.name == "ratings")
+        .map(|s| s.cpu_us as f64 / 1e3)
+        .expect("ratings");
+    let mesh = Mesh::start(MeshOptions {
+        services: specs,
+        tune: true,
+        agent_sizes_resources: true,
+        ..MeshOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let port = mesh.entry_port;
+    let load = tokio::spawn(async move {
+        meshtune_lab::load::open_loop(
+            port,
+            &[40.0; 60],
+            std::time::Duration::from_secs(1),
+            &[("/productpage", 1), ("/api/v1/ratings/0", 1)],
+            &stop,
+        )
+        .await
+    });
+    let file = mesh.desired_dir.join("bookinfo.deployment.ratings.yaml");
+    let t0 = Instant::now();
+    while !file.exists() && t0.elapsed().as_secs() < 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        let rec = meshtune_lab::http::get_blocking(mesh.agent_port, "/v1/recommendations");
+        panic!(
+            "no Deployment for ratings in {}: {e}; {rec:?}",
+            file.display()
+        )
+    });
+    let object: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let limit = object["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+        .as_str()
+        .and_then(meshtune_agent::plan::deployment::parse_cpu)
+        .expect("a CPU limit");
+    // The control plane puts it on the replica's cgroup within a pass or two.
+    let t1 = Instant::now();
+    let mut in_force = None;
+    while t1.elapsed().as_secs() < 5 {
+        in_force = mesh.replicas["ratings"].cpu_limit();
+        if in_force.is_some_and(|c| (c - limit).abs() < 1e-3) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (_, body) = meshtune_lab::http::get_blocking(mesh.agent_port, "/v1/recommendations")
+        .expect("the agent answers");
+    let rec: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let planned = &rec["resources"]["services"]["ratings"];
+    println!("ratings: limit {limit} cores written, {in_force:?} in force; plan {planned}");
+    assert_eq!(
+        in_force.map(|c| (c * 1000.0).round()),
+        Some((limit * 1000.0).round())
+    );
+    // What it measured is the work each request does (the replica's own
+    // CPU per request, sidecar excluded), within the noise of a busy box.
+    let demand_ms = planned["demand_ms"].as_f64().expect("demand measured");
+    assert!(
+        (0.5 * ratings_cpu_ms..=2.5 * ratings_cpu_ms).contains(&demand_ms),
+        "measured {demand_ms:.2} ms per request, the service burns {ratings_cpu_ms} ms"
+    );
+    // Enough to serve what it is sent, and no more than the bound.
+    let rps = planned["planned_rps"].as_f64().expect("rps");
+    assert!(
+        limit >= rps * demand_ms / 1e3 / 0.9 - 0.011 && limit <= 2.0,
+        "{planned}"
+    );
+    assert!(rec["objects"]["Deployment bookinfo/ratings"]["reasons"]
+        .to_string()
+        .contains("CPU per request measured"));
+    load.abort();
+}
