@@ -68,7 +68,12 @@ enum Command {
     /// Envoy's adaptive concurrency filter on every inbound sidecar),
     /// meshtune (the filter's control and the agent writing
     /// DestinationRules and VirtualServices), meshtune-dataplane (the
-    /// filter's control, the agent only recommending).
+    /// filter's control, the agent only recommending). Resource arms (run
+    /// after an unlimited calibration run; each replica under a CPU quota,
+    /// everything else as meshtune; a last line starting `resources`):
+    /// static-resources (2 × the calibration's peak per replica),
+    /// vpa-like (p90 of usage + 15 %, recomputed every trace minute),
+    /// meshtune-resources (the agent sizing each service's Deployment).
     Eval {
         /// A shipped scenario (name in tests/lab/scenarios) or a scenario
         /// file: trace, offset, minutes, peak_rps, seconds_per_minute,
@@ -88,7 +93,8 @@ enum Command {
         /// A fault schedule (file or shipped name); replaces the scenario's faults.
         #[arg(long)]
         faults: Option<PathBuf>,
-        /// Arms to run, comma-separated [default: all four].
+        /// Arms to run, comma-separated [default: static, native, meshtune,
+        /// meshtune-dataplane].
         #[arg(long, value_delimiter = ',')]
         arms: Vec<String>,
         /// Run every arm this many times (the outcome gives min–max).
@@ -266,6 +272,9 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             println!("{}", meshtune_lab::eval::settings_line(&o));
             let runs = rt.block_on(meshtune_lab::eval::eval(&o))?;
             println!("{}", meshtune_lab::eval::outcome_line(&runs, &o.arms));
+            if let Some(line) = meshtune_lab::eval::resources_line(&runs, &o.arms) {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Agent {

@@ -7,9 +7,12 @@
 //!   every inbound sidecar, no meshtune filter;
 //! - `meshtune`: the filter's data-path control and the agent writing
 //!   DestinationRules and VirtualServices (`apply` mode);
-//! - `meshtune-dataplane`: the filter's control only, the agent recommending.
+//! - `meshtune-dataplane`: the filter's control only, the agent recommending;
+//! - `static-resources`, `vpa-like`, `meshtune-resources`: how each
+//!   replica's CPU is sized, everything else as `meshtune` ([`resources`]).
 
 pub mod plot;
+pub mod resources;
 pub mod verdict;
 
 use crate::faults::{self, Runner, Schedule};
@@ -30,13 +33,28 @@ pub enum Arm {
     Native,
     Meshtune,
     MeshtuneDataplane,
+    StaticResources,
+    VpaLike,
+    MeshtuneResources,
 }
 
+/// The arms run when none are named.
 pub const ARMS: [Arm; 4] = [
     Arm::Static,
     Arm::Native,
     Arm::Meshtune,
     Arm::MeshtuneDataplane,
+];
+
+/// Every arm `--arms` accepts.
+pub const ALL_ARMS: [Arm; 7] = [
+    Arm::Static,
+    Arm::Native,
+    Arm::Meshtune,
+    Arm::MeshtuneDataplane,
+    Arm::StaticResources,
+    Arm::VpaLike,
+    Arm::MeshtuneResources,
 ];
 
 impl Arm {
@@ -46,23 +64,39 @@ impl Arm {
             Arm::Native => "native",
             Arm::Meshtune => "meshtune",
             Arm::MeshtuneDataplane => "meshtune-dataplane",
+            Arm::StaticResources => "static-resources",
+            Arm::VpaLike => "vpa-like",
+            Arm::MeshtuneResources => "meshtune-resources",
         }
     }
 
     pub fn parse(s: &str) -> Result<Arm, String> {
-        ARMS.iter().copied().find(|a| a.name() == s).ok_or_else(|| {
-            format!(
-                "unknown arm {s:?}: one of {}",
-                ARMS.map(Arm::name).join(", ")
-            )
-        })
+        ALL_ARMS
+            .iter()
+            .copied()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown arm {s:?}: one of {}",
+                    ALL_ARMS.map(Arm::name).join(", ")
+                )
+            })
+    }
+
+    /// One of the arms that size the replicas' CPU.
+    pub fn sizes_resources(self) -> bool {
+        matches!(
+            self,
+            Arm::StaticResources | Arm::VpaLike | Arm::MeshtuneResources
+        )
     }
 
     /// The lab for this arm: the scenario's service pools and chain
     /// priorities, the agent's clock on trace time (one trace minute per
     /// `seconds_per_minute` wall seconds).
     pub fn mesh_options(self, o: &EvalOptions) -> MeshOptions {
-        let meshtune = matches!(self, Arm::Meshtune | Arm::MeshtuneDataplane);
+        let meshtune =
+            matches!(self, Arm::Meshtune | Arm::MeshtuneDataplane) || self.sizes_resources();
         let mut services = bookinfo_with_versions();
         for s in &mut services {
             if let Some(c) = o.capacity.get(s.name) {
@@ -84,7 +118,8 @@ impl Arm {
             agent_window_secs: 60,
             filter: meshtune,
             control: meshtune,
-            tune: self == Arm::Meshtune,
+            tune: self == Arm::Meshtune || self.sizes_resources(),
+            agent_sizes_resources: self == Arm::MeshtuneResources,
             native_adaptive_everywhere: self == Arm::Native,
             agent_seconds_per_minute: Some(o.seconds_per_minute),
             ..MeshOptions::default()
@@ -165,6 +200,23 @@ pub struct ArmRun {
     /// productpage's sidecar's cluster for reviews as Envoy ran it at the
     /// end (from `/config_dump`): what this arm's configuration was.
     pub reviews_cluster: serde_json::Value,
+    /// Quota × time over the replicas, CPU-seconds (an unlimited replica
+    /// counts the machine's cores).
+    pub allocated_cpu_s: f64,
+    /// Each replica's CPU per second (what `static-resources` and
+    /// `vpa-like` are computed from).
+    pub usage: resources::Usage,
+    /// Jain's index over the chains' attainment.
+    pub fairness: f64,
+}
+
+/// How the replicas' CPU is sized during a run.
+#[derive(Debug, Clone, Default)]
+pub struct Sizing {
+    /// Quotas put on the replicas before the load starts (`None`: unlimited).
+    pub start: Option<BTreeMap<String, f64>>,
+    /// VPA-like: recomputed every trace minute from this usage plus the run's own.
+    pub vpa_history: Option<resources::Usage>,
 }
 
 impl ArmRun {
@@ -235,10 +287,17 @@ pub async fn run_arm(
     run: usize,
     rates: &[f64],
     o: &EvalOptions,
+    sizing: &Sizing,
 ) -> anyhow::Result<ArmRun> {
     let mut mesh = Mesh::start(arm.mesh_options(o))
         .await
         .with_context(|| format!("starting the lab for arm {}", arm.name()))?;
+    if let Some(start) = &sizing.start {
+        resources::apply(&mut mesh, start)?;
+    }
+    let mut meter = resources::Meter::default();
+    meter.tick(&mesh, 1.0);
+    let mut metered = Instant::now();
     let spm = o.seconds_per_minute;
     let entry = mesh.entry_port;
     let cpu_start = cpu_us(&mesh);
@@ -271,9 +330,22 @@ pub async fn run_arm(
                 }
             }
         }
+        if metered.elapsed() >= Duration::from_secs(1) {
+            let dt = metered.elapsed().as_secs_f64();
+            metered = Instant::now();
+            tokio::task::block_in_place(|| meter.tick(&mesh, dt));
+        }
         let minute = (elapsed / spm) as usize;
         if minute != last_minute && minute < rates.len() {
             last_minute = minute;
+            if let Some(history) = &sizing.vpa_history {
+                let mut seen = history.clone();
+                for (r, v) in &meter.usage {
+                    seen.entry(r.clone()).or_default().extend(v);
+                }
+                let limits = resources::vpa_limits(&seen);
+                tokio::task::block_in_place(|| resources::apply(&mut mesh, &limits))?;
+            }
             println!(
                 "  [{:>9} run {}] minute {}/{} · {:.0} req/s",
                 arm.name(),
@@ -323,7 +395,6 @@ pub async fn run_arm(
     Ok(ArmRun {
         arm,
         run,
-        windows,
         latency,
         offered: records.len(),
         good,
@@ -334,6 +405,10 @@ pub async fn run_arm(
         ),
         changes,
         reviews_cluster,
+        allocated_cpu_s: meter.allocated_cpu_s,
+        usage: meter.usage,
+        fairness: resources::fairness(&windows),
+        windows,
     })
 }
 
@@ -402,7 +477,50 @@ pub fn table(r: &ArmRun) -> String {
         r.cpu_s.2,
         r.changes
     ));
+    if r.arm.sizes_resources() {
+        s.push_str(&format!(
+            "services' CPU allocated {:.1} s, used {:.1} s · fairness {:.3}\n",
+            r.allocated_cpu_s, r.cpu_s.0, r.fairness
+        ));
+    }
     s
+}
+
+/// The resource arms' line (`None` when none ran): chain-windows judged,
+/// allocated and used CPU-seconds, violating chain-windows, fairness.
+pub fn resources_line(runs: &[ArmRun], arms: &[Arm]) -> Option<String> {
+    let arms: Vec<Arm> = arms
+        .iter()
+        .copied()
+        .filter(|a| a.sizes_resources())
+        .collect();
+    if arms.is_empty() {
+        return None;
+    }
+    let section = |name: &str, value: &dyn Fn(&ArmRun) -> f64, fmt: &dyn Fn(f64) -> String| {
+        let parts: Vec<String> = arms
+            .iter()
+            .map(|a| {
+                let v: Vec<f64> = runs.iter().filter(|r| r.arm == *a).map(value).collect();
+                format!("{}={}", a.name(), range(&v, fmt))
+            })
+            .collect();
+        format!("{name} {}", parts.join(" "))
+    };
+    let windows = runs
+        .iter()
+        .find(|r| r.arm.sizes_resources())
+        .map_or(0, |r| r.windows.len());
+    let one = |x: f64| format!("{x:.1}");
+    let int = |x: f64| format!("{x:.0}");
+    let three = |x: f64| format!("{x:.3}");
+    Some(format!(
+        "resources windows={windows} {} {} {} {}",
+        section("cpu_allocated", &|r| r.allocated_cpu_s, &one),
+        section("cpu_used", &|r| r.cpu_s.0, &one),
+        section("violating", &|r| r.violating() as f64, &int),
+        section("fairness", &|r| r.fairness, &three),
+    ))
 }
 
 /// `min` or `min–max` of the values, formatted with `f`.
@@ -520,9 +638,32 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
         .with_context(|| format!("--out {}: cannot create it", o.out.display()))?;
     let mut runs = Vec::new();
     for run in 0..o.repeat {
+        // The resource arms start from what an unlimited run used.
+        let calibration = if o.arms.iter().any(|a| a.sizes_resources()) {
+            println!(
+                "calibration for the resource arms: meshtune, no CPU limits (run {}/{}) ...",
+                run + 1,
+                o.repeat
+            );
+            let c = run_arm(Arm::StaticResources, run, &rates, o, &Sizing::default()).await?;
+            Some(c.usage)
+        } else {
+            None
+        };
         for arm in &o.arms {
             println!("arm {} (run {}/{}) ...", arm.name(), run + 1, o.repeat);
-            let r = run_arm(*arm, run, &rates, o).await?;
+            let sizing = match (arm, &calibration) {
+                (Arm::StaticResources | Arm::MeshtuneResources, Some(u)) => Sizing {
+                    start: Some(resources::static_limits(u)),
+                    vpa_history: None,
+                },
+                (Arm::VpaLike, Some(u)) => Sizing {
+                    start: Some(resources::vpa_limits(u)),
+                    vpa_history: Some(u.clone()),
+                },
+                _ => Sizing::default(),
+            };
+            let r = run_arm(*arm, run, &rates, o, &sizing).await?;
             print!("{}", table(&r));
             runs.push(r);
         }
