@@ -104,7 +104,9 @@ pub struct DeclaredChains {
 }
 
 /// A service in the DTA-SLO shape: the chains it serves and its resource
-/// bounds (CPU in cores, memory in MiB).
+/// bounds per replica (CPU in cores, memory in MiB, as a container's
+/// resources are). Giving `max_cpu` opts the service into resource
+/// allocation (see `plan::sizing`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {

@@ -89,7 +89,7 @@ impl<S: Sink + Sync> Tuner<S> {
             Ok(r) => r,
             Err(e) => {
                 let error = format!("reading {}: {e}", usage.dir().display());
-                tracing::error!("resources: {error}");
+                tracing::warn!("resources: {error}");
                 return Some((Vec::new(), json!({ "error": error })));
             }
         };
@@ -100,8 +100,6 @@ impl<S: Sink + Sync> Tuner<S> {
             }
         }
         self.demand.add(&read, &served);
-        // Cores are wall-clock: plan for requests per wall second.
-        let scale = crate::clock::scale();
         let services: Vec<ServiceUsage> = managed
             .iter()
             .map(|(name, spec)| ServiceUsage {
@@ -113,7 +111,8 @@ impl<S: Sink + Sync> Tuner<S> {
                 rps: obs
                     .iter()
                     .find(|o| &o.service == *name)
-                    .map_or(0.0, |o| o.rps * scale),
+                    // Already per wall second (the window's rates are), as cores are.
+                    .map_or(0.0, |o| o.rps),
                 memory_mib: self.demand.memory_mib(name),
                 replicas: read.get(name.as_str()).map_or(1, |s| s.replicas.max(1)),
                 min_cpu: spec.min_cpu.unwrap_or(0.01),

@@ -371,8 +371,8 @@ pub struct MemoryAllocation {
 
 /// Memory from the observed working set (MiB samples over the history):
 /// its 90th percentile plus [`MEMORY_MARGIN`], within `[min, max]`, and
-/// never below the highest sample seen (what the service has needed would
-/// be killed for). `None` without samples.
+/// never below the highest sample seen plus the margin (what the service
+/// has needed would be killed for). `None` without samples.
 pub fn memory_allocation(samples_mib: &[f64], min: f64, max: f64) -> Option<MemoryAllocation> {
     let mut v: Vec<f64> = samples_mib
         .iter()
@@ -386,8 +386,10 @@ pub fn memory_allocation(samples_mib: &[f64], min: f64, max: f64) -> Option<Memo
     let peak = v[v.len() - 1];
     let p90 = v[((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1];
     let wanted = (p90 * (1.0 + MEMORY_MARGIN)).clamp(min, max.max(min));
+    // The margin over the peak too: a process that grows a little past
+    // what was seen must not be killed for it.
     Some(MemoryAllocation {
-        mib: wanted.max(peak).ceil(),
+        mib: wanted.max(peak * (1.0 + MEMORY_MARGIN)).ceil(),
         above_max: peak > max,
     })
 }

@@ -42,6 +42,7 @@ pub struct ServiceUsage {
     /// Replicas sharing the service's load: each pod's container gets its
     /// share of the service's cores (the load is balanced over them).
     pub replicas: usize,
+    /// Bounds per replica (as a container's resources are), cores and MiB.
     pub min_cpu: f64,
     pub max_cpu: f64,
     pub min_memory: f64,
@@ -131,8 +132,8 @@ pub fn desired_resources(
                 fixed_ms: 0.0,
                 variability,
                 rps: u.rps.max(0.0),
-                min_cpu: u.min_cpu,
-                max_cpu: u.max_cpu,
+                min_cpu: u.min_cpu * u.replicas.max(1) as f64,
+                max_cpu: u.max_cpu * u.replicas.max(1) as f64,
             })
         })
         .collect();
@@ -249,7 +250,7 @@ pub fn desired_resources(
             reasons.insert(
                 format!("{field}.memory"),
                 format!(
-                    "{:.0} MiB: working set's 90th percentile + 15 %, never below its peak{}",
+                    "{:.0} MiB: working set's 90th percentile + 15 %, never below its peak + 15 %{}",
                     m.mib,
                     if m.above_max {
                         " (above max_memory: the service was seen to need more)"

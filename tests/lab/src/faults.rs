@@ -46,6 +46,10 @@ struct FileFormat {
     /// Chains' objectives and priorities, as users declare them.
     #[serde(default)]
     chains: BTreeMap<String, ChainFormat>,
+    /// Every service's work is CPU (no waiting off the CPU), so the CPU a
+    /// replica is given decides its latency.
+    #[serde(default)]
+    cpu_bound: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +95,8 @@ pub struct RunSettings {
     pub capacity: BTreeMap<String, ServiceCapacity>,
     /// Per chain (by name): its objective and priority.
     pub chains: BTreeMap<String, ChainSettings>,
+    /// Every service's work is CPU.
+    pub cpu_bound: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +319,7 @@ impl Schedule {
                 seconds_per_minute: f.seconds_per_minute,
                 capacity,
                 chains,
+                cpu_bound: f.cpu_bound,
             },
         })
     }

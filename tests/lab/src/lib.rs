@@ -18,6 +18,5 @@ pub mod overload;
 pub mod proc;
 pub mod prometheus;
 pub mod replicas;
-pub mod resources_bench;
 pub mod services;
 pub mod trace;

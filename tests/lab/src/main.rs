@@ -185,27 +185,6 @@ enum BenchCommand {
         #[arg(long, default_value_t = 6.0)]
         seconds: f64,
     },
-    /// CPU per service under three policies on the same mesh and load, each
-    /// service's replicas limited by a cgroup quota: twice the peak usage
-    /// (`static-resources`), VPA's p90 + 15 % (`vpa-like`), and meshtune's
-    /// allocation for the chains' objectives (`meshtune-resources`).
-    /// Prints per arm the violating chain-windows, allocated and used
-    /// CPU-seconds and Jain's fairness index, and a `resources …` line.
-    /// Needs root and a writable cpu controller.
-    Resources {
-        /// Offered load, requests per second (half per chain).
-        #[arg(long, default_value_t = 60.0)]
-        rps: f64,
-        /// Seconds of the calibration run and of each policy's run.
-        #[arg(long, default_value_t = 30.0)]
-        seconds: f64,
-        /// Verdict window, seconds.
-        #[arg(long, default_value_t = 5.0)]
-        window_seconds: f64,
-        /// Waiting variability the model assumes (`bench cpu-model` fits it).
-        #[arg(long, default_value_t = 0.4)]
-        variability: f64,
-    },
     /// The overload scenario (a shared service with a fixed worker pool,
     /// open-loop load above its capacity on a high- and a low-priority
     /// chain) without control, with Envoy's native adaptive concurrency and
@@ -315,26 +294,6 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
         Command::Bench {
             which: BenchCommand::Overload { seconds, only },
         } => rt.block_on(bench_overload(seconds, only)),
-        Command::Bench {
-            which:
-                BenchCommand::Resources {
-                    rps,
-                    seconds,
-                    window_seconds,
-                    variability,
-                },
-        } => {
-            use meshtune_lab::resources_bench;
-            let o = resources_bench::ResourcesOptions {
-                rps,
-                seconds,
-                window_s: window_seconds,
-                variability,
-            };
-            let results = rt.block_on(resources_bench::run(&o, |p| eprintln!("{p}")))?;
-            print!("{}", resources_bench::report(&results));
-            Ok(())
-        }
         Command::Bench {
             which:
                 BenchCommand::CpuModel {
@@ -577,6 +536,7 @@ fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> 
         out: a.out,
         capacity: run.capacity,
         chains: run.chains,
+        cpu_bound: run.cpu_bound,
     };
     anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
     anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");

@@ -515,3 +515,15 @@ pub fn spawn_echo(listener: TcpListener) -> JoinHandle<()> {
         }
     })
 }
+
+/// CPU-bound Bookinfo: each request's work is all CPU, no tail (where the
+/// CPU a service is given is what decides its latency).
+pub fn cpu_bound_services() -> Vec<ServiceSpec> {
+    let mut s = bookinfo();
+    for svc in &mut s {
+        svc.cpu_us = svc.base_us;
+        svc.tail_us = 0;
+        svc.capacity = None;
+    }
+    s
+}

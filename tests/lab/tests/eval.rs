@@ -27,6 +27,7 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
         out: out.path().to_path_buf(),
         capacity: Default::default(),
         chains: Default::default(),
+        cpu_bound: false,
     };
     let runs = eval(&o)
         .await
@@ -90,4 +91,55 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
         svg.starts_with("<svg") && svg.contains("product-page"),
         "an SVG plot of both chains"
     );
+}
+
+/// The resource arms' mechanics: an unlimited calibration run, then each
+/// arm under its own quotas (what they used stayed within what they were
+/// allocated), VPA-like below the generous static sizing, and the
+/// `resources` line naming every resource arm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_arms_run_under_their_own_quotas() {
+    use meshtune_lab::eval::resources_line;
+    let out = tempfile::tempdir().unwrap();
+    let arms = vec![Arm::StaticResources, Arm::VpaLike, Arm::MeshtuneResources];
+    let o = EvalOptions {
+        trace: meshtune_lab::trace::traces_dir().join("worldcup98_1min.csv"),
+        offset: 80_000,
+        minutes: 3,
+        peak_rps: 40.0,
+        seconds_per_minute: 6.0,
+        faults: None,
+        arms: arms.clone(),
+        repeat: 1,
+        out: out.path().to_path_buf(),
+        capacity: Default::default(),
+        chains: Default::default(),
+        cpu_bound: false,
+    };
+    let runs = eval(&o)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#} (needs Envoy, the filter and root for cgroups)"));
+    assert_eq!(runs.iter().map(|r| r.arm).collect::<Vec<_>>(), arms);
+    for r in &runs {
+        assert!(r.allocated_cpu_s > 0.0, "{}", r.arm.name());
+        assert!(
+            r.cpu_s.0 <= r.allocated_cpu_s * 1.1,
+            "{}: used {:.2} CPU-s of {:.2} allocated",
+            r.arm.name(),
+            r.cpu_s.0,
+            r.allocated_cpu_s
+        );
+        assert!((0.0..=1.0).contains(&r.fairness));
+    }
+    assert!(
+        runs[1].allocated_cpu_s < runs[0].allocated_cpu_s,
+        "vpa-like {:.1} vs static {:.1}",
+        runs[1].allocated_cpu_s,
+        runs[0].allocated_cpu_s
+    );
+    let line = resources_line(&runs, &o.arms).expect("a resources line");
+    for a in &arms {
+        assert!(line.contains(&format!("{}=", a.name())), "{line}");
+    }
+    assert!(line.starts_with("resources windows="), "{line}");
 }

@@ -94,38 +94,6 @@ async fn the_cpu_sweep_measures_what_the_service_burns() {
     assert!((0.0025..0.006).contains(&f.demand_s), "{f:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_resources_bench_runs_each_policy_under_its_quotas() {
-    use meshtune_lab::resources_bench::{report, run, ResourcesOptions};
-    let o = ResourcesOptions {
-        seconds: 6.0,
-        window_s: 3.0,
-        ..ResourcesOptions::default()
-    };
-    let results = run(&o, |p| println!("{p}"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let arms: Vec<&str> = results.iter().map(|r| r.arm).collect();
-    assert_eq!(arms, ["static-resources", "vpa-like", "meshtune-resources"]);
-    for r in &results {
-        assert_eq!(r.cores.len(), 4, "{r:?}");
-        assert!(!r.windows.is_empty());
-        // The quotas held: nothing used more CPU than it was given.
-        assert!(
-            r.used_cpu_s <= r.allocated_cpu_s * 1.1,
-            "{}: used {:.2} CPU-s of {:.2} allocated",
-            r.arm,
-            r.used_cpu_s,
-            r.allocated_cpu_s
-        );
-        assert!((0.0..=1.0).contains(&r.fairness));
-    }
-    let text = report(&results);
-    let last = text.lines().last().unwrap_or_default();
-    assert!(last.starts_with("resources windows="), "{text}");
-    assert!(last.contains("meshtune-resources="), "{text}");
-}
-
 /// The loop closed: the agent measures each service's CPU per request from
 /// the replicas' cgroups, plans the least CPU that keeps both chains
 /// within their objectives, writes each service's Deployment resources
@@ -133,7 +101,7 @@ async fn the_resources_bench_runs_each_policy_under_its_quotas() {
 /// the replicas, as the kubelet would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_sizes_each_service_and_the_lab_enforces_it() {
-    use meshtune_lab::resources_bench::cpu_bound_services;
+    use meshtune_lab::services::cpu_bound_services;
     let specs = cpu_bound_services();
     let ratings_cpu_ms = specs
         .iter()

@@ -99,6 +99,10 @@ impl Arm {
             matches!(self, Arm::Meshtune | Arm::MeshtuneDataplane) || self.sizes_resources();
         let mut services = bookinfo_with_versions();
         for s in &mut services {
+            if o.cpu_bound {
+                s.cpu_us = s.base_us;
+                s.tail_us = 0;
+            }
             if let Some(c) = o.capacity.get(s.name) {
                 s.capacity = Some(crate::services::Capacity {
                     workers: c.workers,
@@ -144,6 +148,8 @@ pub struct EvalOptions {
     pub capacity: BTreeMap<String, faults::ServiceCapacity>,
     /// Chain objectives and priorities the scenario declares (by chain name).
     pub chains: BTreeMap<String, faults::ChainSettings>,
+    /// Every service's work is CPU (the scenario says so).
+    pub cpu_bound: bool,
 }
 
 /// The paths the load generator sends, with their weights and chains.
@@ -431,6 +437,9 @@ pub fn settings_line(o: &EvalOptions) -> String {
         o.repeat,
         o.faults.as_ref().map_or("none", |(n, _)| n.as_str()),
     );
+    if o.cpu_bound {
+        line.push_str(" cpu_bound=true");
+    }
     for (service, c) in &o.capacity {
         line.push_str(&format!(
             " capacity.{service}=workers:{},queue:{}{}",
@@ -717,6 +726,7 @@ mod tests {
                 },
             )]
             .into(),
+            cpu_bound: false,
         };
         for arm in ARMS {
             let m = arm.mesh_options(&o);
