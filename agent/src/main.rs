@@ -90,6 +90,43 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// The configuration model (what a service's chains see for given
+    /// observations and knobs): train it from a sweep, or check a file.
+    Model {
+        #[command(subcommand)]
+        action: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Train bagged regression trees (smartcore) on a `meshtune-lab sweep`
+    /// CSV (`.gz` read as gzip), evaluate them by grouped cross-validation
+    /// (each trace segment × fault kind held out whole) and write the model.
+    /// The last line: `model cv_r2 log_p99=X error_share=Y mae_p99_ms=Z groups=N`.
+    Train {
+        /// The sweep [default: models/config-sweep.csv.gz of this repository].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the model goes.
+        #[arg(long, default_value = "config-model.json")]
+        out: PathBuf,
+        /// Trees per outcome.
+        #[arg(long, default_value_t = 30)]
+        trees: usize,
+        #[arg(long, default_value_t = 12)]
+        max_depth: u16,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Train on the first N groups only (a quick check).
+        #[arg(long)]
+        groups: Option<usize>,
+    },
+    /// Load a model file the way the agent does at start and say what it is.
+    Check {
+        #[arg(long)]
+        model: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -213,6 +250,7 @@ fn main() -> anyhow::Result<()> {
             batch,
             model,
         } => forecast_bench(series, &batch, model),
+        Command::Model { action } => model_command(action),
         Command::Crd => {
             let crd = meshtune_agent::k8s::chainslo::crd_yaml()
                 .context("encoding the ChainSLO CustomResourceDefinition")?;
@@ -499,4 +537,85 @@ fn forecast_bench(series: usize, batches: &[usize], model: Option<PathBuf>) -> a
         );
     }
     Ok(())
+}
+
+fn model_command(action: ModelCommand) -> anyhow::Result<()> {
+    use meshtune_agent::learn::config_model::{grouped_cv, ConfigModel, Dataset, TrainParams};
+    match action {
+        ModelCommand::Check { model } => {
+            let m = ConfigModel::load(&model)?;
+            println!(
+                "{}: format {}, {} rows, {} trees per outcome, features {}",
+                model.display(),
+                m.version,
+                m.rows,
+                m.params.trees,
+                m.features.join(",")
+            );
+            if let Some(cv) = m.cv {
+                println!(
+                    "grouped cv: r2 log_p99 {:.3}, error_share {:.3}, goodput {:.3}, mae p99 {:.1} ms over {} groups",
+                    cv.r2_log_p99, cv.r2_error_share, cv.r2_goodput, cv.mae_p99_ms, cv.groups
+                );
+            }
+            Ok(())
+        }
+        ModelCommand::Train {
+            data,
+            out,
+            trees,
+            max_depth,
+            seed,
+            groups,
+        } => {
+            let data = data.unwrap_or_else(|| {
+                meshtune_agent::forecast::gru::repo_dir().join("models/config-sweep.csv.gz")
+            });
+            let mut ds = Dataset::load(&data)?;
+            if let Some(n) = groups {
+                let keep: std::collections::BTreeSet<String> = ds
+                    .groups
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .take(n)
+                    .collect();
+                let rows: Vec<usize> = (0..ds.groups.len())
+                    .filter(|&i| keep.contains(&ds.groups[i]))
+                    .collect();
+                ds = Dataset {
+                    features: rows.iter().map(|&i| ds.features[i].clone()).collect(),
+                    outcomes: rows.iter().map(|&i| ds.outcomes[i]).collect(),
+                    groups: rows.iter().map(|&i| ds.groups[i].clone()).collect(),
+                };
+            }
+            anyhow::ensure!(trees >= 1, "--trees: at least 1");
+            let params = TrainParams {
+                trees,
+                max_depth,
+                seed,
+                ..TrainParams::default()
+            };
+            println!("{} rows from {}", ds.features.len(), data.display());
+            let cv = grouped_cv(&ds, &params, |i, n, g| {
+                eprintln!("cross-validation: holding out group {} of {n} ({g})", i + 1)
+            })?;
+            let mut model = ConfigModel::train(&ds, &params)?;
+            model.cv = Some(cv);
+            model.save(&out)?;
+            println!(
+                "grouped cv over {} groups, {} rows: r2 goodput {:.3}; wrote {}",
+                cv.groups,
+                cv.rows,
+                cv.r2_goodput,
+                out.display()
+            );
+            println!(
+                "model cv_r2 log_p99={:.3} error_share={:.3} mae_p99_ms={:.1} groups={}",
+                cv.r2_log_p99, cv.r2_error_share, cv.mae_p99_ms, cv.groups
+            );
+            Ok(())
+        }
+    }
 }

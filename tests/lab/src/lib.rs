@@ -19,4 +19,5 @@ pub mod proc;
 pub mod prometheus;
 pub mod replicas;
 pub mod services;
+pub mod sweep;
 pub mod trace;

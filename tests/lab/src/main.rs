@@ -110,6 +110,33 @@ enum Command {
         #[arg(long, default_value = "eval-out")]
         out: PathBuf,
     },
+    /// Data for the configuration model: a seeded Latin hypercube over the
+    /// load (level, trace segment), a fault on reviews-2 (none, errors,
+    /// slow, down) and reviews' DestinationRule and VirtualService knobs
+    /// (pool, retries budget, outlier detection, timeout, retries, per-try
+    /// timeout). Each point runs the lab (no meshtune filter) for
+    /// --minutes trace minutes; each minute is one CSV row of what the
+    /// agent observes, the knobs and the outcome (the header documents every
+    /// column). Rows are appended per point: run it again to resume.
+    Sweep {
+        /// Design points.
+        #[arg(long, default_value_t = 48)]
+        points: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Trace minutes per point (rows per point).
+        #[arg(long, default_value_t = 4)]
+        minutes: usize,
+        /// Real seconds per trace minute.
+        #[arg(long, default_value_t = 4.0)]
+        seconds_per_minute: f64,
+        /// Trace segments to draw from (start minutes of WorldCup98).
+        #[arg(long, value_delimiter = ',', default_values_t = [80_000, 80_300, 80_600, 80_900])]
+        segments: Vec<usize>,
+        /// The CSV to write or resume.
+        #[arg(long, default_value = "sweep.csv")]
+        out: PathBuf,
+    },
     /// One replica of a lab service (started by the lab itself).
     #[command(hide = true)]
     Replica {
@@ -254,6 +281,50 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             if let Some(line) = meshtune_lab::eval::resources_line(&runs, &o.arms) {
                 println!("{line}");
             }
+            Ok(())
+        }
+        Command::Sweep {
+            points,
+            seed,
+            minutes,
+            seconds_per_minute,
+            segments,
+            out,
+        } => {
+            anyhow::ensure!(points >= 2, "--points: at least 2");
+            anyhow::ensure!(!segments.is_empty(), "--segments: at least one");
+            let o = meshtune_lab::sweep::SweepOptions {
+                points,
+                seed,
+                minutes: minutes.max(1),
+                seconds_per_minute,
+                trace: trace::traces_dir().join("worldcup98_1min.csv"),
+                segments,
+                out,
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} points · {elapsed} · eta {eta} · {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let n = rt.block_on(meshtune_lab::sweep::sweep(&o, |i, total, p| {
+                bar.set_length(total as u64);
+                bar.set_position(i as u64);
+                bar.set_message(format!(
+                    "point {} · {:.0} req/s · fault {}",
+                    p.id,
+                    p.peak_rps,
+                    p.fault.name()
+                ));
+            }))?;
+            bar.finish_and_clear();
+            println!(
+                "sweep points_run={n} points={points} rows_per_point={} out={}",
+                o.minutes,
+                o.out.display()
+            );
             Ok(())
         }
         Command::Agent {

@@ -1,0 +1,497 @@
+//! The configuration model: what a service's chains will see (p99, error
+//! share, goodput) given what the agent observes of the service and the
+//! knobs meshtune writes for it. A forward model, so that candidate
+//! configurations can be scored before one is written.
+//!
+//! **Form.** One bagged forest of regression trees (smartcore's CART
+//! trees, each fitted on a seeded bootstrap sample of the rows) per
+//! outcome: log p99 (latency spans orders of magnitude), error share and
+//! goodput. A prediction is the mean over the trees; their spread
+//! (standard deviation) is the model's own uncertainty, which a decision
+//! takes as its safety margin.
+//!
+//! **Data.** The rows of `meshtune-lab sweep` (`models/config-sweep.csv.gz`;
+//! its header documents every column). **Evaluation**: grouped
+//! cross-validation, each group (trace segment × fault kind) held out
+//! whole and predicted by a model trained on the others, never random rows
+//! (neighbouring minutes of one run would leak into each other).
+//!
+//! **File.** serde JSON with a format version; a missing, corrupt or
+//! other-version file is refused with the reason, and the agent keeps its
+//! rule-based decisions.
+
+use serde::{Deserialize, Serialize};
+use smartcore::linalg::basic::matrix::DenseMatrix;
+use smartcore::tree::decision_tree_regressor::{
+    DecisionTreeRegressor, DecisionTreeRegressorParameters,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::Path;
+
+/// The file format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The model's inputs, in order: sweep columns (the knobs that span orders
+/// of magnitude enter as log2). Of what the agent observes, only what the
+/// knobs hardly shape: the load, the hop's median (a timeout or a retry
+/// moves the tail, not the middle), the worst replica's own error share
+/// and the replicas up — so the model can score knobs other than those in
+/// force. The hop's error rate and tail are in the sweep, not in the model.
+pub const FEATURES: [&str; 12] = [
+    "obs_rps",
+    "obs_p50_ms",
+    "obs_inflight",
+    "obs_max_replica_error",
+    "obs_replicas_up",
+    "knob_http2_max_requests",
+    "knob_http1_max_pending",
+    "knob_max_retries",
+    "knob_consecutive_5xx",
+    "knob_timeout_ms",
+    "knob_retry_attempts",
+    "knob_per_try_timeout_ms",
+];
+
+/// Features entered as log2 (pool sizes).
+const LOG_FEATURES: [&str; 2] = ["knob_http2_max_requests", "knob_http1_max_pending"];
+
+/// The outcomes, in order.
+pub const OUTCOMES: [&str; 3] = ["log_p99", "error_share", "goodput"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("line {line}: {message}")]
+    Parse { line: usize, message: String },
+    #[error(
+        "{path}: format version {found}, this agent reads version {FORMAT_VERSION}: retrain it \
+         with `meshtune-agent model train`"
+    )]
+    Version { path: String, found: u64 },
+    #[error("{path}: not a configuration model: {message}")]
+    Corrupt { path: String, message: String },
+    #[error("training: {0}")]
+    Train(String),
+}
+
+/// Rows of a sweep: features (as measured, in [`FEATURES`] order),
+/// outcomes and cross-validation groups.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub features: Vec<Vec<f64>>,
+    /// log p99 (ms), error share, goodput.
+    pub outcomes: Vec<[f64; 3]>,
+    pub groups: Vec<String>,
+}
+
+impl Dataset {
+    /// Parses the sweep CSV (`#` lines are its documentation).
+    pub fn parse_csv(text: &str) -> Result<Dataset, ModelError> {
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty());
+        let (hl, header) = lines.next().ok_or(ModelError::Parse {
+            line: 1,
+            message: "no header".into(),
+        })?;
+        let names: Vec<&str> = header.split(',').collect();
+        let col = |n: &str| {
+            names
+                .iter()
+                .position(|c| *c == n)
+                .ok_or_else(|| ModelError::Parse {
+                    line: hl + 1,
+                    message: format!("no column {n}"),
+                })
+        };
+        let feature_cols = FEATURES
+            .iter()
+            .map(|f| col(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (p99, err, good, group) = (
+            col("out_p99_ms")?,
+            col("out_error_share")?,
+            col("out_goodput")?,
+            col("group")?,
+        );
+        let mut ds = Dataset::default();
+        for (i, line) in lines {
+            let cells: Vec<&str> = line.split(',').collect();
+            let num = |c: usize| -> Result<f64, ModelError> {
+                cells
+                    .get(c)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| ModelError::Parse {
+                        line: i + 1,
+                        message: format!("{}: not a number", names[c]),
+                    })
+            };
+            let row = feature_cols
+                .iter()
+                .map(|c| num(*c))
+                .collect::<Result<Vec<f64>, _>>()?;
+            let p = num(p99)?;
+            // A minute without answers has no p99: nothing to learn from.
+            if p <= 0.0 {
+                continue;
+            }
+            ds.features.push(row);
+            ds.outcomes.push([p.ln(), num(err)?, num(good)?]);
+            ds.groups
+                .push(cells.get(group).copied().unwrap_or("").to_owned());
+        }
+        if ds.features.is_empty() {
+            return Err(ModelError::Parse {
+                line: hl + 1,
+                message: "no rows".into(),
+            });
+        }
+        Ok(ds)
+    }
+
+    /// Reads a sweep CSV, gzip-compressed when its name ends in `.gz`.
+    pub fn load(path: &Path) -> Result<Dataset, ModelError> {
+        let read = |e| ModelError::Read {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let bytes = std::fs::read(path).map_err(read)?;
+        let text = if path.extension().is_some_and(|x| x == "gz") {
+            let mut s = String::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_string(&mut s)
+                .map_err(read)?;
+            s
+        } else {
+            String::from_utf8(bytes).map_err(|e| ModelError::Parse {
+                line: 0,
+                message: e.to_string(),
+            })?
+        };
+        Dataset::parse_csv(&text)
+    }
+
+    fn subset(&self, rows: &[usize]) -> Dataset {
+        Dataset {
+            features: rows.iter().map(|&i| self.features[i].clone()).collect(),
+            outcomes: rows.iter().map(|&i| self.outcomes[i]).collect(),
+            groups: rows.iter().map(|&i| self.groups[i].clone()).collect(),
+        }
+    }
+}
+
+/// How forests are grown.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    pub trees: usize,
+    pub max_depth: u16,
+    pub min_samples_leaf: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            trees: 30,
+            max_depth: 12,
+            min_samples_leaf: 2,
+            seed: 1,
+        }
+    }
+}
+
+type Tree = DecisionTreeRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+
+/// splitmix64, for reproducible bootstrap samples.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn matrix(rows: &[Vec<f64>]) -> Result<DenseMatrix<f64>, ModelError> {
+    DenseMatrix::from_2d_vec(&rows.to_vec()).map_err(|e| ModelError::Train(e.to_string()))
+}
+
+/// Rows as the trees see them: pool sizes as log2.
+fn prepare(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(FEATURES)
+                .map(|(v, f)| {
+                    if LOG_FEATURES.contains(&f) {
+                        v.max(1.0).log2()
+                    } else {
+                        *v
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Bagged regression trees for one outcome.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forest {
+    trees: Vec<Tree>,
+}
+
+impl Forest {
+    fn fit(x: &[Vec<f64>], y: &[f64], p: &TrainParams, salt: u64) -> Result<Forest, ModelError> {
+        let mut state = p.seed ^ salt.wrapping_mul(0xA24B_AED4_963E_E407);
+        let n = x.len();
+        let mut trees = Vec::with_capacity(p.trees);
+        for t in 0..p.trees {
+            let sample: Vec<usize> = (0..n)
+                .map(|_| (next(&mut state) % n as u64) as usize)
+                .collect();
+            let xs: Vec<Vec<f64>> = sample.iter().map(|&i| x[i].clone()).collect();
+            let ys: Vec<f64> = sample.iter().map(|&i| y[i]).collect();
+            let params = DecisionTreeRegressorParameters {
+                max_depth: Some(p.max_depth),
+                min_samples_leaf: p.min_samples_leaf,
+                min_samples_split: 2 * p.min_samples_leaf,
+                seed: Some(p.seed.wrapping_add(t as u64)),
+            };
+            trees.push(
+                Tree::fit(&matrix(&xs)?, &ys, params)
+                    .map_err(|e| ModelError::Train(e.to_string()))?,
+            );
+        }
+        Ok(Forest { trees })
+    }
+
+    /// Per row: the trees' mean and standard deviation.
+    fn predict(&self, x: &DenseMatrix<f64>, rows: usize) -> Result<Vec<(f64, f64)>, ModelError> {
+        let mut sum = vec![0.0; rows];
+        let mut sq = vec![0.0; rows];
+        for t in &self.trees {
+            let y = t.predict(x).map_err(|e| ModelError::Train(e.to_string()))?;
+            for (i, v) in y.iter().enumerate().take(rows) {
+                sum[i] += v;
+                sq[i] += v * v;
+            }
+        }
+        let k = self.trees.len().max(1) as f64;
+        Ok(sum
+            .iter()
+            .zip(&sq)
+            .map(|(s, q)| {
+                let mean = s / k;
+                (mean, (q / k - mean * mean).max(0.0).sqrt())
+            })
+            .collect())
+    }
+}
+
+/// What the model predicts for one row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prediction {
+    pub p99_ms: f64,
+    /// The trees' spread of log p99 (a factor of `exp(spread)` either way).
+    pub log_p99_spread: f64,
+    pub error_share: f64,
+    pub error_spread: f64,
+    pub goodput: f64,
+    pub goodput_spread: f64,
+}
+
+/// Grouped cross-validation's measures (each group held out whole).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CvReport {
+    pub r2_log_p99: f64,
+    pub r2_error_share: f64,
+    pub r2_goodput: f64,
+    pub mae_p99_ms: f64,
+    pub groups: usize,
+    pub rows: usize,
+}
+
+/// R² of `pred` against `truth`.
+pub fn r2(truth: &[f64], pred: &[f64]) -> f64 {
+    let n = truth.len().max(1) as f64;
+    let mean = truth.iter().sum::<f64>() / n;
+    let ss_tot: f64 = truth.iter().map(|t| (t - mean).powi(2)).sum();
+    let ss_res: f64 = truth.iter().zip(pred).map(|(t, p)| (t - p).powi(2)).sum();
+    if ss_tot <= 0.0 {
+        return if ss_res <= 1e-12 { 1.0 } else { 0.0 };
+    }
+    1.0 - ss_res / ss_tot
+}
+
+/// The trained model as the agent loads it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigModel {
+    pub version: u32,
+    pub features: Vec<String>,
+    pub params: TrainParams,
+    pub rows: usize,
+    /// How it validated when trained (grouped CV).
+    pub cv: Option<CvReport>,
+    forests: Vec<Forest>,
+}
+
+impl ConfigModel {
+    /// Fits one forest per outcome on every row of `ds`.
+    pub fn train(ds: &Dataset, params: &TrainParams) -> Result<ConfigModel, ModelError> {
+        if ds.features.len() < 2 {
+            return Err(ModelError::Train("fewer than two rows".into()));
+        }
+        let x = prepare(&ds.features);
+        let forests = (0..OUTCOMES.len())
+            .map(|k| {
+                let y: Vec<f64> = ds.outcomes.iter().map(|o| o[k]).collect();
+                Forest::fit(&x, &y, params, k as u64 + 1)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ConfigModel {
+            version: FORMAT_VERSION,
+            features: FEATURES.iter().map(|f| f.to_string()).collect(),
+            params: *params,
+            rows: ds.features.len(),
+            cv: None,
+            forests,
+        })
+    }
+
+    /// Predicts every row of `features` (in [`FEATURES`] order, pools as
+    /// given: the log is taken here).
+    pub fn predict(&self, features: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
+        if features.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.predict_prepared(&prepare(features))
+    }
+
+    fn predict_prepared(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
+        let x = matrix(rows)?;
+        let per: Vec<Vec<(f64, f64)>> = self
+            .forests
+            .iter()
+            .map(|f| f.predict(&x, rows.len()))
+            .collect::<Result<_, _>>()?;
+        Ok((0..rows.len())
+            .map(|i| Prediction {
+                p99_ms: per[0][i].0.exp(),
+                log_p99_spread: per[0][i].1,
+                error_share: per[1][i].0.clamp(0.0, 1.0),
+                error_spread: per[1][i].1,
+                goodput: per[2][i].0.clamp(0.0, 1.0),
+                goodput_spread: per[2][i].1,
+            })
+            .collect())
+    }
+
+    /// Writes the model as JSON.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let text = serde_json::to_string(self).map_err(|e| ModelError::Train(e.to_string()))?;
+        std::fs::write(path, text).map_err(|source| ModelError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Reads a model file, refusing another version or a broken one.
+    pub fn load(path: &Path) -> Result<ConfigModel, ModelError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+        match raw["version"].as_u64() {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(found) => return Err(ModelError::Version { path: p, found }),
+            None => {
+                return Err(ModelError::Corrupt {
+                    path: p,
+                    message: "no version".into(),
+                })
+            }
+        }
+        let model: ConfigModel = serde_json::from_value(raw).map_err(|e| ModelError::Corrupt {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        let corrupt = |message: &str| ModelError::Corrupt {
+            path: p.clone(),
+            message: message.into(),
+        };
+        if model.features != FEATURES.map(String::from) {
+            return Err(corrupt("its features are not this agent's"));
+        }
+        if model.forests.len() != OUTCOMES.len() || model.forests.iter().any(|f| f.trees.is_empty())
+        {
+            return Err(corrupt("a forest is missing"));
+        }
+        // A tree that does not predict is refused here, not at decision time.
+        model
+            .predict_prepared(&[vec![0.0; FEATURES.len()]])
+            .map_err(|e| corrupt(&e.to_string()))?;
+        Ok(model)
+    }
+}
+
+/// Grouped cross-validation: each group predicted by a model trained on
+/// every other group. `progress` hears each group as it is held out.
+pub fn grouped_cv(
+    ds: &Dataset,
+    params: &TrainParams,
+    progress: impl Fn(usize, usize, &str),
+) -> Result<CvReport, ModelError> {
+    let groups: BTreeSet<&str> = ds.groups.iter().map(String::as_str).collect();
+    if groups.len() < 2 {
+        return Err(ModelError::Train(format!(
+            "grouped cross-validation needs two groups, the data has {}",
+            groups.len()
+        )));
+    }
+    let mut truth: BTreeMap<usize, [f64; 3]> = BTreeMap::new();
+    let mut pred: BTreeMap<usize, Prediction> = BTreeMap::new();
+    for (gi, g) in groups.iter().enumerate() {
+        progress(gi, groups.len(), g);
+        let (held, train): (Vec<usize>, Vec<usize>) =
+            (0..ds.groups.len()).partition(|&i| ds.groups[i] == *g);
+        let model = ConfigModel::train(&ds.subset(&train), params)?;
+        let rows: Vec<Vec<f64>> = held.iter().map(|&i| ds.features[i].clone()).collect();
+        for (i, p) in held.iter().zip(model.predict(&rows)?) {
+            truth.insert(*i, ds.outcomes[*i]);
+            pred.insert(*i, p);
+        }
+    }
+    let col = |k: usize| truth.values().map(|t| t[k]).collect::<Vec<_>>();
+    let log_p99: Vec<f64> = pred.values().map(|p| p.p99_ms.ln()).collect();
+    let err: Vec<f64> = pred.values().map(|p| p.error_share).collect();
+    let good: Vec<f64> = pred.values().map(|p| p.goodput).collect();
+    let mae = truth
+        .values()
+        .zip(pred.values())
+        .map(|(t, p)| (t[0].exp() - p.p99_ms).abs())
+        .sum::<f64>()
+        / truth.len().max(1) as f64;
+    Ok(CvReport {
+        r2_log_p99: r2(&col(0), &log_p99),
+        r2_error_share: r2(&col(1), &err),
+        r2_goodput: r2(&col(2), &good),
+        mae_p99_ms: mae,
+        groups: groups.len(),
+        rows: truth.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

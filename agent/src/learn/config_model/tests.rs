@@ -1,0 +1,117 @@
+use super::*;
+
+/// A sweep-shaped CSV whose outcomes are a known function of the
+/// features: p99 grows with service time and load, errors with the worst
+/// replica's error share unless outlier detection is on; groups of 20 rows.
+fn synthetic_csv(rows: usize) -> String {
+    let mut s = String::from("# synthetic\npoint,group,");
+    s.push_str(&FEATURES.join(","));
+    s.push_str(",out_p99_ms,out_error_share,out_goodput\n");
+    let mut state = 7u64;
+    let mut u = || (next(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
+    for i in 0..rows {
+        let service_ms = 1.0 + 9.0 * u();
+        let f: Vec<f64> = vec![
+            20.0 + 100.0 * u(), // rps
+            service_ms,         // p50
+            u() * 4.0,          // inflight
+            u() * 0.5,          // max replica error
+            3.0,                // replicas up
+            2f64.powf(1.0 + 9.0 * u()),
+            2f64.powf(10.0 * u()),
+            (u() * 20.0).floor(),
+            [0.0, 1.0, 5.0][(u() * 3.0) as usize],
+            (u() * 500.0).floor(),
+            (u() * 4.0).floor(),
+            10.0 + (u() * 490.0).floor(),
+        ];
+        let p99 = 5.0 + f[1] * (1.0 + f[0] / 40.0);
+        let err = if f[8] > 0.0 { 0.0 } else { f[3] / 3.0 };
+        let good = (1.0 - err) * if p99 < 60.0 { 1.0 } else { 0.5 };
+        s.push_str(&format!(
+            "{i},g{},{},{p99},{err},{good}\n",
+            i / 20,
+            f.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    s
+}
+
+fn small() -> TrainParams {
+    TrainParams {
+        trees: 10,
+        ..TrainParams::default()
+    }
+}
+
+#[test]
+fn a_known_function_is_learned_and_held_out_groups_are_predicted() {
+    let ds = Dataset::parse_csv(&synthetic_csv(200)).unwrap();
+    assert_eq!(ds.features.len(), 200);
+    let cv = grouped_cv(&ds, &small(), |_, _, _| {}).unwrap();
+    assert_eq!(cv.groups, 10);
+    assert_eq!(cv.rows, 200);
+    assert!(cv.r2_log_p99 > 0.8, "{cv:?}");
+    assert!(cv.r2_error_share > 0.5, "{cv:?}");
+    // Training is seeded: the same data, the same model.
+    let a = ConfigModel::train(&ds, &small()).unwrap();
+    let b = ConfigModel::train(&ds, &small()).unwrap();
+    let row = vec![vec![60.0, 5.0, 1.0, 0.3, 3.0, 64.0, 16.0, 3.0, 0.0, 0.0, 0.0, 50.0]];
+    assert_eq!(a.predict(&row).unwrap(), b.predict(&row).unwrap());
+    // Outlier detection on: the model says errors drop.
+    let mut with_od = row.clone();
+    with_od[0][8] = 5.0;
+    let (off, on) = (a.predict(&row).unwrap()[0], a.predict(&with_od).unwrap()[0]);
+    assert!(on.error_share < off.error_share, "{on:?} vs {off:?}");
+    assert!(off.log_p99_spread >= 0.0);
+}
+
+#[test]
+fn a_saved_model_loads_and_bad_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Dataset::parse_csv(&synthetic_csv(60)).unwrap();
+    let m = ConfigModel::train(&ds, &small()).unwrap();
+    let path = dir.path().join("model.json");
+    m.save(&path).unwrap();
+    let back = ConfigModel::load(&path).unwrap();
+    let row = vec![ds.features[0].clone()];
+    assert_eq!(m.predict(&row).unwrap(), back.predict(&row).unwrap());
+    let missing = ConfigModel::load(&dir.path().join("nope.json")).unwrap_err();
+    assert!(matches!(missing, ModelError::Read { .. }), "{missing}");
+    std::fs::write(
+        dir.path().join("bad.json"),
+        "{\"version\": 1, \"features\": [",
+    )
+    .unwrap();
+    let corrupt = ConfigModel::load(&dir.path().join("bad.json")).unwrap_err();
+    assert!(corrupt.to_string().contains("bad.json"), "{corrupt}");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["version"] = 99.into();
+    std::fs::write(dir.path().join("old.json"), v.to_string()).unwrap();
+    let old = ConfigModel::load(&dir.path().join("old.json")).unwrap_err();
+    assert!(
+        old.to_string().contains("version 99") && old.to_string().contains("model train"),
+        "{old}"
+    );
+    v["version"] = 1.into();
+    v["forests"] = serde_json::json!([]);
+    std::fs::write(dir.path().join("empty.json"), v.to_string()).unwrap();
+    let empty = ConfigModel::load(&dir.path().join("empty.json")).unwrap_err();
+    assert!(empty.to_string().contains("forest"), "{empty}");
+}
+
+#[test]
+fn a_bad_sweep_row_is_named_by_line_and_column() {
+    let mut csv = synthetic_csv(3);
+    csv.push_str("9,g9,x");
+    let e = Dataset::parse_csv(&csv).unwrap_err().to_string();
+    assert!(e.starts_with("line 6:") && e.contains("obs_rps"), "{e}");
+    let e = Dataset::parse_csv("point,group\n1,a\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no column obs_rps"), "{e}");
+}
