@@ -33,14 +33,17 @@ use std::path::Path;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The model's inputs, in order: sweep columns (the knobs that span orders
-/// of magnitude enter as log2). Of what the agent observes, only what the
-/// knobs hardly shape: the load, the hop's median (a timeout or a retry
-/// moves the tail, not the middle), the worst replica's own error share
-/// and the replicas up — so the model can score knobs other than those in
-/// force. The hop's error rate and tail are in the sweep, not in the model.
-pub const FEATURES: [&str; 12] = [
+/// of magnitude enter as log2). What the agent observes is the server
+/// side of the hop (the replicas' own inbound sidecars), which the
+/// caller's knobs hardly shape: a timeout or a retry cuts what the caller
+/// sees, not how long the replicas take or how often they fail — so the
+/// model can score knobs other than those in force.
+pub const FEATURES: [&str; 15] = [
     "obs_rps",
+    "obs_error_rate",
     "obs_p50_ms",
+    "obs_p95_ms",
+    "obs_p99_ms",
     "obs_inflight",
     "obs_max_replica_error",
     "obs_replicas_up",

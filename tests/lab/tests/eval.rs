@@ -9,6 +9,24 @@
 use meshtune_lab::eval::{eval, outcome_line, Arm, EvalOptions};
 use meshtune_lab::faults::{scenarios_dir, Schedule};
 
+/// Three trace minutes of WorldCup98 at up to 40 req/s, no faults.
+fn short_eval(arms: Vec<Arm>, out: &std::path::Path) -> EvalOptions {
+    EvalOptions {
+        trace: meshtune_lab::trace::traces_dir().join("worldcup98_1min.csv"),
+        offset: 80_000,
+        minutes: 3,
+        peak_rps: 40.0,
+        seconds_per_minute: 6.0,
+        faults: None,
+        arms,
+        repeat: 1,
+        out: out.to_path_buf(),
+        capacity: Default::default(),
+        chains: Default::default(),
+        cpu_bound: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_files() {
     let out = tempfile::tempdir().unwrap();
@@ -16,18 +34,9 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
         meshtune_lab::replicas::replica_names(&meshtune_lab::services::bookinfo_with_versions());
     let faults = Schedule::load(&scenarios_dir().join("reviews-v2-errors.yaml"), &names).unwrap();
     let o = EvalOptions {
-        trace: meshtune_lab::trace::traces_dir().join("worldcup98_1min.csv"),
-        offset: 80_000,
         minutes: 4,
-        peak_rps: 40.0,
-        seconds_per_minute: 6.0,
         faults: Some(("reviews-v2-errors".into(), faults)),
-        arms: vec![Arm::Static, Arm::Meshtune],
-        repeat: 1,
-        out: out.path().to_path_buf(),
-        capacity: Default::default(),
-        chains: Default::default(),
-        cpu_bound: false,
+        ..short_eval(vec![Arm::Static, Arm::Meshtune], out.path())
     };
     let runs = eval(&o)
         .await
@@ -102,20 +111,7 @@ async fn the_resource_arms_run_under_their_own_quotas() {
     use meshtune_lab::eval::resources_line;
     let out = tempfile::tempdir().unwrap();
     let arms = vec![Arm::StaticResources, Arm::VpaLike, Arm::MeshtuneResources];
-    let o = EvalOptions {
-        trace: meshtune_lab::trace::traces_dir().join("worldcup98_1min.csv"),
-        offset: 80_000,
-        minutes: 3,
-        peak_rps: 40.0,
-        seconds_per_minute: 6.0,
-        faults: None,
-        arms: arms.clone(),
-        repeat: 1,
-        out: out.path().to_path_buf(),
-        capacity: Default::default(),
-        chains: Default::default(),
-        cpu_bound: false,
-    };
+    let o = short_eval(arms.clone(), out.path());
     let runs = eval(&o)
         .await
         .unwrap_or_else(|e| panic!("{e:#} (needs Envoy, the filter and root for cgroups)"));

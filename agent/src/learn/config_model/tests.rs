@@ -13,7 +13,10 @@ fn synthetic_csv(rows: usize) -> String {
         let service_ms = 1.0 + 9.0 * u();
         let f: Vec<f64> = vec![
             20.0 + 100.0 * u(), // rps
+            u() * 0.1,          // error rate
             service_ms,         // p50
+            service_ms * 2.0,   // p95
+            service_ms * 3.0,   // p99
             u() * 4.0,          // inflight
             u() * 0.5,          // max replica error
             3.0,                // replicas up
@@ -25,8 +28,8 @@ fn synthetic_csv(rows: usize) -> String {
             (u() * 4.0).floor(),
             10.0 + (u() * 490.0).floor(),
         ];
-        let p99 = 5.0 + f[1] * (1.0 + f[0] / 40.0);
-        let err = if f[8] > 0.0 { 0.0 } else { f[3] / 3.0 };
+        let p99 = 5.0 + f[2] * (1.0 + f[0] / 40.0);
+        let err = if f[11] > 0.0 { 0.0 } else { f[6] / 3.0 };
         let good = (1.0 - err) * if p99 < 60.0 { 1.0 } else { 0.5 };
         s.push_str(&format!(
             "{i},g{},{},{p99},{err},{good}\n",
@@ -59,11 +62,13 @@ fn a_known_function_is_learned_and_held_out_groups_are_predicted() {
     // Training is seeded: the same data, the same model.
     let a = ConfigModel::train(&ds, &small()).unwrap();
     let b = ConfigModel::train(&ds, &small()).unwrap();
-    let row = vec![vec![60.0, 5.0, 1.0, 0.3, 3.0, 64.0, 16.0, 3.0, 0.0, 0.0, 0.0, 50.0]];
+    let row = vec![vec![
+        60.0, 0.05, 5.0, 10.0, 15.0, 1.0, 0.3, 3.0, 64.0, 16.0, 3.0, 0.0, 0.0, 0.0, 50.0,
+    ]];
     assert_eq!(a.predict(&row).unwrap(), b.predict(&row).unwrap());
     // Outlier detection on: the model says errors drop.
     let mut with_od = row.clone();
-    with_od[0][8] = 5.0;
+    with_od[0][11] = 5.0;
     let (off, on) = (a.predict(&row).unwrap()[0], a.predict(&with_od).unwrap()[0]);
     assert!(on.error_share < off.error_share, "{on:?} vs {off:?}");
     assert!(off.log_p99_spread >= 0.0);

@@ -507,14 +507,7 @@ pub fn resources_line(runs: &[ArmRun], arms: &[Arm]) -> Option<String> {
         return None;
     }
     let section = |name: &str, value: &dyn Fn(&ArmRun) -> f64, fmt: &dyn Fn(f64) -> String| {
-        let parts: Vec<String> = arms
-            .iter()
-            .map(|a| {
-                let v: Vec<f64> = runs.iter().filter(|r| r.arm == *a).map(value).collect();
-                format!("{}={}", a.name(), range(&v, fmt))
-            })
-            .collect();
-        format!("{name} {}", parts.join(" "))
+        section(runs, &arms, name, value, fmt)
     };
     let windows = runs
         .iter()
@@ -530,6 +523,24 @@ pub fn resources_line(runs: &[ArmRun], arms: &[Arm]) -> Option<String> {
         section("violating", &|r| r.violating() as f64, &int),
         section("fairness", &|r| r.fairness, &three),
     ))
+}
+
+/// `NAME arm=value …` for every arm in `arms` (min–max over its runs).
+fn section(
+    runs: &[ArmRun],
+    arms: &[Arm],
+    name: &str,
+    value: &dyn Fn(&ArmRun) -> f64,
+    fmt: &dyn Fn(f64) -> String,
+) -> String {
+    let parts: Vec<String> = arms
+        .iter()
+        .map(|a| {
+            let v: Vec<f64> = runs.iter().filter(|r| r.arm == *a).map(value).collect();
+            format!("{}={}", a.name(), range(&v, fmt))
+        })
+        .collect();
+    format!("{name} {}", parts.join(" "))
 }
 
 /// `min` or `min–max` of the values, formatted with `f`.
@@ -548,14 +559,7 @@ fn range(v: &[f64], f: impl Fn(f64) -> String) -> String {
 /// The last line: every arm that ran, in each section.
 pub fn outcome_line(runs: &[ArmRun], arms: &[Arm]) -> String {
     let section = |name: &str, value: &dyn Fn(&ArmRun) -> f64, fmt: &dyn Fn(f64) -> String| {
-        let parts: Vec<String> = arms
-            .iter()
-            .map(|a| {
-                let v: Vec<f64> = runs.iter().filter(|r| r.arm == *a).map(value).collect();
-                format!("{}={}", a.name(), range(&v, fmt))
-            })
-            .collect();
-        format!("{name} {}", parts.join(" "))
+        section(runs, arms, name, value, fmt)
     };
     let int = |x: f64| format!("{x:.0}");
     let three = |x: f64| format!("{x:.3}");
