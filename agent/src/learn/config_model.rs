@@ -243,10 +243,74 @@ fn prepare(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// A tree as a flat array, for predicting many rows fast (smartcore's own
+/// traversal allocates a list per row). Built from the tree's serialised
+/// nodes, so it is exactly smartcore's tree: at a split, `x[feature] <=
+/// value` goes to the first child, anything else (NaN included) to the
+/// second.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct FlatTree {
+    /// (feature, split value, first child, second child, output); a node
+    /// without children is a leaf.
+    nodes: Vec<(usize, f64, u32, u32, f64)>,
+}
+
+impl FlatTree {
+    fn from_tree(t: &Tree) -> Result<FlatTree, String> {
+        let v = serde_json::to_value(t).map_err(|e| e.to_string())?;
+        let nodes = v["tree_regressor"]["nodes"]
+            .as_array()
+            .ok_or("a tree without nodes")?;
+        let mut out = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let child = |k: &str| n[k].as_u64().map(|c| c as u32);
+            let (a, b) = match (child("true_child"), child("false_child")) {
+                (Some(a), Some(b)) if (a as usize) < nodes.len() && (b as usize) < nodes.len() => {
+                    (a, b)
+                }
+                (None, None) => (u32::MAX, u32::MAX),
+                _ => return Err("a node with one child or a child out of range".into()),
+            };
+            out.push((
+                n["split_feature"].as_u64().unwrap_or(0) as usize,
+                n["split_value"].as_f64().unwrap_or(f64::NAN),
+                a,
+                b,
+                n["output"].as_f64().unwrap_or(0.0),
+            ));
+        }
+        if out.is_empty() {
+            return Err("a tree without nodes".into());
+        }
+        Ok(FlatTree { nodes: out })
+    }
+
+    fn predict(&self, x: &[f64]) -> f64 {
+        let mut i = 0usize;
+        // A grown tree has no cycles; the bound keeps a broken file from
+        // looping.
+        for _ in 0..self.nodes.len() {
+            let (f, v, a, b, out) = self.nodes[i];
+            if a == u32::MAX {
+                return out;
+            }
+            i = if x.get(f).is_some_and(|xf| *xf <= v) {
+                a as usize
+            } else {
+                b as usize
+            };
+        }
+        self.nodes[i].4
+    }
+}
+
 /// Bagged regression trees for one outcome.
 #[derive(Debug, Serialize, Deserialize)]
 struct Forest {
     trees: Vec<Tree>,
+    /// The same trees, flat (built after fitting and after loading).
+    #[serde(skip)]
+    flat: Vec<FlatTree>,
 }
 
 impl Forest {
@@ -271,16 +335,53 @@ impl Forest {
                     .map_err(|e| ModelError::Train(e.to_string()))?,
             );
         }
-        Ok(Forest { trees })
+        let mut f = Forest {
+            trees,
+            flat: Vec::new(),
+        };
+        f.flatten().map_err(ModelError::Train)?;
+        Ok(f)
+    }
+
+    fn flatten(&mut self) -> Result<(), String> {
+        self.flat = self
+            .trees
+            .iter()
+            .map(FlatTree::from_tree)
+            .collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     /// Per row: the trees' mean and standard deviation.
-    fn predict(&self, x: &DenseMatrix<f64>, rows: usize) -> Result<Vec<(f64, f64)>, ModelError> {
-        let mut sum = vec![0.0; rows];
-        let mut sq = vec![0.0; rows];
+    fn predict(&self, rows: &[Vec<f64>]) -> Vec<(f64, f64)> {
+        let k = self.flat.len().max(1) as f64;
+        rows.iter()
+            .map(|x| {
+                let (mut sum, mut sq) = (0.0, 0.0);
+                for t in &self.flat {
+                    let v = t.predict(x);
+                    sum += v;
+                    sq += v * v;
+                }
+                let mean = sum / k;
+                (mean, (sq / k - mean * mean).max(0.0).sqrt())
+            })
+            .collect()
+    }
+
+    /// Per row: the trees' mean and standard deviation by smartcore's own
+    /// traversal (what the flat trees must equal).
+    #[cfg(test)]
+    fn predict_smartcore(&self, rows: &[Vec<f64>]) -> Result<Vec<(f64, f64)>, ModelError> {
+        let x = matrix(rows)?;
+        let n = rows.len();
+        let mut sum = vec![0.0; n];
+        let mut sq = vec![0.0; n];
         for t in &self.trees {
-            let y = t.predict(x).map_err(|e| ModelError::Train(e.to_string()))?;
-            for (i, v) in y.iter().enumerate().take(rows) {
+            let y = t
+                .predict(&x)
+                .map_err(|e| ModelError::Train(e.to_string()))?;
+            for (i, v) in y.iter().enumerate().take(n) {
                 sum[i] += v;
                 sq[i] += v * v;
             }
@@ -377,12 +478,13 @@ impl ConfigModel {
     }
 
     fn predict_prepared(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
-        let x = matrix(rows)?;
-        let per: Vec<Vec<(f64, f64)>> = self
-            .forests
-            .iter()
-            .map(|f| f.predict(&x, rows.len()))
-            .collect::<Result<_, _>>()?;
+        if rows.iter().any(|r| r.len() != FEATURES.len()) {
+            return Err(ModelError::Train(format!(
+                "a row without the model's {} features",
+                FEATURES.len()
+            )));
+        }
+        let per: Vec<Vec<(f64, f64)>> = self.forests.iter().map(|f| f.predict(rows)).collect();
         Ok((0..rows.len())
             .map(|i| Prediction {
                 p99_ms: per[0][i].0.exp(),
@@ -426,10 +528,11 @@ impl ConfigModel {
                 })
             }
         }
-        let model: ConfigModel = serde_json::from_value(raw).map_err(|e| ModelError::Corrupt {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
+        let mut model: ConfigModel =
+            serde_json::from_value(raw).map_err(|e| ModelError::Corrupt {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
         let corrupt = |message: &str| ModelError::Corrupt {
             path: p.clone(),
             message: message.into(),
@@ -441,10 +544,11 @@ impl ConfigModel {
         {
             return Err(corrupt("a forest is missing"));
         }
-        // A tree that does not predict is refused here, not at decision time.
-        model
-            .predict_prepared(&[vec![0.0; FEATURES.len()]])
-            .map_err(|e| corrupt(&e.to_string()))?;
+        // A tree that does not hold together is refused here, not at
+        // decision time.
+        for f in &mut model.forests {
+            f.flatten().map_err(|e| corrupt(&e))?;
+        }
         Ok(model)
     }
 }

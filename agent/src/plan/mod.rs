@@ -3,6 +3,7 @@
 //! so every planner runs under a virtual clock in tests.
 
 pub mod deployment;
+pub mod lookahead;
 pub mod observe;
 pub mod policy;
 pub mod resources;

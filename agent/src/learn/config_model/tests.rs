@@ -120,3 +120,15 @@ fn a_bad_sweep_row_is_named_by_line_and_column() {
         .to_string();
     assert!(e.contains("no column obs_rps"), "{e}");
 }
+
+#[test]
+fn the_flat_trees_predict_exactly_what_smartcore_does() {
+    let ds = Dataset::parse_csv(&synthetic_csv(120)).unwrap();
+    let m = ConfigModel::train(&ds, &small()).unwrap();
+    let rows = prepare(&ds.features);
+    for f in &m.forests {
+        assert_eq!(f.predict(&rows), f.predict_smartcore(&rows).unwrap());
+    }
+    // A row of the wrong width is refused, not misread.
+    assert!(m.predict(&[vec![1.0; 3]]).is_err());
+}
