@@ -1,20 +1,27 @@
 //! CPU per service so that every chain meets its objective at the least
 //! total CPU, when services are shared by several chains (M9).
 //!
-//! **Model.** A service given `c` cores, doing `demand_s` CPU-seconds of
-//! work per request and offered `rps`, is a queue of utilisation
-//! `ρ = rps × demand_s / c`. A request takes its own work, `demand_s`, plus
-//! the time it waits behind others, whose tail Kingman's approximation puts
-//! at `variability × ln(1 / (1 − p)) × (demand_s / c) × ρ / (1 − ρ)` at
-//! percentile `p` (`variability` is `(ca² + cs²) / 2`: 1 for random
-//! arrivals and exponential work, about half of that for fixed work;
-//! fitted from measurements), plus `fixed_ms` it spends off the CPU. The
-//! quantile falls convexly as `c` grows, and `c` must keep `ρ` at most
-//! [`MAX_UTILISATION`]. `meshtune-lab bench cpu-model` fits it to a real
-//! service under a real CPU limit and reports how well it predicts p99.
-//! A chain's latency at its percentile is bounded by the sum of its
-//! services' quantiles (the sum of quantiles is at least the quantile of
-//! the sum: conservative).
+//! **Model.** A service doing `demand_s` CPU-seconds of work per request,
+//! offered `rps`, under a CPU limit of `c` cores enforced as the kubelet
+//! does (a CFS quota of `c × 100 ms` per 100 ms period). A request runs at
+//! a whole core's speed; it is delayed (a) behind others at that speed,
+//! whose tail at percentile `p` Kingman's approximation puts at
+//! `variability × ln(1 / (1 − p)) × demand_s × ρ₁ / (1 − ρ₁)` with
+//! `ρ₁ = rps × demand_s` (`variability` = `(ca² + cs²) / 2`: 1 for random
+//! arrivals and exponential work; fitted from measurements), and (b) by
+//! the quota: when a period brings more work than `c × 100 ms`, the rest
+//! waits for the next period. The work a period brings at percentile `p`
+//! is `demand_s × N` with `N = rps × T + z_p × sqrt(2 × variability ×
+//! rps × T) + 1` (the arrivals of a period at that percentile, normal
+//! approximation, plus the request itself), which needs `c_p = demand_s ×
+//! N / T` cores; below that, the delay is taken as `T × (1 − c / c_p)` (a
+//! whole period when there is no quota, nothing at `c_p`). Plus `fixed_ms`
+//! spent off the CPU. The quantile is convex and non-increasing in `c`,
+//! and `c` must keep `rps × demand_s / c` at most [`MAX_UTILISATION`].
+//! `meshtune-lab bench cpu-model` fits it to a real service under a real
+//! CPU limit and reports how well it predicts p99. A chain's latency at
+//! its percentile is bounded by the sum of its services' quantiles (the
+//! sum of quantiles is at least the quantile of the sum: conservative).
 //!
 //! **Solver.** A linear programme (`good_lp` on the pure-Rust `microlp`
 //! backend): minimise Σ cores subject to, per chain, Σ hop latency ≤ the
@@ -70,23 +77,43 @@ impl ServiceModel {
     /// The model's latency at `percentile` with `cores`, ms (infinite
     /// when the service cannot keep up).
     pub fn quantile_ms(&self, cores: f64, percentile: f64) -> f64 {
-        if cores <= 0.0 {
+        if cores <= 0.0 || self.rps * self.demand_s >= cores {
             return f64::INFINITY;
         }
-        let rho = self.rps * self.demand_s / cores;
-        if rho >= 1.0 {
-            return f64::INFINITY;
-        }
-        let wait_s = self.variability * tail_factor(percentile) * (self.demand_s / cores) * rho
-            / (1.0 - rho);
-        self.fixed_ms + 1000.0 * (self.demand_s + wait_s)
+        let (queue_s, throttle_s) = self.delays_s(cores, percentile);
+        self.fixed_ms + 1000.0 * (self.demand_s + queue_s + throttle_s)
+    }
+
+    /// The two delays of the model at `percentile`, seconds: behind other
+    /// requests at a core's speed, and waiting for the quota's next period.
+    pub fn delays_s(&self, cores: f64, percentile: f64) -> (f64, f64) {
+        let rho1 = (self.rps * self.demand_s).min(MAX_UTILISATION);
+        let queue =
+            self.variability * tail_factor(percentile) * self.demand_s * rho1 / (1.0 - rho1);
+        let arrivals = self.rps * PERIOD_S;
+        let n = arrivals + z_score(percentile) * (2.0 * self.variability * arrivals).sqrt() + 1.0;
+        let needed = self.demand_s * n / PERIOD_S;
+        let throttle = PERIOD_S * (1.0 - cores / needed).max(0.0);
+        (queue, throttle)
     }
 }
+
+/// The CFS period the kubelet's quota is set per (100 ms).
+pub const PERIOD_S: f64 = 0.1;
 
 /// `ln(1 / (1 − p))` for a percentile `p` in (0, 100).
 fn tail_factor(percentile: f64) -> f64 {
     let p = (percentile / 100.0).clamp(0.5, 0.999_999);
     (1.0 / (1.0 - p)).ln()
+}
+
+/// The standard normal quantile at percentile `p` in [50, 100)
+/// (Abramowitz and Stegun 26.2.23, within 4.5e-4).
+fn z_score(percentile: f64) -> f64 {
+    let q = 1.0 - (percentile / 100.0).clamp(0.5, 0.999_999);
+    let t = (-2.0 * q.ln()).sqrt();
+    t - (2.515_517 + 0.802_853 * t + 0.010_328 * t * t)
+        / (1.0 + 1.432_788 * t + 0.189_269 * t * t + 0.001_308 * t * t * t)
 }
 
 /// A chain's objective and the services it goes through.
