@@ -70,8 +70,24 @@ pub struct ServiceModel {
 
 impl ServiceModel {
     /// Least cores that keep utilisation at [`MAX_UTILISATION`].
-    fn floor_cores(&self) -> f64 {
+    fn busy_floor(&self) -> f64 {
         (self.rps * self.demand_s / MAX_UTILISATION).max(self.min_cpu)
+    }
+
+    /// Cores a 100 ms period's work needs at `percentile`: below them the
+    /// tail waits whole periods for the quota (a backlog the linear wait
+    /// of [`Self::quantile_ms`] understates), so no allocation plans for
+    /// less unless `max_cpu` allows no more.
+    pub fn period_cores(&self, percentile: f64) -> f64 {
+        let arrivals = self.rps * PERIOD_S;
+        let n = arrivals + z_score(percentile) * (2.0 * self.variability * arrivals).sqrt() + 1.0;
+        self.demand_s * n / PERIOD_S
+    }
+
+    /// The least cores an allocation gives the service.
+    fn floor_cores(&self, percentile: f64) -> f64 {
+        self.busy_floor()
+            .max(self.period_cores(percentile).min(self.max_cpu))
     }
 
     /// The model's latency at `percentile` with `cores`, ms (infinite
@@ -90,9 +106,7 @@ impl ServiceModel {
         let rho1 = (self.rps * self.demand_s).min(MAX_UTILISATION);
         let queue =
             self.variability * tail_factor(percentile) * self.demand_s * rho1 / (1.0 - rho1);
-        let arrivals = self.rps * PERIOD_S;
-        let n = arrivals + z_score(percentile) * (2.0 * self.variability * arrivals).sqrt() + 1.0;
-        let needed = self.demand_s * n / PERIOD_S;
+        let needed = self.period_cores(percentile);
         let throttle = PERIOD_S * (1.0 - cores / needed).max(0.0);
         (queue, throttle)
     }
@@ -211,7 +225,7 @@ fn validate(s: &ServiceModel) -> Result<(), AllocationError> {
     if !(s.min_cpu >= 0.0 && s.min_cpu <= s.max_cpu && s.max_cpu.is_finite()) {
         return Err(bad("min_cpu", "must be ≥ 0 and ≤ max_cpu"));
     }
-    if s.floor_cores() > s.max_cpu {
+    if s.busy_floor() > s.max_cpu {
         return Err(AllocationError::CannotKeepUp {
             service: s.name.clone(),
             rps: s.rps,
@@ -265,13 +279,26 @@ pub fn allocate(
             }
         }
     }
+    // The highest percentile any chain through a service declares: its
+    // quota must cover a period's work there.
+    let percentile = |s: &ServiceModel| {
+        chains
+            .iter()
+            .filter(|c| c.services.contains(&s.name))
+            .map(|c| c.percentile)
+            .fold(f64::NAN, f64::max)
+    };
+    let floor = |s: &ServiceModel| {
+        let p = percentile(s);
+        s.floor_cores(if p.is_nan() { 99.0 } else { p })
+    };
     // A service's latency enters each chain at that chain's percentile:
     // one latency variable per (chain, service).
     let mut vars = ProblemVariables::new();
     let cores: BTreeMap<&str, Variable> = services
         .iter()
         .map(|s| {
-            let v = vars.add(variable().min(s.floor_cores()).max(s.max_cpu));
+            let v = vars.add(variable().min(floor(s)).max(s.max_cpu));
             (s.name.as_str(), v)
         })
         .collect();
@@ -297,7 +324,7 @@ pub fn allocate(
     for &(ci, m, t) in &latency {
         let p = chains[ci].percentile;
         let c = cores[m.name.as_str()];
-        for (a, b) in chords(m.floor_cores(), m.max_cpu, |x| m.quantile_ms(x, p)) {
+        for (a, b) in chords(floor(m), m.max_cpu, |x| m.quantile_ms(x, p)) {
             problem = problem.with(constraint!(t >= a + b * c));
         }
     }
@@ -321,7 +348,7 @@ pub fn allocate(
         .map(|s| {
             let raw = solution.value(cores[s.name.as_str()]);
             let rounded = ((raw - 1e-9) / STEP_CORES).ceil() * STEP_CORES;
-            (s.name.clone(), rounded.clamp(s.floor_cores(), s.max_cpu))
+            (s.name.clone(), rounded.clamp(floor(s), s.max_cpu))
         })
         .collect();
     Ok(judge(services, chains, alloc))

@@ -38,12 +38,12 @@ fn p99_ms(c: f64) -> f64 {
 }
 
 #[test]
-fn a_shared_service_is_sized_for_its_strictest_chain_at_the_known_minimum() {
-    // `shared` serves both chains, `tail` only the second. Chain `fast`
-    // needs shared's p99 within p99_ms(1.0): 1 core. Chain `slow` then
-    // needs the two within p99_ms(1.0) + p99_ms(0.8); below 1.336 cores
-    // each core buys the same 74.9 ms on either, so 1.8 cores in all is
-    // the minimum (and shared never below 1).
+fn each_service_gets_the_quota_a_period_needs_and_the_chains_are_met() {
+    // `shared` serves both chains, `tail` only the second. Each needs
+    // 1.336 cores for a period's work at the 99th percentile (below that
+    // its tail waits for the quota); at that the chains' objectives,
+    // p99_ms(1.0) and p99_ms(1.0) + p99_ms(0.8), are met with room, so
+    // 2 × 1.336 cores (rounded up to 10 millicores) is the minimum.
     let services = [
         service("shared", 0.01, 50.0, 4.0),
         service("tail", 0.01, 50.0, 4.0),
@@ -56,6 +56,7 @@ fn a_shared_service_is_sized_for_its_strictest_chain_at_the_known_minimum() {
             p99_ms(c)
         );
     }
+    assert!((services[0].period_cores(99.0) - 1.336).abs() < 1e-3);
     let chains = [
         chain("fast", p99_ms(1.0), Priority::High, &["shared"]),
         chain(
@@ -69,11 +70,18 @@ fn a_shared_service_is_sized_for_its_strictest_chain_at_the_known_minimum() {
     assert!(a.feasible, "{a:?}");
     assert!(a.binding.is_empty());
     assert!((a.fairness - 1.0).abs() < 1e-3, "both meet: {}", a.fairness);
-    assert!(a.cores["shared"] >= 1.0 - 1e-9, "{a:?}");
+    assert_eq!(a.cores["shared"], 1.34, "{a:?}");
+    assert_eq!(a.cores["tail"], 1.34, "{a:?}");
+    // With max_cpu below it, the bound binds and the chains degrade.
+    let capped = [
+        service("shared", 0.01, 50.0, 0.9),
+        service("tail", 0.01, 50.0, 4.0),
+    ];
+    let tight = [chain("fast", p99_ms(1.336), Priority::High, &["shared"])];
+    let a = allocate(&capped, &tight).expect("allocates");
     assert!(
-        (1.8 - 0.011..=1.8 * 1.03).contains(&total(&a)),
-        "known minimum 1.8 cores, got {}",
-        total(&a)
+        !a.feasible && a.binding == vec!["shared".to_string()],
+        "{a:?}"
     );
 }
 
@@ -84,7 +92,7 @@ fn exhaustive(services: &[ServiceModel], chains: &[ChainObjective], step: f64) -
     let grids: Vec<Vec<(f64, f64)>> = services
         .iter()
         .map(|s| {
-            let lo = (s.floor_cores() / step).ceil() as i64;
+            let lo = (s.floor_cores(99.0) / step).ceil() as i64;
             let hi = (s.max_cpu / step).floor() as i64;
             (lo..=hi)
                 .map(|i| {
