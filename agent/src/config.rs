@@ -270,6 +270,79 @@ struct RawConfig {
     /// statistical methods forecast alone.
     #[serde(default)]
     forecast_model: Option<PathBuf>,
+    #[serde(default)]
+    config_model: ConfigModelSpec,
+}
+
+/// The configuration model (`meshtune-agent model train`): with `path`,
+/// the agent chooses connection pools, outlier detection and route
+/// timeouts by looking ahead with it; without it, or when it cannot be
+/// loaded, by its rules.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigModelSpec {
+    /// The model file (`models/config-model.json`); `--config-model` overrides.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The sweep the model was trained on (`models/config-sweep.csv.gz`):
+    /// refits train on it plus the agent's own rows. Unset: no refits (the
+    /// agent still records its rows).
+    #[serde(default)]
+    pub prior: Option<PathBuf>,
+    /// Spreads of the model's trees added to every prediction before it is
+    /// held against the objective (the safety margin).
+    #[serde(default = "default_model_margin")]
+    pub margin: f64,
+    /// Goodput a choice must gain over what is in force to be written when
+    /// what is in force keeps the objective.
+    #[serde(default = "default_model_threshold")]
+    pub threshold: f64,
+    /// Candidate configurations scored per service and decision.
+    #[serde(default = "default_model_candidates")]
+    pub candidates: usize,
+    /// Minutes between refits on the agent's own rows (0: never).
+    #[serde(default = "default_refit_minutes")]
+    pub refit_minutes: u64,
+    /// Own rows kept (in memory and in the store), newest last.
+    #[serde(default = "default_model_rows")]
+    pub max_rows: usize,
+    /// The newest own rows held out to judge a refit.
+    #[serde(default = "default_model_holdout")]
+    pub holdout: usize,
+}
+
+impl Default for ConfigModelSpec {
+    fn default() -> Self {
+        ConfigModelSpec {
+            path: None,
+            prior: None,
+            margin: default_model_margin(),
+            threshold: default_model_threshold(),
+            candidates: default_model_candidates(),
+            refit_minutes: default_refit_minutes(),
+            max_rows: default_model_rows(),
+            holdout: default_model_holdout(),
+        }
+    }
+}
+
+fn default_model_margin() -> f64 {
+    1.0
+}
+fn default_model_threshold() -> f64 {
+    0.01
+}
+fn default_model_candidates() -> usize {
+    200
+}
+fn default_refit_minutes() -> u64 {
+    60
+}
+fn default_model_rows() -> usize {
+    2000
+}
+fn default_model_holdout() -> usize {
+    30
 }
 
 /// How the agent steers the filters' data-path control.
@@ -517,6 +590,7 @@ pub struct AgentConfig {
     pub traffic: TrafficSpec,
     pub resources: ResourcesSpec,
     pub forecast_model: Option<PathBuf>,
+    pub config_model: ConfigModelSpec,
 }
 
 /// 1-based line of the first `key:` in `text` (best effort, for messages).
@@ -788,6 +862,31 @@ impl AgentConfig {
                 "must be at least 5 (and interval_seconds at least 1)".into(),
             ));
         }
+        let m = &raw.config_model;
+        if !(m.margin.is_finite() && m.margin >= 0.0) {
+            return Err(invalid(
+                "config_model.margin".into(),
+                "margin",
+                "must be a number of spreads, 0 or more".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&m.threshold) {
+            return Err(invalid(
+                "config_model.threshold".into(),
+                "threshold",
+                "must be a goodput gain between 0 and 1".into(),
+            ));
+        }
+        if m.candidates == 0 || m.max_rows <= m.holdout || m.holdout == 0 {
+            return Err(invalid(
+                "config_model.holdout".into(),
+                "holdout",
+                format!(
+                    "needs candidates ≥ 1 and 1 ≤ holdout < max_rows (candidates {}, holdout {}, max_rows {})",
+                    m.candidates, m.holdout, m.max_rows
+                ),
+            ));
+        }
         let token = match (&raw.auth.token, &raw.auth.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -837,6 +936,7 @@ impl AgentConfig {
             traffic: raw.traffic,
             resources: raw.resources,
             forecast_model: raw.forecast_model,
+            config_model: raw.config_model,
         })
     }
 }

@@ -45,6 +45,14 @@ enum Command {
         /// (the agent only serves its view and the filters' policy).
         #[arg(long, value_parser = parse_sink)]
         sink: Option<SinkArg>,
+        /// The configuration model (`models/config-model.json`; overrides
+        /// `config_model.path`): services' connection pools, outlier
+        /// detection and route timeouts are chosen by looking ahead with it.
+        /// A file that cannot be loaded (missing, corrupt, another format
+        /// version) is logged and counted (`meshtune_config_model_load_errors`),
+        /// and the agent decides by its rules.
+        #[arg(long)]
+        config_model: Option<PathBuf>,
     },
     /// Check a configuration file and print what it defines.
     CheckConfig {
@@ -262,8 +270,12 @@ fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
             sink,
+            config_model,
         } => {
             let mut cfg = AgentConfig::load(&config)?;
+            if let Some(m) = config_model {
+                cfg.config_model.path = Some(m);
+            }
             if let Some(l) = listen {
                 cfg.listen = l;
             }

@@ -4,6 +4,7 @@
 //! serves it.
 
 use crate::app::forecasting::Forecasting;
+use crate::app::learning::Learning;
 use crate::app::locked;
 use crate::app::metrics::{AgentMetrics, ChainCollector};
 use crate::config::{AgentConfig, ChainSpec, DeclaredChains};
@@ -36,6 +37,8 @@ pub struct Agent {
     policy: Mutex<Option<(Policy, u64)>>,
     /// What the tuning loop last decided (served on `/v1/recommendations`).
     tuning: Mutex<serde_json::Value>,
+    /// The configuration model and what the agent learns on the job.
+    pub learning: Learning,
 }
 
 impl Agent {
@@ -76,6 +79,7 @@ impl Agent {
                 return Err(e);
             }
         }
+        let learning = Learning::open(config.config_model.clone(), &store, &metrics, now_secs);
         let state = Arc::new(Mutex::new(state));
         let gru =
             config.forecast_model.as_ref().and_then(
@@ -114,6 +118,7 @@ impl Agent {
             declared,
             policy: Mutex::new(None),
             tuning: Mutex::new(serde_json::Value::Null),
+            learning,
         }))
     }
 
@@ -133,6 +138,14 @@ impl Agent {
     /// it covers.
     pub fn window(&self, now_s: u64) -> (BTreeMap<String, ChainAgg>, f64) {
         self.lock().window(now_s, self.config.window.as_secs())
+    }
+
+    /// Each service's replicas over the configured window.
+    pub fn replicas(
+        &self,
+        now_s: u64,
+    ) -> BTreeMap<String, BTreeMap<String, crate::data::state::ReplicaCounts>> {
+        self.lock().replicas(now_s, self.config.window.as_secs())
     }
 
     pub fn refresh_forecasts(&self, now_s: u64) {

@@ -51,6 +51,16 @@ pub struct AgentMetrics {
     pub opted_out_hosts: Gauge,
     pub objects_withdrawn: Counter,
     pub unknown_services: Gauge,
+    pub config_model_in_use: Gauge,
+    pub config_model_load_errors: Counter,
+    pub config_model_decisions: Counter,
+    pub config_model_own_rows: Gauge,
+    pub config_model_refits: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
 }
 
 impl AgentMetrics {
@@ -164,6 +174,31 @@ impl AgentMetrics {
             "meshtune_unknown_services",
             "Services on a chain that the agent's services configuration does not list (nothing is written for them)",
             self.unknown_services.clone(),
+        );
+        registry.register(
+            "meshtune_config_model_in_use",
+            "1 when services' knobs are chosen with the configuration model; 0 when by rules (no model configured, or it could not be loaded: see the log)",
+            self.config_model_in_use.clone(),
+        );
+        registry.register(
+            "meshtune_config_model_load_errors",
+            "Configuration model files refused (missing, corrupt or another format version); decisions fall back to rules",
+            self.config_model_load_errors.clone(),
+        );
+        registry.register(
+            "meshtune_config_model_decisions",
+            "Services whose knobs the configuration model chose differently from what was in force",
+            self.config_model_decisions.clone(),
+        );
+        registry.register(
+            "meshtune_config_model_own_rows",
+            "Windows the agent has recorded to refit the configuration model on",
+            self.config_model_own_rows.clone(),
+        );
+        registry.register(
+            "meshtune_config_model_refits",
+            "Refits of the configuration model, by outcome (replaced, kept, failed)",
+            self.config_model_refits.clone(),
         );
     }
 

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod forecasting;
+pub mod learning;
 pub mod metrics;
 pub mod serve;
 pub mod tuner;

@@ -1,5 +1,5 @@
 //! Runs the agent: the API on a listener, the persistence and forecasting
-//! loops beside it, until told to stop; the history is flushed on the way out.
+//! (and configuration-model refit) loops beside it, until told to stop; the history is flushed on the way out.
 
 use crate::app::agent::Agent;
 use std::sync::Arc;
@@ -49,8 +49,14 @@ pub async fn serve(
                     _ = stop.changed() => break,
                 }
                 let a = agent.clone();
-                let _ = tokio::task::spawn_blocking(move || a.refresh_forecasts(crate::now_secs()))
-                    .await;
+                // The configuration model's refit (when due) rides the same
+                // blocking thread: both are minutes-scale background work.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let now = crate::now_secs();
+                    a.refresh_forecasts(now);
+                    a.learning.maybe_refit(now, &a.metrics);
+                })
+                .await;
             }
         });
     }

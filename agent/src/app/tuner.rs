@@ -7,12 +7,18 @@
 use crate::app::agent::Agent;
 use crate::data::aggregate::ChainAgg;
 use crate::data::usage::{CgroupUsage, DemandTracker};
+use crate::learn::online::OwnRow;
+use crate::plan::lookahead::candidates;
+use crate::plan::model_choice::{
+    apply_choice, chain_outcome, choose_for, knobs_in_force, rule_based_knobs, service_features,
+    tightest_chain, ChoiceParams, ServiceInput,
+};
 use crate::plan::observe::observe;
 use crate::plan::sizing::{desired_resources, ChainLoad, ServiceUsage};
 use crate::plan::traffic::{desired, desired_routes, widest_hop_budgets};
 use crate::plan::Kind;
 use crate::write::guard::{label, Guard, GuardConfig, Mode};
-use crate::write::{Outcome, Sink};
+use crate::write::{hosts_of, Outcome, Sink};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -169,6 +175,135 @@ impl<S: Sink + Sync> Tuner<S> {
         Some((sizing.objects, sizing.report))
     }
 
+    /// The configuration model's round: records this window as the agent's
+    /// own rows (when a window has passed since the last), then, for each
+    /// observed service with a chain objective, chooses its knobs by looking
+    /// ahead and writes them into the rule-based objects. `None`: no model.
+    async fn model_round(
+        &mut self,
+        agent: &Agent,
+        window: &BTreeMap<String, ChainAgg>,
+        secs: f64,
+        now_s: u64,
+        obs: &[crate::plan::observe::ServiceObservation],
+        objects: &mut [crate::plan::DesiredObject],
+    ) -> serde_json::Value {
+        let learning = &agent.learning;
+        let features = service_features(window, secs, &agent.replicas(now_s));
+        let chains = agent.chains();
+        // What is in force: the live objects for each observed host.
+        let mut live: BTreeMap<(Kind, String), serde_json::Value> = BTreeMap::new();
+        let namespaces: BTreeSet<&String> = obs.iter().map(|o| &o.namespace).collect();
+        for ns in namespaces {
+            for kind in [Kind::DestinationRule, Kind::VirtualService] {
+                match self.sink.list(kind, ns).await {
+                    Ok(list) => {
+                        for o in list {
+                            for h in hosts_of(kind, &o) {
+                                live.insert((kind, h), o.clone());
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("listing {} in {ns}: {e}", kind.plural()),
+                }
+            }
+        }
+        let host_of = |o: &crate::plan::observe::ServiceObservation| {
+            format!("{}.{}.svc.cluster.local", o.service, o.namespace)
+        };
+        let in_force = |host: &String| {
+            knobs_in_force(
+                live.get(&(Kind::DestinationRule, host.clone())),
+                live.get(&(Kind::VirtualService, host.clone())),
+            )
+        };
+        let window_s = agent.config.window.as_secs();
+        if learning.due_row(now_s, window_s) {
+            let rows: Vec<OwnRow> = obs
+                .iter()
+                .filter_map(|o| {
+                    let observed = features.get(&o.service)?;
+                    let (_, agg, spec) = tightest_chain(&o.service, window, &chains)?;
+                    let [p99_ms, error_share, goodput] = chain_outcome(agg, spec)?;
+                    let mut f = observed.clone();
+                    f.extend(in_force(&host_of(o)).values());
+                    Some(OwnRow {
+                        at_s: now_s,
+                        service: o.service.clone(),
+                        features: f,
+                        p99_ms,
+                        error_share,
+                        goodput,
+                    })
+                })
+                .collect();
+            learning.record(rows, now_s, agent.store(), &agent.metrics);
+        }
+        let Some(model) = learning.model() else {
+            return learning.describe();
+        };
+        let forecasts = agent.forecasts();
+        let params = ChoiceParams {
+            margin: learning.spec.margin,
+            threshold: learning.spec.threshold,
+        };
+        let candidates = candidates(learning.spec.candidates, 1);
+        let mut services = Vec::new();
+        for o in obs {
+            let Some(observed) = features.get(&o.service) else {
+                continue;
+            };
+            let Some((chain, agg, spec)) = tightest_chain(&o.service, window, &chains) else {
+                continue;
+            };
+            // The forecast steps up to ten minutes: the chain's expected
+            // load over its load now, applied to the service's.
+            let chain_rps = agg.end_to_end.requests as f64 / secs.max(1e-9);
+            let forecast_rps: Vec<f64> = forecasts
+                .get(chain)
+                .map(|f| {
+                    f.rps
+                        .range(..=10)
+                        .filter(|_| chain_rps > 0.0)
+                        .map(|(_, r)| observed[0] * r / chain_rps)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let host = host_of(o);
+            let route_written = objects
+                .iter()
+                .any(|d| d.host == host && d.kind == Kind::VirtualService);
+            let input = ServiceInput {
+                service: o.service.clone(),
+                observed: observed.clone(),
+                forecast_rps,
+                chain: chain.clone(),
+                spec: spec.clone(),
+                in_force: in_force(&host),
+            };
+            let rule = rule_based_knobs(objects, &host);
+            match choose_for(&*model, &input, &rule, &candidates, params, route_written) {
+                Ok(c) => {
+                    if c.choice.change {
+                        agent.metrics.config_model_decisions.inc();
+                    }
+                    apply_choice(objects, &host, &c);
+                    services.push(serde_json::to_value(&c).unwrap_or_default());
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "configuration model on {}: {e}; rule-based knobs kept",
+                        o.service
+                    );
+                    services.push(json!({"service": o.service, "error": e.to_string()}));
+                }
+            }
+        }
+        let mut report = learning.describe();
+        report["services"] = json!(services);
+        report
+    }
+
     /// One round on `window` (covering `secs`). `opted_out` holds the hosts
     /// whose Service or namespace opted out on the cluster.
     pub async fn round(
@@ -214,6 +349,9 @@ impl<S: Sink + Sync> Tuner<S> {
         if let Some(policy) = agent.current_policy(now_s * 1000) {
             objects.extend(desired_routes(&obs, &widest_hop_budgets(&policy)));
         }
+        let model = self
+            .model_round(agent, window, secs, now_s, &obs, &mut objects)
+            .await;
         let resources = self.plan_resources(agent, window, &obs).await;
         if let Some((deployments, _)) = &resources {
             objects.extend(deployments.iter().cloned());
@@ -272,6 +410,7 @@ impl<S: Sink + Sync> Tuner<S> {
         if let Some((_, plan)) = resources {
             report["resources"] = plan;
         }
+        report["config_model"] = model;
         report["rollbacks"] = json!(rolled
             .iter()
             .map(|r| json!({"object": label(&r.key), "reason": r.reason}))

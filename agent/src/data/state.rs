@@ -54,6 +54,16 @@ impl SeqWindow {
     }
 }
 
+/// One slot's replicas: (service, replica) → counts.
+type ReplicaSlot = BTreeMap<(String, String), ReplicaCounts>;
+
+/// One replica's server-side counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    pub requests: u64,
+    pub errors: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingested {
     Counted {
@@ -75,6 +85,10 @@ pub struct Dirty {
 #[derive(Debug, Default)]
 pub struct ChainState {
     slots: VecDeque<(u64, BTreeMap<String, ChainAgg>)>,
+    /// Per slot: (service, replica) → its inbound requests and errors, so
+    /// a failing replica shows beside healthy ones (the chains' aggregates
+    /// merge them).
+    replica_slots: VecDeque<(u64, ReplicaSlot)>,
     minutes: BTreeMap<(String, u64), ChainAgg>,
     lifetime: BTreeMap<String, ChainAgg>,
     vms: HashMap<String, SeqWindow>,
@@ -119,9 +133,31 @@ impl ChainState {
         if self.slots.back().is_none_or(|(s, _)| *s != slot_start) {
             self.slots.push_back((slot_start, BTreeMap::new()));
         }
+        if self
+            .replica_slots
+            .back()
+            .is_none_or(|(s, _)| *s != slot_start)
+        {
+            self.replica_slots.push_back((slot_start, BTreeMap::new()));
+        }
+        // The pod names the replica; a sidecar without pod metadata, its VM.
+        let replica = if report.source.pod.is_empty() {
+            &report.source.vm_id
+        } else {
+            &report.source.pod
+        };
         let mut counted = 0;
         let mut dropped = 0;
         for r in &report.records {
+            if r.direction != meshtune_filter_core::Direction::Outbound {
+                if let Some((_, slot)) = self.replica_slots.back_mut() {
+                    let c = slot
+                        .entry((r.service.clone(), replica.clone()))
+                        .or_default();
+                    c.requests += r.requests;
+                    c.errors += r.errors;
+                }
+            }
             if !self.lifetime.contains_key(&r.chain) && self.lifetime.len() >= MAX_CHAINS {
                 dropped += 1;
                 continue;
@@ -154,6 +190,13 @@ impl ChainState {
             .is_some_and(|(s, _)| s + SLOT_SECS + window_secs <= now_secs)
         {
             self.slots.pop_front();
+        }
+        while self
+            .replica_slots
+            .front()
+            .is_some_and(|(s, _)| s + SLOT_SECS + window_secs <= now_secs)
+        {
+            self.replica_slots.pop_front();
         }
         let horizon = (now_secs / 60).saturating_sub(MEMORY_MINUTES);
         let dirty = &self.dirty_minutes;
@@ -221,6 +264,30 @@ impl ChainState {
             .max(1);
         // Rates are per wall second (see `crate::clock`).
         (out, crate::clock::wall_seconds(covered as f64))
+    }
+
+    /// Each service's replicas over the window (service → replica →
+    /// counts), as their own sidecars counted them.
+    pub fn replicas(
+        &self,
+        now_secs: u64,
+        window_secs: u64,
+    ) -> BTreeMap<String, BTreeMap<String, ReplicaCounts>> {
+        let mut out: BTreeMap<String, BTreeMap<String, ReplicaCounts>> = BTreeMap::new();
+        for (start, slot) in &self.replica_slots {
+            if start + SLOT_SECS + window_secs > now_secs {
+                for ((svc, replica), c) in slot {
+                    let e = out
+                        .entry(svc.clone())
+                        .or_default()
+                        .entry(replica.clone())
+                        .or_default();
+                    e.requests += c.requests;
+                    e.errors += c.errors;
+                }
+            }
+        }
+        out
     }
 
     pub fn lifetime(&self) -> &BTreeMap<String, ChainAgg> {

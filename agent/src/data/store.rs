@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 const MINUTES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("minutes");
 const LIFETIME: TableDefinition<&str, &[u8]> = TableDefinition::new("lifetime");
 const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
+/// The configuration model's own rows (what was observed, the knobs in
+/// force, what followed), keyed by a growing sequence number.
+const MODEL_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("model_rows");
 
 pub const STORE_FILE: &str = "meshtune.redb";
 
@@ -192,12 +195,49 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Appends the model's rows (each serialised by the caller) after the
+    /// highest key held, keeping only the newest `keep`.
+    pub fn append_model_rows(&self, rows: &[Vec<u8>], keep: usize) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = tx.open_table(MODEL_ROWS).map_err(|e| self.db_err(e))?;
+            let mut next = table
+                .last()
+                .map_err(|e| self.db_err(e))?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for r in rows {
+                table
+                    .insert(next, r.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                next += 1;
+            }
+            let from = next.saturating_sub(keep as u64);
+            table.retain(|k, _| k >= from).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// The model's rows, oldest first.
+    pub fn model_rows(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(MODEL_ROWS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.db_err(e))? {
+            let (_, v) = item.map_err(|e| self.db_err(e))?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+}
+
 /// Creates the tables when missing, so a store that opens is a store that reads.
 fn check_tables(db: Database) -> Result<Database, String> {
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     tx.open_table(MINUTES).map_err(|e| e.to_string())?;
     tx.open_table(LIFETIME).map_err(|e| e.to_string())?;
     tx.open_table(VMS).map_err(|e| e.to_string())?;
+    tx.open_table(MODEL_ROWS).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(db)
 }

@@ -2,3 +2,4 @@
 //! model, trained from the lab's sweep of real Envoy.
 
 pub mod config_model;
+pub mod online;

@@ -31,7 +31,8 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    fn values(&self) -> [f64; 7] {
+    /// The knobs as the model's feature columns, in [`FEATURES`] order.
+    pub fn values(&self) -> [f64; 7] {
         [
             f64::from(self.http2_max_requests),
             f64::from(self.http1_max_pending),

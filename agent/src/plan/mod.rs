@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod lookahead;
+pub mod model_choice;
 pub mod observe;
 pub mod policy;
 pub mod resources;
