@@ -1065,4 +1065,27 @@ mod tests {
             assert!(msg.contains(path) && msg.contains(words), "{msg}");
         }
     }
+
+    #[test]
+    fn config_model_settings_are_checked_naming_the_field() {
+        let cfg =
+            parse("config_model:\n  path: m.json\n  holdout: 10\n").map_err(|e| e.to_string());
+        assert_eq!(
+            cfg.map(|c| (
+                c.config_model.path,
+                c.config_model.holdout,
+                c.config_model.candidates
+            )),
+            Ok((Some(PathBuf::from("m.json")), 10, 200))
+        );
+        for (text, path) in [
+            ("config_model:\n  margin: -1\n", "config_model.margin"),
+            ("config_model:\n  threshold: 2\n", "config_model.threshold"),
+            ("config_model:\n  holdout: 5000\n", "config_model.holdout"),
+            ("config_model:\n  pth: m.json\n", "config_model"),
+        ] {
+            let msg = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(path), "{text}: {msg}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use crate::app::locked;
 use crate::app::metrics::{AgentMetrics, ChainCollector};
 use crate::config::{AgentConfig, ChainSpec, DeclaredChains};
 use crate::data::aggregate::ChainAgg;
+use crate::data::decisions::{Change, Decision, DecisionLog, DecisionMode, DecisionQuery};
 use crate::data::state::ChainState;
 use crate::data::store::{Store, StoreError};
 use meshtune_filter_core::control::Policy;
@@ -39,6 +40,8 @@ pub struct Agent {
     tuning: Mutex<serde_json::Value>,
     /// The configuration model and what the agent learns on the job.
     pub learning: Learning,
+    /// Every change made or recommended, with its measured effect.
+    decisions: Mutex<DecisionLog>,
 }
 
 impl Agent {
@@ -80,6 +83,19 @@ impl Agent {
             }
         }
         let learning = Learning::open(config.config_model.clone(), &store, &metrics, now_secs);
+        let decisions = match store.decisions() {
+            Ok(stored) => DecisionLog::restore(stored.iter().filter_map(|b| {
+                let d = serde_json::from_slice::<Decision>(b).ok();
+                if d.is_none() {
+                    metrics.store_entries_skipped.inc();
+                }
+                d
+            })),
+            Err(e) => {
+                tracing::error!("reading the decision log: {e}");
+                DecisionLog::default()
+            }
+        };
         let state = Arc::new(Mutex::new(state));
         let gru =
             config.forecast_model.as_ref().and_then(
@@ -106,6 +122,7 @@ impl Agent {
             state: state.clone(),
             configured: config.chains.clone(),
             declared: declared.clone(),
+            window_secs: config.window.as_secs(),
         }));
         metrics.ready.set(1);
         Ok(Arc::new(Agent {
@@ -119,6 +136,7 @@ impl Agent {
             policy: Mutex::new(None),
             tuning: Mutex::new(serde_json::Value::Null),
             learning,
+            decisions: Mutex::new(decisions),
         }))
     }
 
@@ -138,6 +156,58 @@ impl Agent {
     /// it covers.
     pub fn window(&self, now_s: u64) -> (BTreeMap<String, ChainAgg>, f64) {
         self.lock().window(now_s, self.config.window.as_secs())
+    }
+
+    /// Logs `changes` (those not logged already), measures the decisions an
+    /// evaluation period (the window) old, and stores both.
+    pub fn log_decisions(
+        &self,
+        changes: Vec<Change>,
+        mode: DecisionMode,
+        now_s: u64,
+        attainment: &BTreeMap<String, f64>,
+    ) {
+        let (new, measured, keep_from) = {
+            let mut log = locked(&self.decisions);
+            let new = log.record(changes, mode, now_s, attainment);
+            let measured = log.measure(now_s, self.config.window.as_secs(), attainment);
+            (new, measured, log.oldest_id())
+        };
+        for d in &new {
+            self.metrics
+                .decisions
+                .get_or_create(&crate::app::metrics::ModeLabel {
+                    mode: d.mode.as_str().to_owned(),
+                })
+                .inc();
+        }
+        for d in &measured {
+            if let Some(m) = &d.measured {
+                self.metrics
+                    .decisions_measured
+                    .get_or_create(&crate::app::metrics::OutcomeLabel {
+                        outcome: m.effect.clone(),
+                    })
+                    .inc();
+            }
+        }
+        let items: Vec<(u64, Vec<u8>)> = new
+            .iter()
+            .chain(&measured)
+            .filter_map(|d| Some((d.id, serde_json::to_vec(d).ok()?)))
+            .collect();
+        if items.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.put_decisions(&items, keep_from) {
+            self.metrics.store_errors.inc();
+            tracing::error!("storing the decision log: {e}");
+        }
+    }
+
+    /// The decisions `q` asks for: how many match, and the page.
+    pub fn decisions(&self, q: &DecisionQuery) -> Result<(usize, Vec<Decision>), String> {
+        locked(&self.decisions).query(q)
     }
 
     /// Each service's replicas over the configured window.

@@ -24,6 +24,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/chains", get(get_chains))
         .route("/v1/policy", get(get_policy))
         .route("/v1/recommendations", get(get_recommendations))
+        .route("/v1/decisions", get(get_decisions))
         .route("/v1/window", get(get_window))
         .route("/v1/chains/{chain}/history", get(get_history))
         .route("/metrics", get(get_metrics))
@@ -239,6 +240,38 @@ async fn get_chains(State(agent): State<Arc<Agent>>) -> Response {
         chains,
     })
     .into_response()
+}
+
+/// The decision log, newest first: `object`, `field` (substrings), `mode`
+/// (`applied`, `recommended`, `rolled_back`), `since` (agent-clock
+/// seconds), `offset`, `limit` (default 100, at most 1000).
+async fn get_decisions(
+    State(agent): State<Arc<Agent>>,
+    q: Result<
+        Query<crate::data::decisions::DecisionQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let bad = |message: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad_query", "message": message})),
+        )
+            .into_response()
+    };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad(e.body_text()),
+    };
+    match agent.decisions(&q) {
+        Ok((total, decisions)) => Json(json!({
+            "total": total,
+            "offset": q.offset.unwrap_or(0),
+            "decisions": decisions,
+        }))
+        .into_response(),
+        Err(message) => bad(message),
+    }
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,13 @@ pub struct AgentMetrics {
     pub config_model_decisions: Counter,
     pub config_model_own_rows: Gauge,
     pub config_model_refits: Family<OutcomeLabel, Counter>,
+    pub decisions: Family<ModeLabel, Counter>,
+    pub decisions_measured: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -200,6 +207,16 @@ impl AgentMetrics {
             "Refits of the configuration model, by outcome (replaced, kept, failed)",
             self.config_model_refits.clone(),
         );
+        registry.register(
+            "meshtune_decisions",
+            "Field changes meshtune logged (GET /v1/decisions), by mode: applied, recommended, rolled_back",
+            self.decisions.clone(),
+        );
+        registry.register(
+            "meshtune_decisions_measured",
+            "Logged decisions measured one window later, by effect on the attainment of the chains through the object: improved, unchanged, worse",
+            self.decisions_measured.clone(),
+        );
     }
 
     pub fn reject(&self, reason: &str) {
@@ -225,6 +242,8 @@ pub struct ChainCollector {
     /// (read at each scrape, so a new ChainSLO gets its objective series).
     pub configured: BTreeMap<String, ChainSpec>,
     pub declared: Arc<Mutex<DeclaredChains>>,
+    /// The agent's window (attainment is over it, as `/v1/chains` shows).
+    pub window_secs: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -355,6 +374,27 @@ impl Collector for ChainCollector {
             for (chain, spec) in &chains {
                 let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
                 g.set(spec.slo_ms / 1000.0);
+                g.encode(family.encode_family(&ChainLabel {
+                    chain: chain.clone(),
+                })?)?;
+            }
+            let (window, _) =
+                crate::app::locked(&self.state).window(crate::now_secs(), self.window_secs);
+            let mut family = encoder.encode_descriptor(
+                "meshtune_chain_slo_attainment",
+                "Share of each chain's requests over the agent's window answered successfully within its objective (the same rule as /v1/chains and the writer's rollback)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (chain, spec) in &chains {
+                let Some(a) = window
+                    .get(chain)
+                    .and_then(|agg| agg.end_to_end.attainment(spec.slo_ms))
+                else {
+                    continue;
+                };
+                let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+                g.set(a);
                 g.encode(family.encode_family(&ChainLabel {
                     chain: chain.clone(),
                 })?)?;

@@ -6,6 +6,7 @@
 
 use crate::app::agent::Agent;
 use crate::data::aggregate::ChainAgg;
+use crate::data::decisions::{Change, DecisionMode};
 use crate::data::usage::{CgroupUsage, DemandTracker};
 use crate::learn::online::OwnRow;
 use crate::plan::lookahead::candidates;
@@ -275,6 +276,7 @@ impl<S: Sink + Sync> Tuner<S> {
                 .any(|d| d.host == host && d.kind == Kind::VirtualService);
             let input = ServiceInput {
                 service: o.service.clone(),
+                host: host.clone(),
                 observed: observed.clone(),
                 forecast_rps,
                 chain: chain.clone(),
@@ -404,6 +406,24 @@ impl<S: Sink + Sync> Tuner<S> {
             .await;
         agent.metrics.dr_rollbacks.inc_by(rolled.len() as u64);
         let mut report = self.guard.report();
+        let predictions = predictions_by_host(&model);
+        for mode in [DecisionMode::Applied, DecisionMode::Recommended] {
+            let changes = logged_changes(&report, &outcomes, mode, &predictions);
+            agent.log_decisions(changes, mode, now_s, &attainment);
+        }
+        let rolled_back: Vec<Change> = rolled
+            .iter()
+            .map(|r| Change {
+                object: label(&r.key),
+                host: String::new(),
+                field: ".spec".into(),
+                old: serde_json::Value::Null,
+                new: json!("the object before meshtune's change"),
+                reason: r.reason.clone(),
+                predicted: "attainment back to its level before the change".into(),
+            })
+            .collect();
+        agent.log_decisions(rolled_back, DecisionMode::RolledBack, now_s, &attainment);
         report["sink"] = json!(self.sink.describe());
         report["errors"] = json!(unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>());
         report["opted_out"] = json!(opted_out);
@@ -446,4 +466,82 @@ pub async fn run_local<S: Sink + Send + Sync + 'static>(
             _ = stop.changed() => break,
         }
     }
+}
+
+/// What the configuration model predicted per host it chose for, in words.
+fn predictions_by_host(model: &serde_json::Value) -> BTreeMap<String, String> {
+    model["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let c = &s["chosen_score"];
+            let cur = &s["current_score"];
+            Some((
+                s["host"].as_str()?.to_owned(),
+                format!(
+                    "configuration model, worst horizon step: p99 {:.1} ms, errors {:.2} %, goodput {:.3} (in force: p99 {:.1} ms, errors {:.2} %, goodput {:.3})",
+                    c["p99_ms"].as_f64()?,
+                    c["error_share"].as_f64()? * 100.0,
+                    c["goodput"].as_f64()?,
+                    cur["p99_ms"].as_f64()?,
+                    cur["error_share"].as_f64()? * 100.0,
+                    cur["goodput"].as_f64()?,
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// The field changes of the objects whose outcome this round is `mode`,
+/// read off the guard's report (each with its reason).
+fn logged_changes(
+    report: &serde_json::Value,
+    outcomes: &[(crate::write::guard::Key, Outcome)],
+    mode: DecisionMode,
+    predictions: &BTreeMap<String, String>,
+) -> Vec<Change> {
+    let wanted = |o: &Outcome| match mode {
+        DecisionMode::Applied => *o == Outcome::Applied,
+        DecisionMode::Recommended => *o == Outcome::Recommended,
+        DecisionMode::RolledBack => false,
+    };
+    let mut out = Vec::new();
+    for (key, _) in outcomes.iter().filter(|(_, o)| wanted(o)) {
+        let object = label(key);
+        let entry = &report["objects"][&object];
+        let host = entry["host"].as_str().unwrap_or_default().to_owned();
+        let reasons = entry["reasons"].as_object();
+        for c in entry["changes"].as_array().into_iter().flatten() {
+            let field = c["path"].as_str().unwrap_or_default().to_owned();
+            // Which host an object is for is its identity, not a decision.
+            if field == ".spec.host" || field == ".spec.hosts" {
+                continue;
+            }
+            let bare = field.strip_prefix(".spec.").unwrap_or(&field);
+            // The reason of the field, or of the fields under it (an array
+            // is one change: a route's timeout and retries).
+            let reason = reasons
+                .map(|r| {
+                    r.iter()
+                        .filter(|(k, _)| k.as_str() == bare || k.starts_with(bare))
+                        .filter_map(|(k, v)| Some(format!("{k}: {}", v.as_str()?)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            out.push(Change {
+                object: object.clone(),
+                host: host.clone(),
+                old: c["live"].clone(),
+                new: c["desired"].clone(),
+                reason,
+                predicted: predictions.get(&host).cloned().unwrap_or_else(|| {
+                    "no prediction: chosen by rule (the reason gives what it is sized for)".into()
+                }),
+                field,
+            });
+        }
+    }
+    out
 }

@@ -13,6 +13,8 @@ const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 /// The configuration model's own rows (what was observed, the knobs in
 /// force, what followed), keyed by a growing sequence number.
 const MODEL_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("model_rows");
+/// The decision log, keyed by decision id.
+const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions");
 
 pub const STORE_FILE: &str = "meshtune.redb";
 
@@ -218,6 +220,40 @@ impl Store {
         tx.commit().map_err(|e| self.db_err(e))
     }
 
+    /// Writes decisions (new or updated, by id), keeping ids above
+    /// `keep_from`.
+    pub fn put_decisions(
+        &self,
+        items: &[(u64, Vec<u8>)],
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = tx.open_table(DECISIONS).map_err(|e| self.db_err(e))?;
+            for (id, b) in items {
+                table
+                    .insert(*id, b.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            table
+                .retain(|k, _| k >= keep_from)
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// The decision log, oldest first.
+    pub fn decisions(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(DECISIONS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.db_err(e))? {
+            let (_, v) = item.map_err(|e| self.db_err(e))?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
     /// The model's rows, oldest first.
     pub fn model_rows(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
@@ -238,6 +274,7 @@ fn check_tables(db: Database) -> Result<Database, String> {
     tx.open_table(LIFETIME).map_err(|e| e.to_string())?;
     tx.open_table(VMS).map_err(|e| e.to_string())?;
     tx.open_table(MODEL_ROWS).map_err(|e| e.to_string())?;
+    tx.open_table(DECISIONS).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(db)
 }

@@ -170,6 +170,7 @@ pub struct KnobEffect {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceChoice {
     pub service: String,
+    pub host: String,
     pub chain: String,
     pub p99_budget_ms: f64,
     pub error_budget: f64,
@@ -256,6 +257,8 @@ fn knob_effects(
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceInput {
     pub service: String,
+    /// Its fully qualified host.
+    pub host: String,
     /// From [`service_features`].
     pub observed: Vec<f64>,
     /// Its load at each forecast step (requests/s).
@@ -317,6 +320,7 @@ pub fn choose_for(
     };
     Ok(ServiceChoice {
         service: input.service.clone(),
+        host: input.host.clone(),
         chain: input.chain.clone(),
         p99_budget_ms: situation.p99_budget_ms,
         error_budget: situation.error_budget,

@@ -79,6 +79,9 @@ pub struct MeshOptions {
     /// Deployment resources through its sink, and the control plane applies
     /// them to the replicas' cgroups as the kubelet would (needs `tune`).
     pub agent_sizes_resources: bool,
+    /// The agent chooses knobs with this configuration model (and refits
+    /// it on the sweep it was trained on, `models/config-sweep.csv.gz`).
+    pub agent_config_model: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshOptions {
@@ -100,6 +103,7 @@ impl Default for MeshOptions {
             istio_config_dir: None,
             agent_seconds_per_minute: None,
             agent_sizes_resources: false,
+            agent_config_model: None,
         }
     }
 }
@@ -219,6 +223,20 @@ fn tuning_yaml(opts: &MeshOptions) -> String {
     }
 }
 
+/// The agent's configuration model, with the shipped sweep as its prior.
+fn config_model_yaml(opts: &MeshOptions) -> String {
+    match &opts.agent_config_model {
+        None => String::new(),
+        Some(p) => format!(
+            "config_model:\n  path: {}\n  prior: {}\n",
+            p.display(),
+            crate::envoy::repo_root()
+                .join("models/config-sweep.csv.gz")
+                .display()
+        ),
+    }
+}
+
 /// The services `s` calls, each once, in name order.
 fn calls_of(s: &ServiceSpec) -> Vec<&'static str> {
     let mut d: Vec<&'static str> = s
@@ -279,6 +297,7 @@ impl Mesh {
         let agent_port = free_port()?;
         let mut yaml = agent_config_yaml(agent_port, &dir.path().join("agent-data"), &opts);
         yaml.push_str(&tuning_yaml(&opts));
+        yaml.push_str(&config_model_yaml(&opts));
         let agent_yaml = dir.path().join("agent.yaml");
         std::fs::write(&agent_yaml, &yaml)?;
         // Checked here, so a bad configuration is this call's error.

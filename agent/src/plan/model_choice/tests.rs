@@ -78,6 +78,7 @@ fn the_model_turns_on_what_it_predicts_keeps_the_objective_and_says_which_knob_d
     assert_eq!(rule.timeout_ms, 400);
     let input = ServiceInput {
         service: "reviews".into(),
+        host: HOST.into(),
         observed: {
             let mut v = vec![0.0; FEATURES.len() - 7];
             v[0] = 50.0;

@@ -8,6 +8,9 @@
 //! - `meshtune`: the filter's data-path control and the agent writing
 //!   DestinationRules and VirtualServices (`apply` mode);
 //! - `meshtune-dataplane`: the filter's control only, the agent recommending;
+//! - `meshtune-model`: as `meshtune`, the agent choosing pools, outlier
+//!   detection and route timeouts with the configuration model
+//!   (`models/config-model.json`) and learning on the job;
 //! - `static-resources`, `vpa-like`, `meshtune-resources`: how each
 //!   replica's CPU is sized, everything else as `meshtune` ([`resources`]).
 
@@ -33,6 +36,7 @@ pub enum Arm {
     Native,
     Meshtune,
     MeshtuneDataplane,
+    MeshtuneModel,
     StaticResources,
     VpaLike,
     MeshtuneResources,
@@ -47,11 +51,12 @@ pub const ARMS: [Arm; 4] = [
 ];
 
 /// Every arm `--arms` accepts.
-pub const ALL_ARMS: [Arm; 7] = [
+pub const ALL_ARMS: [Arm; 8] = [
     Arm::Static,
     Arm::Native,
     Arm::Meshtune,
     Arm::MeshtuneDataplane,
+    Arm::MeshtuneModel,
     Arm::StaticResources,
     Arm::VpaLike,
     Arm::MeshtuneResources,
@@ -64,6 +69,7 @@ impl Arm {
             Arm::Native => "native",
             Arm::Meshtune => "meshtune",
             Arm::MeshtuneDataplane => "meshtune-dataplane",
+            Arm::MeshtuneModel => "meshtune-model",
             Arm::StaticResources => "static-resources",
             Arm::VpaLike => "vpa-like",
             Arm::MeshtuneResources => "meshtune-resources",
@@ -95,8 +101,10 @@ impl Arm {
     /// priorities, the agent's clock on trace time (one trace minute per
     /// `seconds_per_minute` wall seconds).
     pub fn mesh_options(self, o: &EvalOptions) -> MeshOptions {
-        let meshtune =
-            matches!(self, Arm::Meshtune | Arm::MeshtuneDataplane) || self.sizes_resources();
+        let meshtune = matches!(
+            self,
+            Arm::Meshtune | Arm::MeshtuneDataplane | Arm::MeshtuneModel
+        ) || self.sizes_resources();
         let mut services = bookinfo_with_versions();
         for s in &mut services {
             if o.cpu_bound {
@@ -122,10 +130,12 @@ impl Arm {
             agent_window_secs: 60,
             filter: meshtune,
             control: meshtune,
-            tune: self == Arm::Meshtune || self.sizes_resources(),
+            tune: matches!(self, Arm::Meshtune | Arm::MeshtuneModel) || self.sizes_resources(),
             agent_sizes_resources: self == Arm::MeshtuneResources,
             native_adaptive_everywhere: self == Arm::Native,
             agent_seconds_per_minute: Some(o.seconds_per_minute),
+            agent_config_model: (self == Arm::MeshtuneModel)
+                .then(|| crate::envoy::repo_root().join("models/config-model.json")),
             ..MeshOptions::default()
         }
     }
@@ -581,6 +591,11 @@ pub fn outcome_line(runs: &[ArmRun], arms: &[Arm]) -> String {
     if let (Some(m), Some(s)) = (mean_cpu(Arm::Meshtune), mean_cpu(Arm::Static)) {
         if s > 0.0 {
             line.push_str(&format!(" cpu_ratio_meshtune_vs_static={:.2}", m / s));
+        }
+    }
+    if let (Some(m), Some(r)) = (mean_cpu(Arm::MeshtuneModel), mean_cpu(Arm::Meshtune)) {
+        if r > 0.0 {
+            line.push_str(&format!(" cpu_ratio_model_vs_meshtune={:.2}", m / r));
         }
     }
     line

@@ -1,0 +1,154 @@
+//! The decision log end to end: a tuning round that writes through the
+//! directory sink logs each field it changed with its reason, a repeated
+//! round logs nothing new, the effect is measured one window later, the
+//! log survives a restart, and `/v1/decisions` filters, pages and names a
+//! bad parameter.
+
+// Test code: a failed setup step stops the test with its error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use meshtune_agent::app::api;
+use meshtune_agent::app::tuner::{guard_config, Tuner};
+use meshtune_agent::write::dir::DirSink;
+use meshtune_agent::{Agent, AgentConfig};
+use meshtune_filter_core::builders::{record, report};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+fn agent(data: &std::path::Path) -> Arc<Agent> {
+    let yaml = format!(
+        "data_dir: {}\nwindow_seconds: 10\nchains:\n  product:\n    slo_ms: 50\nservices:\n  productpage: {{namespace: bookinfo}}\n  reviews: {{namespace: bookinfo}}\nkubernetes:\n  mode: apply\n",
+        data.display()
+    );
+    Agent::open(
+        AgentConfig::parse(&yaml, "agent.yaml").unwrap(),
+        meshtune_agent::now_secs(),
+    )
+    .unwrap()
+}
+
+fn traffic(agent: &Agent, seq: u64, now: u64, slow_ms: u64) {
+    let records = vec![
+        record("product", "productpage", &[20; 100]).at_entry(),
+        record("product", "reviews", &[slow_ms; 100]),
+    ];
+    agent.lock().ingest(&report("vm", seq, records), now);
+}
+
+async fn get(agent: &Arc<Agent>, uri: &str) -> (StatusCode, serde_json::Value) {
+    let resp = api::router(agent.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn each_change_is_logged_once_with_its_reason_measured_later_and_kept_across_restarts() {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = agent(data.path());
+    let mut tuner = Tuner::new(DirSink::new(out.path()).unwrap(), guard_config(&a));
+    let now = meshtune_agent::now_secs();
+    traffic(&a, 1, now, 10);
+    let (w, secs) = a.window(now);
+    tuner.round(&a, &w, secs, &BTreeSet::new(), true, now).await;
+
+    let (status, body) = get(
+        &a,
+        "/v1/decisions?object=DestinationRule%20bookinfo/reviews",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let decisions = body["decisions"].as_array().unwrap();
+    let pool = decisions
+        .iter()
+        .find(|d| d["field"] == ".spec.trafficPolicy.connectionPool.http.http2MaxRequests")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(pool["mode"], "applied");
+    assert_eq!(pool["old"], serde_json::Value::Null, "a new object");
+    assert!(pool["new"].as_u64().is_some(), "{pool}");
+    assert!(
+        pool["reason"].as_str().unwrap().contains("Little's law"),
+        "{pool}"
+    );
+    assert!(
+        pool["predicted"].as_str().unwrap().contains("rule"),
+        "{pool}"
+    );
+    assert_eq!(pool["attainment_before"], 1.0);
+    assert!(pool["measured"].is_null());
+    let total = get(&a, "/v1/decisions").await.1["total"].as_u64().unwrap();
+    assert!(
+        total >= 10,
+        "a route and two rules, field by field: {total}"
+    );
+    assert!(
+        !body["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["field"] == ".spec.host"),
+        "the host is the object's identity, not a decision"
+    );
+
+    // The same window again: nothing new to log.
+    tuner.round(&a, &w, secs, &BTreeSet::new(), true, now).await;
+    assert_eq!(
+        get(&a, "/v1/decisions").await.1["total"].as_u64().unwrap(),
+        total
+    );
+    // One window later, the first round's decisions are measured.
+    traffic(&a, 2, now + 11, 10);
+    let (w, secs) = a.window(now + 11);
+    tuner
+        .round(&a, &w, secs, &BTreeSet::new(), true, now + 11)
+        .await;
+    let (_, body) = get(&a, "/v1/decisions?limit=1000").await;
+    let first: Vec<&serde_json::Value> = body["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["at_s"] == now)
+        .collect();
+    assert_eq!(first.len() as u64, total, "{body}");
+    assert!(
+        first.iter().all(|d| d["measured"]["effect"] == "unchanged"),
+        "attainment stayed 1: {body}"
+    );
+
+    // Paging, filters and a bad parameter.
+    let (_, page) = get(&a, "/v1/decisions?limit=2&offset=1").await;
+    assert_eq!(page["decisions"].as_array().unwrap().len(), 2);
+    assert_eq!(page["offset"], 1);
+    let (status, bad) = get(&a, "/v1/decisions?mode=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad["message"].as_str().unwrap().starts_with("mode:"),
+        "{bad}"
+    );
+    let (status, bad) = get(&a, "/v1/decisions?objet=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad["message"].as_str().unwrap().contains("objet"), "{bad}");
+
+    // Counted in metrics, and kept across a restart.
+    let mut m = String::new();
+    prometheus_client::encoding::text::encode(&mut m, a.registry()).unwrap();
+    assert!(
+        m.contains(&format!(
+            "meshtune_decisions_total{{mode=\"applied\"}} {}",
+            body["total"]
+        )),
+        "{m}"
+    );
+    drop(tuner);
+    drop(a);
+    let again = agent(data.path());
+    let (_, restored) = get(&again, "/v1/decisions?limit=1000").await;
+    assert_eq!(restored["decisions"], body["decisions"]);
+}
