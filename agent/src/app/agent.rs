@@ -166,7 +166,7 @@ impl Agent {
         mode: DecisionMode,
         now_s: u64,
         attainment: &BTreeMap<String, f64>,
-    ) {
+    ) -> Vec<Decision> {
         let (new, measured, keep_from) = {
             let mut log = locked(&self.decisions);
             let new = log.record(changes, mode, now_s, attainment);
@@ -196,13 +196,13 @@ impl Agent {
             .chain(&measured)
             .filter_map(|d| Some((d.id, serde_json::to_vec(d).ok()?)))
             .collect();
-        if items.is_empty() {
-            return;
+        if !items.is_empty() {
+            if let Err(e) = self.store.put_decisions(&items, keep_from) {
+                self.metrics.store_errors.inc();
+                tracing::error!("storing the decision log: {e}");
+            }
         }
-        if let Err(e) = self.store.put_decisions(&items, keep_from) {
-            self.metrics.store_errors.inc();
-            tracing::error!("storing the decision log: {e}");
-        }
+        new
     }
 
     /// The decisions `q` asks for: how many match, and the page.

@@ -19,7 +19,7 @@ use crate::plan::sizing::{desired_resources, ChainLoad, ServiceUsage};
 use crate::plan::traffic::{desired, desired_routes, widest_hop_budgets};
 use crate::plan::Kind;
 use crate::write::guard::{label, Guard, GuardConfig, Mode};
-use crate::write::{hosts_of, Outcome, Sink};
+use crate::write::{hosts_of, ObjectEvent, Outcome, Sink};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -407,9 +407,10 @@ impl<S: Sink + Sync> Tuner<S> {
         agent.metrics.dr_rollbacks.inc_by(rolled.len() as u64);
         let mut report = self.guard.report();
         let predictions = predictions_by_host(&model);
+        let mut logged = Vec::new();
         for mode in [DecisionMode::Applied, DecisionMode::Recommended] {
             let changes = logged_changes(&report, &outcomes, mode, &predictions);
-            agent.log_decisions(changes, mode, now_s, &attainment);
+            logged.extend(agent.log_decisions(changes, mode, now_s, &attainment));
         }
         let rolled_back: Vec<Change> = rolled
             .iter()
@@ -423,7 +424,17 @@ impl<S: Sink + Sync> Tuner<S> {
                 predicted: "attainment back to its level before the change".into(),
             })
             .collect();
-        agent.log_decisions(rolled_back, DecisionMode::RolledBack, now_s, &attainment);
+        logged.extend(agent.log_decisions(
+            rolled_back,
+            DecisionMode::RolledBack,
+            now_s,
+            &attainment,
+        ));
+        for event in object_events(&logged, now_s) {
+            if let Err(e) = self.sink.record_event(&event).await {
+                tracing::warn!("{e}");
+            }
+        }
         report["sink"] = json!(self.sink.describe());
         report["errors"] = json!(unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>());
         report["opted_out"] = json!(opted_out);
@@ -544,4 +555,41 @@ fn logged_changes(
         }
     }
     out
+}
+
+/// One event per object among the decisions just logged: every field it
+/// changed, old → new, and why.
+fn object_events(decisions: &[crate::data::decisions::Decision], now_s: u64) -> Vec<ObjectEvent> {
+    let mut by_object: BTreeMap<(&str, DecisionMode), Vec<&crate::data::decisions::Decision>> =
+        BTreeMap::new();
+    for d in decisions {
+        by_object
+            .entry((d.object.as_str(), d.mode))
+            .or_default()
+            .push(d);
+    }
+    by_object
+        .into_iter()
+        .filter_map(|((object, mode), ds)| {
+            let (kind, rest) = object.split_once(' ')?;
+            let (namespace, name) = rest.split_once('/')?;
+            let note = ds
+                .iter()
+                .map(|d| format!("{}: {} → {} ({})", d.field, d.old, d.new, d.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Some(ObjectEvent {
+                kind: Kind::parse(kind)?,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                reason: match mode {
+                    DecisionMode::Applied => "Applied",
+                    DecisionMode::Recommended => "Recommended",
+                    DecisionMode::RolledBack => "RolledBack",
+                },
+                note,
+                at_s: now_s,
+            })
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! decides what may be written, and only the Lease holder writes.
 
 use crate::plan::{Kind, FIELD_MANAGER};
-use crate::write::{Autoscalers, Outcome, Sink, SinkError};
+use crate::write::{Autoscalers, ObjectEvent, Outcome, Sink, SinkError};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::Value;
@@ -236,6 +236,55 @@ impl Sink for KubeSink {
             Ok(_) => Outcome::Applied,
             Err(e) => failed(kind, e),
         }
+    }
+
+    /// An `events.k8s.io/v1` Event regarding the object.
+    async fn record_event(&self, e: &ObjectEvent) -> Result<(), SinkError> {
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::events::v1::Event;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let at = k8s_openapi::jiff::Timestamp::from_second(e.at_s as i64)
+            .map_err(|x| SinkError::Unavailable(format!("event time {}: {x}", e.at_s)))?;
+        let mut note = e.note.clone();
+        if note.len() > 1024 {
+            let mut cut = 1021;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", e.name)),
+                namespace: Some(e.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(at)),
+            action: Some(e.reason.to_owned()),
+            reason: Some(e.reason.to_owned()),
+            note: Some(note),
+            type_: Some("Normal".into()),
+            reporting_controller: Some("meshtune.io/agent".into()),
+            reporting_instance: Some(
+                std::env::var("NODE_NAME").unwrap_or_else(|_| "meshtune-agent".into()),
+            ),
+            regarding: Some(ObjectReference {
+                api_version: Some(resource(e.kind).api_version),
+                kind: Some(e.kind.as_str().to_owned()),
+                namespace: Some(e.namespace.clone()),
+                name: Some(e.name.clone()),
+                ..ObjectReference::default()
+            }),
+            ..Event::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &e.namespace)
+            .create(&kube::api::PostParams::default(), &event)
+            .await
+            .map(|_| ())
+            .map_err(|x| {
+                SinkError::Unavailable(format!("recording an event in {}: {x}", e.namespace))
+            })
     }
 
     async fn remove(&self, kind: Kind, namespace: &str, name: &str) -> Outcome {

@@ -82,6 +82,16 @@ pub trait Sink {
         force: bool,
     ) -> impl Future<Output = Outcome> + Send;
 
+    /// Records a decision on the object it changed (`kubectl describe`
+    /// shows it on a cluster); sinks without events record nothing.
+    fn record_event(
+        &self,
+        event: &ObjectEvent,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = event;
+        async { Ok(()) }
+    }
+
     /// Removes meshtune's object `name` (never one it does not own).
     fn remove(
         &self,
@@ -89,6 +99,21 @@ pub trait Sink {
         namespace: &str,
         name: &str,
     ) -> impl Future<Output = Outcome> + Send;
+}
+
+/// A decision to record on the object it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectEvent {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// `Applied`, `Recommended` or `RolledBack` (a CamelCase word, as
+    /// Kubernetes reasons are).
+    pub reason: &'static str,
+    /// What changed and why, at most 1 KiB (the API's limit).
+    pub note: String,
+    /// Agent clock, seconds since the epoch.
+    pub at_s: u64,
 }
 
 /// Whether `object` carries meshtune's managed-by label.
