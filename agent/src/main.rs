@@ -77,6 +77,26 @@ enum Command {
     /// Print the ChainSLO CustomResourceDefinition (committed as
     /// manifests/crd-chainslo.yaml).
     Crd,
+    /// Read a sentence into the objective or bound it means and what it
+    /// changes in the configuration; write it only with `--yes`.
+    ///
+    /// Understood: an objective ("keep checkout p99 under 300 ms"), a
+    /// priority ("ratings-api is low priority") and a resources bound
+    /// ("give reviews at most 2 CPUs", "... at least 512 MiB"). Names are
+    /// the configuration's chains and services; an unknown one is refused
+    /// with the nearest. With `--yes` the file is rewritten (the previous
+    /// one kept as FILE.bak; comments are not kept) and the agent applies
+    /// it at its next start.
+    Intent {
+        #[arg(long, short, env = "MESHTUNE_CONFIG")]
+        config: PathBuf,
+        /// Write the change (without it, only print the reading).
+        #[arg(long)]
+        yes: bool,
+        /// The sentence (quoted or as separate words).
+        #[arg(required = true)]
+        sentence: Vec<String>,
+    },
     /// Evaluate the load forecasters on a `timestamp,requests` CSV trace:
     /// every method and the selector forecast it minute by minute, learning
     /// from the first part and scored (MAE in requests/s, sMAPE in %) on
@@ -259,6 +279,11 @@ fn main() -> anyhow::Result<()> {
             model,
         } => forecast_bench(series, &batch, model),
         Command::Model { action } => model_command(action),
+        Command::Intent {
+            config,
+            yes,
+            sentence,
+        } => intent_command(&config, yes, &sentence.join(" ")),
         Command::Crd => {
             let crd = meshtune_agent::k8s::chainslo::crd_yaml()
                 .context("encoding the ChainSLO CustomResourceDefinition")?;
@@ -325,6 +350,38 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(run(cfg, sink))
         }
     }
+}
+
+/// `meshtune-agent intent`: the reading, the change, and the write on `--yes`.
+fn intent_command(config: &Path, yes: bool, sentence: &str) -> anyhow::Result<()> {
+    use meshtune_agent::plan::intent::{apply_to_config, parse};
+    let file = config.display().to_string();
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {file}"))?;
+    let cfg = AgentConfig::parse(&text, &file)?;
+    let chains: Vec<String> = cfg.chains.keys().cloned().collect();
+    let services: Vec<String> = cfg.services.keys().cloned().collect();
+    let intent = parse(sentence, &chains, &services).map_err(|e| anyhow::anyhow!(e))?;
+    println!("reading: {}", serde_json::to_string(&intent)?);
+    let (new_text, changes) = apply_to_config(&text, &intent).map_err(|e| anyhow::anyhow!(e))?;
+    AgentConfig::parse(&new_text, &file)
+        .map_err(|e| anyhow::anyhow!("the change would make the configuration invalid: {e}"))?;
+    for c in &changes {
+        println!("change: {c}");
+    }
+    if !yes {
+        println!("not applied: run again with --yes to write {file}");
+        return Ok(());
+    }
+    let backup = PathBuf::from(format!("{file}.bak"));
+    std::fs::copy(config, &backup).with_context(|| format!("keeping {}", backup.display()))?;
+    let tmp = PathBuf::from(format!("{file}.tmp"));
+    std::fs::write(&tmp, new_text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, config).with_context(|| format!("replacing {file}"))?;
+    println!(
+        "written to {file} (the previous file is {}; comments are not kept); the agent applies it at its next start",
+        backup.display()
+    );
+    Ok(())
 }
 
 /// The `--sink` argument.

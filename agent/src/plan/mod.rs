@@ -3,6 +3,7 @@
 //! so every planner runs under a virtual clock in tests.
 
 pub mod deployment;
+pub mod intent;
 pub mod lookahead;
 pub mod model_choice;
 pub mod observe;
