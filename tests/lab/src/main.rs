@@ -68,7 +68,9 @@ enum Command {
     /// Envoy's adaptive concurrency filter on every inbound sidecar),
     /// meshtune (the filter's control and the agent writing
     /// DestinationRules and VirtualServices), meshtune-dataplane (the
-    /// filter's control, the agent only recommending). Resource arms (run
+    /// filter's control, the agent only recommending), meshtune-model (as
+    /// meshtune, the agent choosing pools, outlier detection and route
+    /// timeouts with models/config-model.json). Resource arms (run
     /// after an unlimited calibration run; each replica under a CPU quota,
     /// everything else as meshtune; a last line starting `resources`):
     /// static-resources (2 × the calibration's peak per replica),
