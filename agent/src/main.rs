@@ -77,6 +77,32 @@ enum Command {
     /// Print the ChainSLO CustomResourceDefinition (committed as
     /// manifests/crd-chainslo.yaml).
     Crd,
+    /// Print the DestinationRules meshtune would write for a namespace,
+    /// read from Istio's standard metrics in an existing Prometheus, before
+    /// any meshtune filter is installed (with the reason for every value).
+    ///
+    /// Reads `istio_requests_total` and
+    /// `istio_request_duration_milliseconds_bucket` as the destination
+    /// sidecars report them, by `destination_service_name`; the services
+    /// and chains (percentiles) come from the configuration. Route
+    /// timeouts and retries need each chain's per-hop view, which only
+    /// meshtune's filter measures: none are recommended here.
+    Recommend {
+        #[arg(long, short, env = "MESHTUNE_CONFIG")]
+        config: PathBuf,
+        /// Prometheus base URL, e.g. http://prometheus.istio-system:9090.
+        #[arg(long)]
+        prometheus: String,
+        /// The namespace whose services to read.
+        #[arg(long)]
+        namespace: String,
+        /// Rate window (a PromQL duration).
+        #[arg(long, default_value = "5m")]
+        window: String,
+        /// Evaluate at this time (Unix seconds) instead of now.
+        #[arg(long)]
+        at: Option<f64>,
+    },
     /// Read a sentence into the objective or bound it means and what it
     /// changes in the configuration; write it only with `--yes`.
     ///
@@ -284,6 +310,39 @@ fn main() -> anyhow::Result<()> {
             yes,
             sentence,
         } => intent_command(&config, yes, &sentence.join(" ")),
+        Command::Recommend {
+            config,
+            prometheus,
+            namespace,
+            window,
+            at,
+        } => {
+            let cfg = AgentConfig::load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let r = rt
+                .block_on(meshtune_agent::app::recommend::recommend(
+                    &cfg,
+                    &prometheus,
+                    &namespace,
+                    &window,
+                    at,
+                ))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for u in &r.unknown {
+                eprintln!("service `{u}` has traffic in {namespace} but is not in the configuration's `services`: nothing recommended for it");
+            }
+            if r.objects.is_empty() {
+                eprintln!("no configured service in {namespace} had traffic in the last {window}");
+            }
+            for o in &r.objects {
+                println!("---");
+                for (field, why) in &o.reasons {
+                    println!("# {field}: {why}");
+                }
+                print!("{}", serde_yaml_ng::to_string(&o.object)?);
+            }
+            Ok(())
+        }
         Command::Crd => {
             let crd = meshtune_agent::k8s::chainslo::crd_yaml()
                 .context("encoding the ChainSLO CustomResourceDefinition")?;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod forecasting;
 pub mod learning;
 pub mod metrics;
+pub mod recommend;
 pub mod serve;
 pub mod tuner;
 

@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod intent;
+pub mod istio_metrics;
 pub mod lookahead;
 pub mod model_choice;
 pub mod observe;

@@ -72,6 +72,65 @@ impl Prometheus {
         bail!("prometheus did not become ready on port {port}")
     }
 
+    /// Starts Prometheus on the series in `openmetrics` (OpenMetrics text
+    /// with timestamps), backfilled with `promtool tsdb
+    /// create-blocks-from openmetrics` as a user would import history;
+    /// nothing is scraped.
+    pub fn start_backfilled(openmetrics: &str) -> anyhow::Result<Prometheus> {
+        let bin = find_prometheus()?;
+        let promtool = bin.with_file_name("promtool");
+        if !promtool.is_file() {
+            bail!(
+                "promtool not found beside {}; {INSTALL_HINT}",
+                bin.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("meshtune-prom-")
+            .tempdir()?;
+        let fixture = dir.path().join("series.om");
+        std::fs::write(&fixture, openmetrics)?;
+        let data = dir.path().join("data");
+        let out = Command::new(&promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&fixture)
+            .arg(&data)
+            .output()
+            .with_context(|| format!("running {}", promtool.display()))?;
+        if !out.status.success() {
+            bail!(
+                "promtool could not backfill: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cfg_path = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg_path, "global:\n  scrape_interval: 15s\n")?;
+        let port = crate::mesh::free_port()?;
+        let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
+        let child = Command::new(&bin)
+            .arg(format!("--config.file={}", cfg_path.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        crate::lifecycle::adopt(child.id());
+        let p = Prometheus {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if crate::http::get_blocking(port, "/-/ready").is_some_and(|(s, _)| s == 200) {
+                return Ok(p);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("prometheus did not become ready on port {port}")
+    }
+
     /// Runs an instant query through the HTTP API and returns `data.result`.
     pub fn query(&self, promql: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         let enc: String = promql
