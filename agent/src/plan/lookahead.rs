@@ -265,14 +265,16 @@ pub fn candidates(n: usize, seed: u64) -> Vec<Knobs> {
         .collect()
 }
 
+/// A hand-checked model shared by the planners' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tiny {
+    use super::Predict;
+    use crate::learn::config_model::{ModelError, Prediction};
 
     /// A hand-checked model: p99 = 20 ms × the load over 50 req/s, plus
     /// 30 ms without a route timeout; errors 10 % without outlier
     /// detection, 1 % with it; spread 0.
-    struct Tiny;
+    pub struct Tiny;
 
     impl Predict for Tiny {
         fn predict(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
@@ -293,6 +295,13 @@ mod tests {
                 .collect())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::plan::lookahead::tiny::Tiny;
 
     fn knobs(od: u32, timeout: u32, retries: u32) -> Knobs {
         Knobs {

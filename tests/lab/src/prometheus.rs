@@ -41,16 +41,25 @@ impl Prometheus {
                 "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
             ));
         }
+        let data = dir.path().join("data");
+        Self::launch(&bin, dir, &cfg, &data)
+    }
+
+    /// Runs `bin` with the configuration `cfg` and the TSDB at `data`
+    /// (the files live in `dir`) until it is ready.
+    fn launch(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        cfg: &str,
+        data: &Path,
+    ) -> anyhow::Result<Prometheus> {
         let cfg_path = dir.path().join("prometheus.yml");
         std::fs::write(&cfg_path, cfg)?;
         let port = crate::mesh::free_port()?;
         let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg(format!("--config.file={}", cfg_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -103,32 +112,7 @@ impl Prometheus {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let cfg_path = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg_path, "global:\n  scrape_interval: 15s\n")?;
-        let port = crate::mesh::free_port()?;
-        let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-        let child = Command::new(&bin)
-            .arg(format!("--config.file={}", cfg_path.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        crate::lifecycle::adopt(child.id());
-        let p = Prometheus {
-            port,
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if crate::http::get_blocking(port, "/-/ready").is_some_and(|(s, _)| s == 200) {
-                return Ok(p);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("prometheus did not become ready on port {port}")
+        Self::launch(&bin, dir, "global:\n  scrape_interval: 15s\n", &data)
     }
 
     /// Runs an instant query through the HTTP API and returns `data.result`.

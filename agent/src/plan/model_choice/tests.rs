@@ -1,30 +1,7 @@
 use super::*;
-use crate::learn::config_model::Prediction;
 use crate::plan::traffic::{desired, desired_routes};
 
-/// Hand-checked: p99 = 20 ms × load / 50 req/s, plus 30 ms without a route
-/// timeout; errors 10 % without outlier detection, 1 % with it; no spread.
-struct Tiny;
-
-impl Predict for Tiny {
-    fn predict(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let p99 = 20.0 * r[0] / 50.0 + if r[12] == 0.0 { 30.0 } else { 0.0 };
-                let err = if r[11] > 0.0 { 0.01 } else { 0.10 };
-                Prediction {
-                    p99_ms: p99,
-                    log_p99_spread: 0.0,
-                    error_share: err,
-                    error_spread: 0.0,
-                    goodput: 1.0 - err,
-                    goodput_spread: 0.0,
-                }
-            })
-            .collect())
-    }
-}
+use crate::plan::lookahead::tiny::Tiny;
 
 fn observation(rps: f64) -> crate::plan::observe::ServiceObservation {
     crate::plan::observe::ServiceObservation {
