@@ -553,6 +553,18 @@ impl ConfigModel {
     }
 }
 
+/// Anything that predicts outcomes for rows of [`FEATURES`] (the trained
+/// model, or a hand-written one in tests).
+pub trait Predict {
+    fn predict(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError>;
+}
+
+impl Predict for ConfigModel {
+    fn predict(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
+        ConfigModel::predict(self, rows)
+    }
+}
+
 /// Grouped cross-validation: each group predicted by a model trained on
 /// every other group. `progress` hears each group as it is held out.
 pub fn grouped_cv(

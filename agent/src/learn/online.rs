@@ -9,8 +9,9 @@
 //! rows are kept (in memory and in the store), so a refit trains on at
 //! most prior + `max_rows` rows.
 
-use crate::learn::config_model::{ConfigModel, Dataset, ModelError, TrainParams, FEATURES};
-use crate::plan::lookahead::Predict;
+use crate::learn::config_model::{
+    ConfigModel, Dataset, ModelError, Predict, TrainParams, FEATURES,
+};
 use serde::{Deserialize, Serialize};
 
 /// One window of one service as the agent saw it.

@@ -13,7 +13,7 @@
 //! than `threshold` (goodput), or what is in force is predicted to break a
 //! budget that the choice keeps.
 
-use crate::learn::config_model::{ConfigModel, ModelError, Prediction, FEATURES};
+use crate::learn::config_model::{ModelError, Prediction, FEATURES};
 use serde::Serialize;
 
 /// The knobs meshtune writes for a service, as the model reads them.
@@ -84,17 +84,7 @@ pub struct Situation {
     pub current: Knobs,
 }
 
-/// Anything that predicts outcomes for rows of [`FEATURES`] (the trained
-/// model, or a hand-written one in tests).
-pub trait Predict {
-    fn predict(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError>;
-}
-
-impl Predict for ConfigModel {
-    fn predict(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
-        ConfigModel::predict(self, rows)
-    }
-}
+pub use crate::learn::config_model::Predict;
 
 /// A candidate's worst horizon step, made pessimistic by the margin.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
