@@ -181,16 +181,6 @@ pub struct ServiceChoice {
     pub top_features: Vec<KnobEffect>,
 }
 
-const KNOB_FEATURES: [&str; 7] = [
-    "knob_http2_max_requests",
-    "knob_http1_max_pending",
-    "knob_max_retries",
-    "knob_consecutive_5xx",
-    "knob_timeout_ms",
-    "knob_retry_attempts",
-    "knob_per_try_timeout_ms",
-];
-
 fn knob_values(k: &Knobs) -> [u32; 7] {
     [
         k.http2_max_requests,
@@ -228,7 +218,7 @@ fn knob_effects(
     let changed: Vec<usize> = (0..7).filter(|&i| cur[i] != new[i]).collect();
     let row = |k: &Knobs| {
         let mut r = observed.to_vec();
-        r.extend(knob_values(k).map(f64::from));
+        r.extend(k.values());
         r
     };
     let mut rows = vec![row(chosen)];
@@ -238,7 +228,8 @@ fn knob_effects(
         .iter()
         .zip(&preds[1..])
         .map(|(&i, p)| KnobEffect {
-            feature: KNOB_FEATURES[i],
+            // The knobs are the model's last seven inputs.
+            feature: FEATURES[FEATURES.len() - 7 + i],
             in_force: cur[i],
             chosen: new[i],
             p99_ms_delta: preds[0].p99_ms - p.p99_ms,
@@ -396,11 +387,6 @@ pub fn rule_based_knobs(objects: &[DesiredObject], host: &str) -> Knobs {
             .map(|o| &o.object)
     };
     knobs_in_force(find(Kind::DestinationRule), find(Kind::VirtualService))
-}
-
-/// Checks the observation matches the model's inputs.
-pub fn observation_width_ok(observed: &[f64]) -> bool {
-    observed.len() + 7 == FEATURES.len()
 }
 
 #[cfg(test)]
