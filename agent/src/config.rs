@@ -436,6 +436,11 @@ pub struct KubernetesSpec {
     /// here: then it takes over just them in the user's object.
     #[serde(default)]
     pub take_over_fields: Vec<String>,
+    /// A chain whose objective was breached for this many consecutive
+    /// windows gets a tuning round at once (not at the next interval) and a
+    /// `replanned` entry in the decision log; 0 turns it off.
+    #[serde(default = "default_replan_windows")]
+    pub replan_after_breached_windows: u32,
 }
 
 /// The fields of a DestinationRule's `trafficPolicy` meshtune may write.
@@ -518,6 +523,9 @@ fn default_lease_seconds() -> u64 {
 fn default_max_changes() -> usize {
     3
 }
+fn default_replan_windows() -> u32 {
+    3
+}
 
 impl Default for KubernetesSpec {
     fn default() -> Self {
@@ -532,6 +540,7 @@ impl Default for KubernetesSpec {
             force_conflicts: false,
             watch_chainslos: true,
             take_over_fields: Vec::new(),
+            replan_after_breached_windows: default_replan_windows(),
         }
     }
 }
@@ -860,6 +869,13 @@ impl AgentConfig {
                 "kubernetes.lease_seconds".into(),
                 "lease_seconds",
                 "must be at least 5 (and interval_seconds at least 1)".into(),
+            ));
+        }
+        if raw.kubernetes.replan_after_breached_windows > 60 {
+            return Err(invalid(
+                "kubernetes.replan_after_breached_windows".into(),
+                "replan_after_breached_windows",
+                "must be between 0 (off) and 60 windows".into(),
             ));
         }
         let m = &raw.config_model;

@@ -20,8 +20,13 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 fn agent(data: &std::path::Path) -> Arc<Agent> {
+    agent_with(data, "")
+}
+
+/// The test agent, with `kubernetes` settings added to `mode: apply`.
+fn agent_with(data: &std::path::Path, kubernetes: &str) -> Arc<Agent> {
     let yaml = format!(
-        "data_dir: {}\nwindow_seconds: 10\nchains:\n  product:\n    slo_ms: 50\nservices:\n  productpage: {{namespace: bookinfo}}\n  reviews: {{namespace: bookinfo}}\nkubernetes:\n  mode: apply\n",
+        "data_dir: {}\nwindow_seconds: 10\nchains:\n  product:\n    slo_ms: 50\nservices:\n  productpage: {{namespace: bookinfo}}\n  reviews: {{namespace: bookinfo}}\nkubernetes:\n  mode: apply\n{kubernetes}",
         data.display()
     );
     Agent::open(
@@ -151,4 +156,65 @@ async fn each_change_is_logged_once_with_its_reason_measured_later_and_kept_acro
     let again = agent(data.path());
     let (_, restored) = get(&again, "/v1/decisions?limit=1000").await;
     assert_eq!(restored["decisions"], body["decisions"]);
+}
+
+#[tokio::test]
+async fn an_objective_breached_for_k_windows_replans_at_once_and_says_so_in_the_log() {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Rounds an hour apart: only the assurance loop can bring one sooner.
+    let a = agent_with(
+        data.path(),
+        "  interval_seconds: 3600\n  replan_after_breached_windows: 2\n",
+    );
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let looping = tokio::spawn(meshtune_agent::app::tuner::run_local(
+        a.clone(),
+        DirSink::new(out.path()).unwrap(),
+        stop,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let files = || std::fs::read_dir(out.path()).unwrap().count();
+    assert_eq!(files(), 0, "nothing measured before the first round");
+
+    // The chain takes 100 ms end to end against its 50 ms objective (reviews
+    // 90 of them): two breached windows.
+    let slow = |seq: u64, at: u64| {
+        let records = vec![
+            record("product", "productpage", &[100; 100]).at_entry(),
+            record("product", "reviews", &[90; 100]),
+        ];
+        a.lock().ingest(&report("vm", seq, records), at);
+    };
+    let now = meshtune_agent::now_secs();
+    slow(1, now);
+    assert!(a.assure(now).is_empty(), "one window is not a trend");
+    slow(2, now + 10);
+    let breaches = a.assure(now + 10);
+    assert_eq!(breaches.len(), 1, "{breaches:?}");
+    assert_eq!(breaches[0].chain, "product");
+
+    // The tuning round ran at once and wrote the chain's objects.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while files() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no round after the breach"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, body) = get(&a, "/v1/decisions?mode=replanned").await;
+    assert_eq!(body["total"], 1, "{body}");
+    let d = &body["decisions"][0];
+    assert_eq!(d["object"], "chain product");
+    assert_eq!(d["new"]["replanned_at_s"], now + 10);
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("2 windows in a row below the p99 objective"),
+        "{reason}"
+    );
+    let mut m = String::new();
+    prometheus_client::encoding::text::encode(&mut m, a.registry()).unwrap();
+    assert!(m.contains("meshtune_replans_total 1"), "{m}");
+    let _ = stop_tx.send(true);
+    looping.await.unwrap();
 }

@@ -12,6 +12,7 @@ use crate::data::aggregate::ChainAgg;
 use crate::data::decisions::{Change, Decision, DecisionLog, DecisionMode, DecisionQuery};
 use crate::data::state::ChainState;
 use crate::data::store::{Store, StoreError};
+use crate::plan::assurance::{Assurance, Breach, Verdict};
 use meshtune_filter_core::control::Policy;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ pub struct Agent {
     pub learning: Learning,
     /// Every change made or recommended, with its measured effect.
     decisions: Mutex<DecisionLog>,
+    /// Counts each chain's breached windows in a row.
+    assurance: Mutex<Assurance>,
+    /// Wakes the tuning loop for a round now (the assurance loop).
+    pub replan: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -125,6 +130,10 @@ impl Agent {
             window_secs: config.window.as_secs(),
         }));
         metrics.ready.set(1);
+        let assurance = Assurance::new(
+            config.kubernetes.replan_after_breached_windows,
+            config.window.as_secs(),
+        );
         Ok(Arc::new(Agent {
             config,
             metrics,
@@ -137,6 +146,8 @@ impl Agent {
             tuning: Mutex::new(serde_json::Value::Null),
             learning,
             decisions: Mutex::new(decisions),
+            assurance: Mutex::new(assurance),
+            replan: tokio::sync::Notify::new(),
         }))
     }
 
@@ -156,6 +167,62 @@ impl Agent {
     /// it covers.
     pub fn window(&self, now_s: u64) -> (BTreeMap<String, ChainAgg>, f64) {
         self.lock().window(now_s, self.config.window.as_secs())
+    }
+
+    /// The assurance loop's turn (once a minute of the agent's clock):
+    /// judges the chains' last window; each chain breached for
+    /// `kubernetes.replan_after_breached_windows` windows in a row gets a
+    /// `replanned` decision-log entry, and the tuning loop runs a round now.
+    pub fn assure(&self, now_s: u64) -> Vec<Breach> {
+        let specs = self.chains();
+        let views = self
+            .lock()
+            .views(&specs, now_s, self.config.window.as_secs());
+        let verdicts: BTreeMap<String, Verdict> = views
+            .iter()
+            .filter_map(|v| {
+                let verdict = Verdict {
+                    attainment: v.stats.slo_attainment?,
+                    percentile: v.slo_percentile?,
+                };
+                Some((v.chain.clone(), verdict))
+            })
+            .collect();
+        let breaches = locked(&self.assurance).judge(now_s, &verdicts);
+        if breaches.is_empty() {
+            return breaches;
+        }
+        let changes = breaches
+            .iter()
+            .map(|b| {
+                let seen: Vec<String> = b
+                    .attainment
+                    .iter()
+                    .map(|a| format!("{:.2} %", a * 100.0))
+                    .collect();
+                Change {
+                    object: format!("chain {}", b.chain),
+                    host: String::new(),
+                    field: "objective".into(),
+                    old: serde_json::json!({"attainment": b.attainment}),
+                    new: serde_json::json!({"replanned_at_s": now_s}),
+                    reason: format!(
+                        "{} windows in a row below the p{p} objective ({p} % of requests good needed; seen {}): the tuning round runs now instead of at its interval",
+                        b.windows,
+                        seen.join(", "),
+                        p = b.percentile,
+                    ),
+                    predicted: "the configuration re-planned on the breached windows brings the chain back within its objective".into(),
+                }
+            })
+            .collect();
+        for b in &breaches {
+            tracing::warn!(chain = %b.chain, windows = b.windows, "objective breached; re-planning now");
+        }
+        self.log_decisions(changes, DecisionMode::Replanned, now_s, &BTreeMap::new());
+        self.metrics.replans.inc_by(breaches.len() as u64);
+        self.replan.notify_one();
+        breaches
     }
 
     /// Logs `changes` (those not logged already), measures the decisions an

@@ -30,6 +30,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(get_ready))
+        .merge(crate::app::ui::routes())
         .with_state(agent)
 }
 
@@ -233,6 +234,13 @@ async fn get_chains(State(agent): State<Arc<Agent>>) -> Response {
         if let Some(s) = specs.get(&c.chain) {
             v["deadline_ms"] = json!(s.deadline_ms());
         }
+        // Whether the window met the objective, by the one rule the
+        // rollback and the eval use.
+        v["objective_met"] = json!(c
+            .stats
+            .slo_attainment
+            .zip(c.slo_percentile)
+            .map(|(a, p)| crate::data::attainment::meets(a, p)));
         chains.push(v);
     }
     Json(ChainsBody {
@@ -313,8 +321,14 @@ async fn get_history(
     let points: Vec<serde_json::Value> = rows
         .iter()
         .map(|(m, agg)| {
-            let s = stats_view(&agg.end_to_end, agg.end_to_end.requests, 60.0, slo);
-            json!({"minute_start": m * 60, "requests": agg.end_to_end.requests, "rps": s.rps,
+            // Rates are per wall second, as in `/v1/chains` (see `crate::clock`).
+            let s = stats_view(
+                &agg.end_to_end,
+                agg.end_to_end.requests,
+                crate::clock::wall_seconds(60.0),
+                slo,
+            );
+            json!({"minute_start": m * 60, "partial": *m == now_minute, "requests": agg.end_to_end.requests, "rps": s.rps,
                    "error_rate": s.error_rate, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "slo_attainment": s.slo_attainment})
         })
         .collect();

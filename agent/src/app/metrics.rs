@@ -44,6 +44,7 @@ pub struct AgentMetrics {
     pub dr_applies: Counter,
     pub dr_conflicts: Counter,
     pub dr_rollbacks: Counter,
+    pub replans: Counter,
     pub dr_deferred: Counter,
     pub chainslo_invalid: Gauge,
     pub chainslo_watch_errors: Counter,
@@ -146,6 +147,11 @@ impl AgentMetrics {
             "meshtune_destinationrule_rollbacks",
             "Changes undone because SLO attainment fell after them",
             self.dr_rollbacks.clone(),
+        );
+        registry.register(
+            "meshtune_replans",
+            "Tuning rounds run at once because a chain's objective was breached for several windows in a row",
+            self.replans.clone(),
         );
         registry.register(
             "meshtune_destinationrule_deferred",

@@ -1,5 +1,5 @@
 //! The running agent: its shared state and background loops, the HTTP API,
-//! its metrics, and the tuning loop that sends desired objects through the
+//! its metrics, the built-in page, and the tuning loop that sends desired objects through the
 //! write seam.
 
 pub mod agent;
@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod recommend;
 pub mod serve;
 pub mod tuner;
+pub mod ui;
 
 pub use serve::serve;
 

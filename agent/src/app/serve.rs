@@ -1,5 +1,5 @@
 //! Runs the agent: the API on a listener, the persistence and forecasting
-//! (and configuration-model refit) loops beside it, until told to stop; the history is flushed on the way out.
+//! (with the assurance loop and configuration-model refit) loops beside it, until told to stop; the history is flushed on the way out.
 
 use crate::app::agent::Agent;
 use std::sync::Arc;
@@ -54,6 +54,7 @@ pub async fn serve(
                 let _ = tokio::task::spawn_blocking(move || {
                     let now = crate::now_secs();
                     a.refresh_forecasts(now);
+                    a.assure(now);
                     a.learning.maybe_refit(now, &a.metrics);
                 })
                 .await;

@@ -474,6 +474,7 @@ pub async fn run_local<S: Sink + Send + Sync + 'static>(
             .await;
         tokio::select! {
             _ = tokio::time::sleep(crate::clock::wall_duration(every)) => {}
+            _ = agent.replan.notified() => {}
             _ = stop.changed() => break,
         }
     }
@@ -515,7 +516,7 @@ fn logged_changes(
     let wanted = |o: &Outcome| match mode {
         DecisionMode::Applied => *o == Outcome::Applied,
         DecisionMode::Recommended => *o == Outcome::Recommended,
-        DecisionMode::RolledBack => false,
+        DecisionMode::RolledBack | DecisionMode::Replanned => false,
     };
     let mut out = Vec::new();
     for (key, _) in outcomes.iter().filter(|(_, o)| wanted(o)) {
@@ -586,6 +587,7 @@ fn object_events(decisions: &[crate::data::decisions::Decision], now_s: u64) -> 
                     DecisionMode::Applied => "Applied",
                     DecisionMode::Recommended => "Recommended",
                     DecisionMode::RolledBack => "RolledBack",
+                    DecisionMode::Replanned => "Replanned",
                 },
                 note,
                 at_s: now_s,

@@ -19,6 +19,9 @@ pub enum DecisionMode {
     Applied,
     Recommended,
     RolledBack,
+    /// An objective breached for several windows in a row: the tuning
+    /// round ran at once (the assurance loop).
+    Replanned,
 }
 
 impl DecisionMode {
@@ -27,6 +30,7 @@ impl DecisionMode {
             DecisionMode::Applied => "applied",
             DecisionMode::Recommended => "recommended",
             DecisionMode::RolledBack => "rolled_back",
+            DecisionMode::Replanned => "replanned",
         }
     }
 }
@@ -82,7 +86,7 @@ pub struct DecisionQuery {
     pub object: Option<String>,
     /// Substring of the field path.
     pub field: Option<String>,
-    /// `applied`, `recommended` or `rolled_back`.
+    /// `applied`, `recommended`, `rolled_back` or `replanned`.
     pub mode: Option<String>,
     /// Decided at or after this agent-clock second.
     pub since: Option<u64>,
@@ -202,9 +206,10 @@ impl DecisionLog {
             Some("applied") => Some(DecisionMode::Applied),
             Some("recommended") => Some(DecisionMode::Recommended),
             Some("rolled_back") => Some(DecisionMode::RolledBack),
+            Some("replanned") => Some(DecisionMode::Replanned),
             Some(other) => {
                 return Err(format!(
-                    "mode: {other:?} is not one of applied, recommended, rolled_back"
+                    "mode: {other:?} is not one of applied, recommended, rolled_back, replanned"
                 ))
             }
         };

@@ -119,6 +119,8 @@ pub async fn run<S: Sink + Send + Sync + 'static>(
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => since_reconcile += tick,
+            // The assurance loop asks for a round now.
+            _ = agent.replan.notified() => since_reconcile = Duration::MAX,
             _ = stop.changed() => break,
         }
     }

@@ -2,6 +2,7 @@
 //! clock is read and nothing is written here: time comes in as arguments,
 //! so every planner runs under a virtual clock in tests.
 
+pub mod assurance;
 pub mod deployment;
 pub mod intent;
 pub mod istio_metrics;

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod callgrind;
 pub mod cgroup;
+pub mod chromium;
 pub mod control_plane;
 pub mod cpu_model;
 pub mod envoy;
