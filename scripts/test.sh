@@ -21,6 +21,10 @@ cargo clippy --target wasm32-wasip1 --locked -p meshtune-filter-core -p meshtune
 step "build the filter and the no-op filter (wasm32-wasip1, release)"
 cargo build --release --locked --target wasm32-wasip1 -p meshtune-filter -p meshtune-noop-filter
 ls -l "$CARGO_TARGET_DIR/wasm32-wasip1/release/"meshtune_*.wasm
+step "the agent as a static binary, for the images' test (scripts/release.sh builds it in release)"
+cargo rustc --locked -p meshtune-agent --bin meshtune-agent -- -C target-feature=+crt-static -C strip=debuginfo
+mkdir -p "$CARGO_TARGET_DIR/images"
+cp "$CARGO_TARGET_DIR/debug/meshtune-agent" "$CARGO_TARGET_DIR/images/meshtune-agent-static"
 step "tests"
 # One test at a time: the end-to-end tests each run a mesh of Envoy sidecars.
 log="$(mktemp)"

@@ -291,6 +291,16 @@ fn the_kustomizations_build_with_one_token_for_agent_and_filters() {
         assert!(err.contains("agent-token.env"), "{err}");
         std::fs::write(d.join("agent-token.env"), "token=9f2c4e81d0a7b3\n").unwrap();
     }
+    // Pointing both images at another registry and tag is one edit of one file.
+    let images = manifests.join("images/kustomization.yaml");
+    let text = std::fs::read_to_string(&images).unwrap();
+    assert_eq!(text.matches("ghcr.io/meshtune/").count(), 2, "{text}");
+    std::fs::write(
+        &images,
+        text.replace("ghcr.io/meshtune/", "registry.example.com:5000/team/")
+            .replace("newTag: \"0.1.0\"", "newTag: \"1.2.3\""),
+    )
+    .unwrap();
     let mut errors = Vec::new();
     let agent = kustomize(&manifests).unwrap();
     let plugins = kustomize(&namespace).unwrap();
@@ -312,12 +322,21 @@ fn the_kustomizations_build_with_one_token_for_agent_and_filters() {
             .any(|v| v["secret"]["secretName"] == secret["metadata"]["name"]),
         "the DaemonSet mounts the generated Secret"
     );
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com:5000/team/meshtune-agent:1.2.3"
+    );
     let wasm: Vec<_> = plugins
         .iter()
         .filter(|d| d["kind"] == "WasmPlugin")
         .collect();
     assert_eq!(wasm.len(), 2);
     for w in wasm {
+        // No scheme: Istio reads it as oci://.
+        assert_eq!(
+            w["spec"]["url"],
+            "registry.example.com:5000/team/meshtune-filter:1.2.3"
+        );
         assert_eq!(
             w["spec"]["pluginConfig"]["agent"]["token"],
             "9f2c4e81d0a7b3"
@@ -354,8 +373,12 @@ fn every_manifest_validates_against_the_shipped_schemas() {
                 f.strip_prefix(repo()).unwrap_or(f).display(),
                 doc["metadata"]["name"]
             );
-            if kind == "Kustomization" {
-                continue; // read by kustomize, never sent to the API server
+            // Read by kustomize, never sent to the API server.
+            if kind == "Kustomization"
+                || kind == "Component"
+                || f.file_name() == Some("kustomizeconfig.yaml".as_ref())
+            {
+                continue;
             }
             kinds.insert(kind.clone());
             errors.extend(validate(&doc, &what));
