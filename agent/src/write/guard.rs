@@ -110,9 +110,9 @@ pub fn significant_change(old: &Value, new: &Value, hysteresis: f64) -> bool {
                 .enumerate()
                 .for_each(|(i, c)| numbers(c, format!("{path}[{i}]"), out)),
             Value::Number(n) => out.push((path, n.as_f64().unwrap_or(0.0))),
-            // Durations ("2s") move like numbers: an interval from 2 s to
-            // 1.9 s is a small move, not a new value.
-            Value::String(d) if seconds(d).is_some() => out.push((path, seconds(d).unwrap_or(0.0))),
+            // Durations ("2s", "228ms") move like numbers: a route timeout
+            // from 216 ms to 228 ms is a small move, not a new value.
+            Value::String(d) if millis(d).is_some() => out.push((path, millis(d).unwrap_or(0.0))),
             // So do resource quantities ("250m" → "260m" is a small move).
             Value::String(q) if quantity(q).is_some() => {
                 out.push((path, quantity(q).unwrap_or(0.0)))
@@ -135,9 +135,13 @@ pub fn significant_change(old: &Value, new: &Value, hysteresis: f64) -> bool {
     })
 }
 
-/// `"2s"`, `"0.5s"` as seconds.
-fn seconds(d: &str) -> Option<f64> {
-    d.strip_suffix('s')?.parse::<f64>().ok()
+/// A duration (`"2s"`, `"0.5s"`, `"228ms"`) in milliseconds, the unit
+/// large enough for the hysteresis' floor of 1.
+fn millis(d: &str) -> Option<f64> {
+    match d.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().ok(),
+        None => Some(d.strip_suffix('s')?.parse::<f64>().ok()? * 1000.0),
+    }
 }
 
 /// A resource quantity in units large enough for the hysteresis' floor
@@ -162,7 +166,7 @@ fn strip_numbers(v: &Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_numbers).collect()),
         Value::Number(_) => Value::Null,
-        Value::String(d) if seconds(d).is_some() || quantity(d).is_some() => Value::Null,
+        Value::String(d) if millis(d).is_some() || quantity(d).is_some() => Value::Null,
         other => other.clone(),
     }
 }
@@ -539,5 +543,11 @@ mod tests {
             significant_change(&dr(200.0), &with_field, 0.2),
             "a new field is a change"
         );
+        // Route timeouts in milliseconds: a 5 % move is held, a halving is not.
+        let vs = |t: &str| json!({"spec": {"http": [{"timeout": t, "retries": {"attempts": 2}}]}});
+        assert!(!significant_change(&vs("216ms"), &vs("228ms"), 0.1));
+        assert!(significant_change(&vs("216ms"), &vs("103ms"), 0.1));
+        assert!(!significant_change(&vs("2s"), &vs("1950ms"), 0.1));
+        assert!(significant_change(&vs("2s"), &vs("0.5s"), 0.1));
     }
 }
