@@ -113,12 +113,21 @@ enum Command {
     /// with the nearest. With `--yes` the file is rewritten (the previous
     /// one kept as FILE.bak; comments are not kept) and the agent applies
     /// it at its next start.
+    ///
+    /// With `--chainslo-namespace NS` an objective or a priority goes into
+    /// the chain's ChainSLO object in NS instead (server-side apply, field
+    /// manager `meshtune-intent`, only the fields the sentence names; the
+    /// cluster from the kubeconfig or in-cluster), and the agents take it
+    /// at once; chains declared there are known names too.
     Intent {
         #[arg(long, short, env = "MESHTUNE_CONFIG")]
         config: PathBuf,
         /// Write the change (without it, only print the reading).
         #[arg(long)]
         yes: bool,
+        /// Write objectives and priorities into the ChainSLO objects of this namespace.
+        #[arg(long, value_name = "NAMESPACE")]
+        chainslo_namespace: Option<String>,
         /// The sentence (quoted or as separate words).
         #[arg(required = true)]
         sentence: Vec<String>,
@@ -308,8 +317,14 @@ fn main() -> anyhow::Result<()> {
         Command::Intent {
             config,
             yes,
+            chainslo_namespace,
             sentence,
-        } => intent_command(&config, yes, &sentence.join(" ")),
+        } => intent_command(
+            &config,
+            yes,
+            chainslo_namespace.as_deref(),
+            &sentence.join(" "),
+        ),
         Command::Recommend {
             config,
             prometheus,
@@ -412,15 +427,54 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `meshtune-agent intent`: the reading, the change, and the write on `--yes`.
-fn intent_command(config: &Path, yes: bool, sentence: &str) -> anyhow::Result<()> {
+fn intent_command(
+    config: &Path,
+    yes: bool,
+    chainslo_namespace: Option<&str>,
+    sentence: &str,
+) -> anyhow::Result<()> {
+    use meshtune_agent::k8s::intent as cluster;
     use meshtune_agent::plan::intent::{apply_to_config, parse};
     let file = config.display().to_string();
     let text = std::fs::read_to_string(config).with_context(|| format!("reading {file}"))?;
     let cfg = AgentConfig::parse(&text, &file)?;
-    let chains: Vec<String> = cfg.chains.keys().cloned().collect();
+    let mut chains: Vec<String> = cfg.chains.keys().cloned().collect();
     let services: Vec<String> = cfg.services.keys().cloned().collect();
+    let on_cluster = match chainslo_namespace {
+        Some(ns) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let client = rt
+                .block_on(kube::Client::try_default())
+                .context("connecting to the cluster (kubeconfig, or in-cluster)")?;
+            let objects = rt
+                .block_on(cluster::chainslos(&client, ns))
+                .with_context(|| format!("listing the ChainSLO objects in {ns}"))?;
+            chains.extend(cluster::chain_names(&objects));
+            chains.sort();
+            chains.dedup();
+            Some((rt, client, ns, objects))
+        }
+        None => None,
+    };
     let intent = parse(sentence, &chains, &services).map_err(|e| anyhow::anyhow!(e))?;
     println!("reading: {}", serde_json::to_string(&intent)?);
+    if let (Some((rt, client, ns, objects)), Some(_)) = (&on_cluster, intent.chain()) {
+        let written = rt
+            .block_on(cluster::write(client, ns, objects, &intent, yes))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        for c in &written.changes {
+            println!("change: {c}");
+        }
+        if written.applied {
+            println!(
+                "applied (server-side apply, field manager {}); the agents take it at once",
+                cluster::FIELD_MANAGER
+            );
+        } else {
+            println!("not applied: run again with --yes to apply it to the ChainSLO");
+        }
+        return Ok(());
+    }
     let (new_text, changes) = apply_to_config(&text, &intent).map_err(|e| anyhow::anyhow!(e))?;
     AgentConfig::parse(&new_text, &file)
         .map_err(|e| anyhow::anyhow!("the change would make the configuration invalid: {e}"))?;

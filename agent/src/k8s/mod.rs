@@ -6,6 +6,7 @@
 pub mod chainslo;
 pub mod chainslo_watch;
 pub mod controller;
+pub mod intent;
 pub mod lease;
 pub mod optout;
 pub mod peers;

@@ -34,6 +34,17 @@ pub enum Intent {
     },
 }
 
+impl Intent {
+    /// The chain an objective or a priority is about (`None` for a
+    /// service's resources bound).
+    pub fn chain(&self) -> Option<&str> {
+        match self {
+            Intent::Objective { chain, .. } | Intent::Priority { chain, .. } => Some(chain),
+            Intent::Resources { .. } => None,
+        }
+    }
+}
+
 /// Levenshtein distance (names are short).
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -241,6 +252,62 @@ pub fn apply_to_config(text: &str, intent: &Intent) -> Result<(String, Vec<Strin
     }
     let out = serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?;
     Ok((out, changes))
+}
+
+/// The server-side apply body that writes `intent` into the ChainSLO
+/// `live` (as the API server returned it): only the fields the intent names,
+/// with `spec.chain` (the same value, so sharing it conflicts with no one)
+/// and the object's identity. Returns the body and each field's old → new.
+/// A resources bound is not a ChainSLO field: an error says where it goes.
+pub fn chainslo_apply(
+    live: &serde_json::Value,
+    intent: &Intent,
+) -> Result<(serde_json::Value, Vec<String>), String> {
+    use serde_json::{json, Value};
+    if let Intent::Resources { service, .. } = intent {
+        return Err(format!(
+            "a resources bound for {service} is not part of a ChainSLO: it goes into the agent's configuration (run without --chainslo-namespace)"
+        ));
+    }
+    let name = live["metadata"]["name"]
+        .as_str()
+        .ok_or("the ChainSLO has no metadata.name")?;
+    let mut spec = json!({"chain": live["spec"]["chain"]});
+    let mut changes = Vec::new();
+    let mut set = |path: &[&str], v: Value| {
+        let old = path.iter().fold(&live["spec"], |o, k| &o[*k]);
+        changes.push(format!(
+            "ChainSLO {name} spec.{}: {} → {v}",
+            path.join("."),
+            if old.is_null() {
+                "(unset)".to_owned()
+            } else {
+                old.to_string()
+            }
+        ));
+        let mut at = &mut spec;
+        for k in &path[..path.len() - 1] {
+            at = &mut at[*k];
+        }
+        at[path[path.len() - 1]] = v;
+    };
+    match intent {
+        Intent::Objective {
+            percentile, slo_ms, ..
+        } => {
+            set(&["objective", "latencyMs"], json!(slo_ms));
+            set(&["objective", "percentile"], json!(percentile));
+        }
+        Intent::Priority { priority, .. } => set(&["priority"], json!(priority.as_str())),
+        Intent::Resources { .. } => {}
+    }
+    let body = json!({
+        "apiVersion": live["apiVersion"],
+        "kind": "ChainSLO",
+        "metadata": {"name": name, "namespace": live["metadata"]["namespace"]},
+        "spec": spec,
+    });
+    Ok((body, changes))
 }
 
 /// Sets `section.name.field` in `root`, noting old → new.
@@ -511,5 +578,41 @@ mod tests {
         assert!(e.contains("at most"), "{e}");
         let e = read("checkout is low high priority").unwrap_err();
         assert!(e.starts_with("say one priority"), "{e}");
+    }
+
+    #[test]
+    fn a_chainslo_apply_names_only_the_intents_fields() {
+        let live = serde_json::json!({
+            "apiVersion": "meshtune.io/v1alpha1", "kind": "ChainSLO",
+            "metadata": {"name": "checkout-slo", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"chain": "checkout", "entry": {"pathPrefix": "/checkout"},
+                     "objective": {"latencyMs": 250.0, "percentile": 99.0}, "priority": "normal"}});
+        let (body, changes) =
+            chainslo_apply(&live, &read("keep checkout p95 under 300 ms").unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"apiVersion": "meshtune.io/v1alpha1", "kind": "ChainSLO",
+                "metadata": {"name": "checkout-slo", "namespace": "shop"},
+                "spec": {"chain": "checkout", "objective": {"latencyMs": 300.0, "percentile": 95.0}}})
+        );
+        assert_eq!(
+            changes,
+            vec![
+                "ChainSLO checkout-slo spec.objective.latencyMs: 250.0 → 300.0",
+                "ChainSLO checkout-slo spec.objective.percentile: 99.0 → 95.0"
+            ]
+        );
+        let (body, changes) =
+            chainslo_apply(&live, &read("checkout is high priority").unwrap()).unwrap();
+        assert_eq!(
+            body["spec"],
+            serde_json::json!({"chain": "checkout", "priority": "high"})
+        );
+        assert_eq!(
+            changes,
+            vec!["ChainSLO checkout-slo spec.priority: \"normal\" → \"high\""]
+        );
+        let e = chainslo_apply(&live, &read("give reviews at most 2 CPUs").unwrap()).unwrap_err();
+        assert!(e.contains("agent's configuration"), "{e}");
     }
 }
