@@ -4,8 +4,9 @@
 //! Layers, each importing only those before it (a test over the `use`
 //! lines keeps it so, `tests/layout.rs`):
 //!
-//! 1. `config`, `clock`, `forecast`, `learn` — what the user declared; the
-//!    agent's clock (wall or trace time); the forecasters; learned models.
+//! 1. `config`, `clock`, `http`, `forecast`, `learn` — what the user
+//!    declared; the agent's clock (wall or trace time); one HTTP GET with a
+//!    deadline; the forecasters; learned models.
 //! 2. `data` — what was measured: aggregates, the chain state, the store,
 //!    windows as peers exchange them.
 //! 3. `plan` — pure planners: inputs in, decisions out (policy for the
@@ -19,6 +20,7 @@
 pub mod clock;
 pub mod config;
 pub mod forecast;
+pub mod http;
 pub mod learn;
 
 pub mod data;

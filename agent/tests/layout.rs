@@ -134,7 +134,7 @@ fn circle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 
 /// The agent's layers, lowest first (`lib` and `main` wire them all).
 const AGENT_LAYERS: [&[&str]; 6] = [
-    &["config", "clock", "forecast", "learn"],
+    &["config", "clock", "http", "forecast", "learn"],
     &["data"],
     &["plan"],
     &["write"],

@@ -8,10 +8,6 @@ use crate::plan::istio_metrics::{by_service, observations, queries, service_perc
 use crate::plan::observe::ServiceObservation;
 use crate::plan::traffic::desired;
 use crate::plan::DesiredObject;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
 /// What `recommend` found.
@@ -38,7 +34,6 @@ fn encode(s: &str) -> String {
 /// Runs one instant query (at `at`, Unix seconds, or now) and returns
 /// `data.result`.
 async fn query(base: &str, promql: &str, at: Option<f64>) -> Result<serde_json::Value, String> {
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let mut uri = format!(
         "{}/api/v1/query?query={}",
         base.trim_end_matches('/'),
@@ -47,20 +42,9 @@ async fn query(base: &str, promql: &str, at: Option<f64>) -> Result<serde_json::
     if let Some(t) = at {
         uri.push_str(&format!("&time={t}"));
     }
-    let req = hyper::Request::get(&uri)
-        .body(Empty::new())
+    let (status, body) = crate::http::get(&uri, &[], Duration::from_secs(10))
+        .await
         .map_err(|e| format!("--prometheus {base}: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .map_err(|_| format!("{base}: no answer within 10 s"))?
-        .map_err(|e| format!("{base}: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| format!("{base} answered {status}, not Prometheus JSON: {e}"))?;
     if v["status"] != "success" {

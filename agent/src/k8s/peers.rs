@@ -6,10 +6,6 @@
 //! is skipped for that round (logged); nothing is forwarded or queued.
 
 pub use crate::data::window::{merge, WindowSnapshot};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use std::time::Duration;
@@ -39,24 +35,15 @@ pub async fn peer_addresses(
 
 /// Fetches a peer's window.
 pub async fn fetch(addr: &str, token: Option<&str>) -> Result<WindowSnapshot, String> {
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = hyper::Request::get(format!("http://{addr}/v1/window"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    let uri = format!("http://{addr}/v1/window");
+    let (status, body) = crate::http::get(&uri, &headers, Duration::from_secs(3)).await?;
+    if !status.is_success() {
+        return Err(format!("{addr}: answered {status}"));
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(3), client.request(req))
-        .await
-        .map_err(|_| format!("{addr}: no answer within 3 s"))?
-        .map_err(|e| format!("{addr}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{addr}: answered {}", resp.status()));
-    }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
     serde_json::from_slice(&body).map_err(|e| format!("{addr}: {e}"))
 }
