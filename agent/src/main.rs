@@ -390,11 +390,13 @@ fn main() -> anyhow::Result<()> {
                 .filter(|(_, s)| s.max_cpu.is_some())
                 .map(|(n, _)| n.as_str())
                 .collect();
-            if !bounded.is_empty() && cfg.resources.cgroup_dir.is_none() {
+            if !bounded.is_empty() && cfg.resources.cgroup_dir.is_none() && !cfg.kubernetes.enabled
+            {
                 // Said once at start so nobody believes them enforced.
                 tracing::warn!(
-                    "services {bounded:?} give max_cpu but `resources.cgroup_dir` is not set: \
-                     their CPU use cannot be measured, so no resources are planned for them"
+                    "services {bounded:?} give max_cpu but neither `resources.cgroup_dir` nor a \
+                     cluster (kubernetes.enabled, metrics-server) is there to measure their CPU \
+                     use, so no resources are planned for them"
                 );
             }
             let unbounded_memory: Vec<&str> = cfg

@@ -7,7 +7,7 @@
 use crate::app::agent::Agent;
 use crate::data::aggregate::ChainAgg;
 use crate::data::decisions::{Change, DecisionMode};
-use crate::data::usage::{CgroupUsage, DemandTracker};
+use crate::data::usage::{CgroupUsage, DemandTracker, RateIntegrator, ServiceSample};
 use crate::learn::online::OwnRow;
 use crate::plan::lookahead::candidates;
 use crate::plan::model_choice::{
@@ -48,6 +48,8 @@ pub struct Tuner<S> {
     pub guard: Guard,
     pub sink: S,
     usage: Option<CgroupUsage>,
+    /// Without cgroups: the metrics API's rates, integrated into CPU-seconds.
+    rates: RateIntegrator,
     demand: DemandTracker,
 }
 
@@ -57,12 +59,14 @@ impl<S: Sink + Sync> Tuner<S> {
             guard: Guard::new(config),
             sink,
             usage: None,
+            rates: RateIntegrator::default(),
             demand: DemandTracker::default(),
         }
     }
 
     /// Measures the services' CPU and memory from the cgroups in `dir`
-    /// (the resources planner needs it).
+    /// (the lab's layout); without it, from the metrics API through the
+    /// sink (a cluster's metrics-server).
     pub fn measuring_usage(mut self, dir: Option<&std::path::Path>) -> Self {
         self.usage = dir.map(CgroupUsage::new);
         self
@@ -76,6 +80,7 @@ impl<S: Sink + Sync> Tuner<S> {
         agent: &Agent,
         window: &BTreeMap<String, ChainAgg>,
         obs: &[crate::plan::observe::ServiceObservation],
+        now_s: u64,
     ) -> Option<(Vec<crate::plan::DesiredObject>, serde_json::Value)> {
         let managed: Vec<(&String, &crate::config::ServiceSpec)> = agent
             .config
@@ -86,19 +91,47 @@ impl<S: Sink + Sync> Tuner<S> {
         if managed.is_empty() {
             return None;
         }
-        let Some(usage) = &self.usage else {
-            return Some((
-                Vec::new(),
-                json!({"error": "resources.cgroup_dir is not set: CPU use is not measured"}),
-            ));
-        };
-        let read = match usage.read() {
-            Ok(r) => r,
-            Err(e) => {
-                let error = format!("reading {}: {e}", usage.dir().display());
-                tracing::warn!("resources: {error}");
-                return Some((Vec::new(), json!({ "error": error })));
+        // The Deployments and autoscalers first: on a cluster the pods'
+        // usage is found through the Deployments' selectors.
+        let mut live = BTreeMap::new();
+        let mut autoscalers = BTreeMap::new();
+        let namespaces: BTreeSet<&String> = managed.iter().map(|(_, s)| &s.namespace).collect();
+        for ns in &namespaces {
+            if let Ok(objs) = self.sink.list(Kind::Deployment, ns).await {
+                for o in objs {
+                    if let Some(n) = o["metadata"]["name"].as_str() {
+                        live.insert(((*ns).clone(), n.to_owned()), o.clone());
+                    }
+                }
             }
+            match self.sink.autoscalers(ns).await {
+                Ok(a) => {
+                    autoscalers.insert((*ns).clone(), a);
+                }
+                // Unknown autoscalers: writing could fight one, so recommend only.
+                Err(e) => {
+                    let error = format!("listing autoscalers in {ns}: {e}");
+                    tracing::error!("resources: {error}");
+                    return Some((Vec::new(), json!({ "error": error })));
+                }
+            }
+        }
+        let read = match &self.usage {
+            Some(usage) => match usage.read() {
+                Ok(r) => r,
+                Err(e) => {
+                    let error = format!("reading {}: {e}", usage.dir().display());
+                    tracing::warn!("resources: {error}");
+                    return Some((Vec::new(), json!({ "error": error })));
+                }
+            },
+            None => match self.pod_usage(&managed, &live, now_s).await {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::warn!("resources: {error}");
+                    return Some((Vec::new(), json!({ "error": error })));
+                }
+            },
         };
         let mut served: BTreeMap<String, u64> = BTreeMap::new();
         for agg in agent.lock().lifetime().values() {
@@ -143,29 +176,6 @@ impl<S: Sink + Sync> Tuner<S> {
                 })
             })
             .collect();
-        let mut live = BTreeMap::new();
-        let mut autoscalers = BTreeMap::new();
-        let namespaces: BTreeSet<&String> = services.iter().map(|u| &u.namespace).collect();
-        for ns in namespaces {
-            if let Ok(objs) = self.sink.list(Kind::Deployment, ns).await {
-                for o in objs {
-                    if let Some(n) = o["metadata"]["name"].as_str() {
-                        live.insert((ns.clone(), n.to_owned()), o.clone());
-                    }
-                }
-            }
-            match self.sink.autoscalers(ns).await {
-                Ok(a) => {
-                    autoscalers.insert(ns.clone(), a);
-                }
-                // Unknown autoscalers: writing could fight one, so recommend only.
-                Err(e) => {
-                    let error = format!("listing autoscalers in {ns}: {e}");
-                    tracing::error!("resources: {error}");
-                    return Some((Vec::new(), json!({ "error": error })));
-                }
-            }
-        }
         let sizing = desired_resources(
             &services,
             &chains,
@@ -174,6 +184,39 @@ impl<S: Sink + Sync> Tuner<S> {
             &autoscalers,
         );
         Some((sizing.objects, sizing.report))
+    }
+
+    /// The managed services' usage from the metrics API (through the sink),
+    /// each Deployment's pods found by its selector, integrated into the
+    /// CPU-seconds the demand tracker divides by requests served. An error
+    /// names why CPU use is not measured.
+    async fn pod_usage(
+        &mut self,
+        managed: &[(&String, &crate::config::ServiceSpec)],
+        live: &BTreeMap<(String, String), serde_json::Value>,
+        now_s: u64,
+    ) -> Result<BTreeMap<String, ServiceSample>, String> {
+        let mut rates = BTreeMap::new();
+        let namespaces: BTreeSet<&String> = managed.iter().map(|(_, s)| &s.namespace).collect();
+        for ns in namespaces {
+            let pods = self.sink.pod_metrics(ns).await.map_err(|e| {
+                format!("resources.cgroup_dir is not set and {e}: CPU use is not measured")
+            })?;
+            for (name, spec) in managed.iter().filter(|(_, s)| &s.namespace == ns) {
+                let deployment = spec.deployment.as_deref().unwrap_or(name.as_str());
+                let container = spec.container.as_deref().unwrap_or(name.as_str());
+                if let Some(rate) = live
+                    .get(&(ns.clone(), deployment.to_owned()))
+                    .and_then(|d| crate::plan::deployment::deployment_usage(d, container, &pods))
+                {
+                    rates.insert((*name).clone(), rate);
+                }
+            }
+        }
+        // Rates are per wall second; the agent's clock may run on trace time.
+        Ok(self
+            .rates
+            .add(crate::clock::wall_seconds(now_s as f64), &rates))
     }
 
     /// The configuration model's round: records this window as the agent's
@@ -354,7 +397,7 @@ impl<S: Sink + Sync> Tuner<S> {
         let model = self
             .model_round(agent, window, secs, now_s, &obs, &mut objects)
             .await;
-        let resources = self.plan_resources(agent, window, &obs).await;
+        let resources = self.plan_resources(agent, window, &obs, now_s).await;
         if let Some((deployments, _)) = &resources {
             objects.extend(deployments.iter().cloned());
         }

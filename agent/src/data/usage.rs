@@ -21,6 +21,52 @@ pub struct ServiceSample {
     pub replicas: usize,
 }
 
+/// One service's replicas together, as a rate: what the metrics API gives
+/// on a cluster (cores now, not a counter).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServiceRate {
+    pub cores: f64,
+    pub memory_mib: f64,
+    pub replicas: usize,
+}
+
+/// Turns rates read now and then into the cumulative CPU-seconds
+/// [`DemandTracker`] takes, by the trapezoid rule between readings (the
+/// metrics API averages each pod's usage over its own short window, so the
+/// readings between are not known).
+#[derive(Debug, Default)]
+pub struct RateIntegrator {
+    /// Per service: when last read (seconds), the cores then, CPU-s so far.
+    last: BTreeMap<String, (f64, f64, f64)>,
+}
+
+impl RateIntegrator {
+    /// Takes the rates read at `t_s` (seconds on any one clock) and returns
+    /// each service's cumulative sample; a service seen for the first time
+    /// starts from zero CPU-seconds.
+    pub fn add(
+        &mut self,
+        t_s: f64,
+        rates: &BTreeMap<String, ServiceRate>,
+    ) -> BTreeMap<String, ServiceSample> {
+        let mut out = BTreeMap::new();
+        for (svc, r) in rates {
+            let (t0, cores0, cpu0) = self.last.get(svc).copied().unwrap_or((t_s, r.cores, 0.0));
+            let cpu_s = cpu0 + (t_s - t0).max(0.0) * (cores0 + r.cores) / 2.0;
+            self.last.insert(svc.clone(), (t_s, r.cores, cpu_s));
+            out.insert(
+                svc.clone(),
+                ServiceSample {
+                    cpu_s,
+                    memory_mib: r.memory_mib,
+                    replicas: r.replicas,
+                },
+            );
+        }
+        out
+    }
+}
+
 /// The service a replica's group belongs to: `reviews-2` → `reviews`.
 pub fn service_of(group: &str) -> &str {
     match group.rsplit_once('-') {

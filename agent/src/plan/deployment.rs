@@ -50,11 +50,52 @@ pub fn memory_quantity(mib: f64) -> String {
 /// A CPU quantity in cores (`"250m"`, `"1.5"`, `"2"`).
 pub fn parse_cpu(q: &str) -> Option<f64> {
     let q = q.trim();
-    match q.strip_suffix('m') {
-        Some(m) => m.parse::<f64>().ok().map(|v| v / 1000.0),
-        None => q.parse::<f64>().ok(),
+    // The metrics API reports usage in nanocores (`"12345678n"`).
+    let (number, scale) = match q.char_indices().last() {
+        Some((i, 'm')) => (&q[..i], 1e-3),
+        Some((i, 'u')) => (&q[..i], 1e-6),
+        Some((i, 'n')) => (&q[..i], 1e-9),
+        _ => (q, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|v| v * scale)
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// What one Deployment's pods use now, from the metrics API's PodMetrics
+/// (which carry their pod's labels): the pods its `spec.selector.matchLabels`
+/// selects, container `container` summed over them (CPU in cores, memory
+/// as the working set in MiB). `None` when none of its pods reports.
+pub fn deployment_usage(
+    deployment: &Value,
+    container: &str,
+    pod_metrics: &[Value],
+) -> Option<crate::data::usage::ServiceRate> {
+    let selector = deployment["spec"]["selector"]["matchLabels"].as_object()?;
+    if selector.is_empty() {
+        return None;
     }
-    .filter(|v| v.is_finite() && *v >= 0.0)
+    let mut rate = crate::data::usage::ServiceRate::default();
+    for pod in pod_metrics {
+        let labels = &pod["metadata"]["labels"];
+        if !selector.iter().all(|(k, v)| &labels[k] == v) {
+            continue;
+        }
+        let Some(c) = pod["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == container)
+        else {
+            continue;
+        };
+        rate.cores += c["usage"]["cpu"].as_str().and_then(parse_cpu)?;
+        rate.memory_mib += c["usage"]["memory"].as_str().and_then(parse_memory)?;
+        rate.replicas += 1;
+    }
+    (rate.replicas > 0).then_some(rate)
 }
 
 /// A memory quantity in MiB (`"256Mi"`, `"1Gi"`, `"500M"`, bytes).
@@ -295,6 +336,10 @@ mod tests {
         assert_eq!(memory_quantity(255.2), "256Mi");
         assert_eq!(parse_cpu("250m"), Some(0.25));
         assert_eq!(parse_cpu("1.5"), Some(1.5));
+        // The metrics API's nanocores and microcores.
+        for (q, cores) in [("12500000n", 0.0125), ("250u", 0.00025)] {
+            assert!((parse_cpu(q).unwrap() - cores).abs() < 1e-12, "{q}");
+        }
         assert_eq!(parse_cpu("x"), None);
         assert_eq!(parse_memory("1Gi"), Some(1024.0));
         assert_eq!(parse_memory("256Mi"), Some(256.0));

@@ -213,6 +213,27 @@ impl Sink for KubeSink {
         })
     }
 
+    async fn pod_metrics(&self, namespace: &str) -> Result<Vec<Value>, SinkError> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &api_resource("metrics.k8s.io", "v1beta1", "PodMetrics", "pods"),
+        );
+        match api.list(&ListParams::default()).await {
+            Ok(list) => Ok(list
+                .items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(SinkError::Unavailable(
+                "the API server does not serve metrics.k8s.io (install metrics-server)".into(),
+            )),
+            Err(e) => Err(SinkError::Unavailable(format!(
+                "listing pod metrics in {namespace}: {e}"
+            ))),
+        }
+    }
+
     async fn apply(
         &self,
         kind: Kind,

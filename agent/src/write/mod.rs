@@ -92,6 +92,23 @@ pub trait Sink {
         async { Ok(()) }
     }
 
+    /// What the pods in `namespace` use now, as the metrics API serves it
+    /// (`metrics.k8s.io/v1beta1` PodMetrics, with each pod's labels): the
+    /// CPU source of the resources planner on a cluster. Sinks without a
+    /// cluster have none.
+    fn pod_metrics(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<Value>, SinkError>> + Send {
+        let _ = namespace;
+        async {
+            Err(SinkError::Unavailable(
+                "this sink has no metrics API (pod metrics come from a cluster's metrics-server)"
+                    .into(),
+            ))
+        }
+    }
+
     /// Removes meshtune's object `name` (never one it does not own).
     fn remove(
         &self,
