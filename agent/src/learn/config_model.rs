@@ -247,13 +247,24 @@ fn prepare(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
 /// traversal allocates a list per row). Built from the tree's serialised
 /// nodes, so it is exactly smartcore's tree: at a split, `x[feature] <=
 /// value` goes to the first child, anything else (NaN included) to the
-/// second.
+/// second. Laid out in pre-order, so the first child is the next node and
+/// a node is 16 bytes: a whole forest stays in cache.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct FlatTree {
-    /// (feature, split value, first child, second child, output); a node
-    /// without children is a leaf.
-    nodes: Vec<(usize, f64, u32, u32, f64)>,
+    nodes: Vec<FlatNode>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FlatNode {
+    /// The split value, or a leaf's output.
+    value: f64,
+    /// The split feature; [`LEAF`] for a leaf.
+    feature: u32,
+    /// Where the second child is (the first is the next node).
+    second: u32,
+}
+
+const LEAF: u32 = u32::MAX;
 
 impl FlatTree {
     fn from_tree(t: &Tree) -> Result<FlatTree, String> {
@@ -261,46 +272,74 @@ impl FlatTree {
         let nodes = v["tree_regressor"]["nodes"]
             .as_array()
             .ok_or("a tree without nodes")?;
-        let mut out = Vec::with_capacity(nodes.len());
+        if nodes.is_empty() {
+            return Err("a tree without nodes".into());
+        }
+        // (feature, split value, children, output) as smartcore numbers them.
+        let mut raw = Vec::with_capacity(nodes.len());
         for n in nodes {
-            let child = |k: &str| n[k].as_u64().map(|c| c as u32);
-            let (a, b) = match (child("true_child"), child("false_child")) {
-                (Some(a), Some(b)) if (a as usize) < nodes.len() && (b as usize) < nodes.len() => {
-                    (a, b)
-                }
-                (None, None) => (u32::MAX, u32::MAX),
+            let child = |k: &str| n[k].as_u64().map(|c| c as usize);
+            let children = match (child("true_child"), child("false_child")) {
+                (Some(a), Some(b)) if a < nodes.len() && b < nodes.len() => Some((a, b)),
+                (None, None) => None,
                 _ => return Err("a node with one child or a child out of range".into()),
             };
-            out.push((
-                n["split_feature"].as_u64().unwrap_or(0) as usize,
+            raw.push((
+                n["split_feature"].as_u64().unwrap_or(0) as u32,
                 n["split_value"].as_f64().unwrap_or(f64::NAN),
-                a,
-                b,
+                children,
                 n["output"].as_f64().unwrap_or(0.0),
             ));
         }
-        if out.is_empty() {
-            return Err("a tree without nodes".into());
+        // Pre-order from the root; a node met twice means a cycle (a broken file).
+        let mut out: Vec<FlatNode> = Vec::with_capacity(raw.len());
+        let mut placed = vec![false; raw.len()];
+        // (node, where its parent waits for the second child's index)
+        let mut stack: Vec<(usize, Option<usize>)> = vec![(0, None)];
+        while let Some((n, parent)) = stack.pop() {
+            if std::mem::replace(&mut placed[n], true) {
+                return Err("a tree whose nodes form a cycle".into());
+            }
+            if let Some(p) = parent {
+                out[p].second = out.len() as u32;
+            }
+            let (feature, split, children, output) = raw[n];
+            match children {
+                Some((a, b)) => {
+                    let at = out.len();
+                    out.push(FlatNode {
+                        value: split,
+                        feature,
+                        second: 0,
+                    });
+                    // The first child next (popped first), the second after its subtree.
+                    stack.push((b, Some(at)));
+                    stack.push((a, None));
+                }
+                None => out.push(FlatNode {
+                    value: output,
+                    feature: LEAF,
+                    second: 0,
+                }),
+            }
         }
         Ok(FlatTree { nodes: out })
     }
 
     fn predict(&self, x: &[f64]) -> f64 {
         let mut i = 0usize;
-        // A grown tree has no cycles; the bound keeps a broken file from
-        // looping.
-        for _ in 0..self.nodes.len() {
-            let (f, v, a, b, out) = self.nodes[i];
-            if a == u32::MAX {
-                return out;
+        // Pre-order: every step moves forward, so this ends within the nodes.
+        while let Some(n) = self.nodes.get(i) {
+            if n.feature == LEAF {
+                return n.value;
             }
-            i = if x.get(f).is_some_and(|xf| *xf <= v) {
-                a as usize
+            i = if x.get(n.feature as usize).is_some_and(|xf| *xf <= n.value) {
+                i + 1
             } else {
-                b as usize
+                n.second as usize
             };
         }
-        self.nodes[i].4
+        f64::NAN
     }
 }
 
@@ -352,19 +391,24 @@ impl Forest {
         Ok(())
     }
 
-    /// Per row: the trees' mean and standard deviation.
+    /// Per row: the trees' mean and standard deviation. Tree by tree over
+    /// all rows, so each tree is read from cache while it is used.
     fn predict(&self, rows: &[Vec<f64>]) -> Vec<(f64, f64)> {
         let k = self.flat.len().max(1) as f64;
-        rows.iter()
-            .map(|x| {
-                let (mut sum, mut sq) = (0.0, 0.0);
-                for t in &self.flat {
-                    let v = t.predict(x);
-                    sum += v;
-                    sq += v * v;
-                }
-                let mean = sum / k;
-                (mean, (sq / k - mean * mean).max(0.0).sqrt())
+        let mut sum = vec![0.0; rows.len()];
+        let mut sq = vec![0.0; rows.len()];
+        for t in &self.flat {
+            for ((x, s), q) in rows.iter().zip(&mut sum).zip(&mut sq) {
+                let v = t.predict(x);
+                *s += v;
+                *q += v * v;
+            }
+        }
+        sum.iter()
+            .zip(&sq)
+            .map(|(s, q)| {
+                let mean = s / k;
+                (mean, (q / k - mean * mean).max(0.0).sqrt())
             })
             .collect()
     }
