@@ -114,6 +114,22 @@ async fn each_change_is_logged_once_with_its_reason_measured_later_and_kept_acro
     tuner
         .round(&a, &w, secs, &BTreeSet::new(), true, now + 11)
         .await;
+    // The filters' policy is logged too, judged by the chain's attainment
+    // (measured on the agent's minute tick).
+    let (_, policy) = get(
+        &a,
+        "/v1/decisions?object=policy%20chain%20product&field=budget_ms",
+    )
+    .await;
+    let budget = &policy["decisions"][0];
+    assert_eq!(budget["new"], 200, "{policy}");
+    assert_eq!(budget["host"], "chain product");
+    assert!(
+        budget["reason"].as_str().unwrap().contains("deadline"),
+        "{budget}"
+    );
+    assert!(budget["measured"].is_null());
+    a.assure(now + 11);
     let (_, body) = get(&a, "/v1/decisions?limit=1000").await;
     let first: Vec<&serde_json::Value> = body["decisions"]
         .as_array()

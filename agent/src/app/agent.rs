@@ -47,6 +47,8 @@ pub struct Agent {
     assurance: Mutex<Assurance>,
     /// Wakes the tuning loop for a round now (the assurance loop).
     pub replan: tokio::sync::Notify,
+    /// The policy's fields as last logged in the decision log.
+    policy_logged: Mutex<BTreeMap<(String, String), serde_json::Value>>,
 }
 
 impl Agent {
@@ -148,6 +150,7 @@ impl Agent {
             decisions: Mutex::new(decisions),
             assurance: Mutex::new(assurance),
             replan: tokio::sync::Notify::new(),
+            policy_logged: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -189,7 +192,12 @@ impl Agent {
             })
             .collect();
         let breaches = locked(&self.assurance).judge(now_s, &verdicts);
+        // Decisions about a chain (policy, re-plans) are measured here,
+        // once a window has passed since each.
+        let (window, _) = self.window(now_s);
+        let attainment = self.chain_attainment(&window);
         if breaches.is_empty() {
+            self.log_decisions(Vec::new(), DecisionMode::Applied, now_s, &attainment);
             return breaches;
         }
         let changes = breaches
@@ -202,7 +210,7 @@ impl Agent {
                     .collect();
                 Change {
                     object: format!("chain {}", b.chain),
-                    host: String::new(),
+                    host: format!("chain {}", b.chain),
                     field: "objective".into(),
                     old: serde_json::json!({"attainment": b.attainment}),
                     new: serde_json::json!({"replanned_at_s": now_s}),
@@ -219,7 +227,7 @@ impl Agent {
         for b in &breaches {
             tracing::warn!(chain = %b.chain, windows = b.windows, "objective breached; re-planning now");
         }
-        self.log_decisions(changes, DecisionMode::Replanned, now_s, &BTreeMap::new());
+        self.log_decisions(changes, DecisionMode::Replanned, now_s, &attainment);
         self.metrics.replans.inc_by(breaches.len() as u64);
         self.replan.notify_one();
         breaches
@@ -360,7 +368,39 @@ impl Agent {
                 .set(*g);
         }
         *cached = Some((p.clone(), now_ms));
+        drop(cached);
+        // What moved since last logged goes into the decision log, judged
+        // later by the chain's attainment.
+        let changes = {
+            let mut logged = locked(&self.policy_logged);
+            let changes = crate::plan::policy::policy_changes(&logged, &p);
+            for c in &changes {
+                let key = (c.object.clone(), c.field.clone());
+                if c.new.is_null() {
+                    logged.remove(&key);
+                } else {
+                    logged.insert(key, c.new.clone());
+                }
+            }
+            changes
+        };
+        if !changes.is_empty() {
+            let attainment = self.chain_attainment(&window);
+            self.log_decisions(changes, DecisionMode::Applied, now_ms / 1000, &attainment);
+        }
         Some(p)
+    }
+
+    /// Each chain's attainment over `window`, keyed `chain NAME` (how
+    /// decisions about a chain name what judges them).
+    fn chain_attainment(&self, window: &BTreeMap<String, ChainAgg>) -> BTreeMap<String, f64> {
+        self.chains()
+            .iter()
+            .filter_map(|(name, spec)| {
+                let a = window.get(name)?.end_to_end.attainment(spec.slo_ms)?;
+                Some((format!("chain {name}"), a))
+            })
+            .collect()
     }
 
     /// Writes what changed since the last call; on failure the changes stay

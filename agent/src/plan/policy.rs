@@ -3,6 +3,7 @@
 
 use crate::config::{ChainSpec, PolicySpec};
 use crate::data::aggregate::ChainAgg;
+use crate::data::decisions::Change;
 use meshtune_filter_core::control::{ChainPolicy, Policy};
 use std::collections::BTreeMap;
 
@@ -111,6 +112,87 @@ pub fn compute(
         load_growth: BTreeMap::new(),
         retry_budget: spec.retry_budget.clone(),
     }
+}
+
+/// Relative move of a number in the filters' policy that is logged as a
+/// decision (smaller moves follow the window's noise, every 5 s).
+pub const POLICY_LOG_HYSTERESIS: f64 = 0.2;
+
+/// The policy as decision-log fields: `(object, field) → value`. A chain's
+/// fields are under `policy chain NAME`; the rest under `policy`.
+pub fn policy_fields(p: &Policy) -> BTreeMap<(String, String), serde_json::Value> {
+    use serde_json::json;
+    let mut out = BTreeMap::new();
+    for (name, c) in &p.chains {
+        let object = format!("policy chain {name}");
+        out.insert((object.clone(), "budget_ms".into()), json!(c.budget_ms));
+        out.insert(
+            (object.clone(), "priority".into()),
+            json!(c.priority.as_str()),
+        );
+        for (svc, ms) in &c.hop_budget_ms {
+            out.insert((object.clone(), format!("hop_budget_ms.{svc}")), json!(ms));
+        }
+    }
+    for (svc, g) in &p.load_growth {
+        out.insert(("policy".into(), format!("load_growth.{svc}")), json!(g));
+    }
+    if let Some(r) = &p.retry_budget {
+        out.insert(
+            ("policy".into(), "retry_budget".into()),
+            serde_json::to_value(r).unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// The fields of `new` that moved from what was last logged (`logged`):
+/// a number by more than [`POLICY_LOG_HYSTERESIS`] of its old value (at
+/// least 1), anything else when it differs, and fields that appeared or
+/// went. Each with the reason it has in [`compute`].
+pub fn policy_changes(
+    logged: &BTreeMap<(String, String), serde_json::Value>,
+    new: &Policy,
+) -> Vec<Change> {
+    use serde_json::Value;
+    let now = policy_fields(new);
+    let moved = |old: &Value, new: &Value| match (old.as_f64(), new.as_f64()) {
+        (Some(a), Some(b)) => (a - b).abs() > POLICY_LOG_HYSTERESIS * a.abs().max(1.0),
+        _ => old != new,
+    };
+    let keys: std::collections::BTreeSet<&(String, String)> =
+        logged.keys().chain(now.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let old = logged.get(key).cloned().unwrap_or(Value::Null);
+            let new = now.get(key).cloned().unwrap_or(Value::Null);
+            if !moved(&old, &new) {
+                return None;
+            }
+            let (object, field) = key;
+            let reason = match field.split('.').next().unwrap_or("") {
+                "budget_ms" => "the chain's deadline: the budget stamped at its entry",
+                "priority" => "the chain's declared priority, for shedding at saturation",
+                "hop_budget_ms" => "the service's observed share of the chain's latency at its percentile × hop_headroom, cut from the deadline (absent: too few requests, or the entry hop)",
+                "load_growth" => "the chains' forecast at the longest horizon ÷ their load now, for the service's concurrency limit",
+                _ => "policy.retry_budget from the configuration",
+            };
+            Some(Change {
+                object: object.clone(),
+                // A chain's fields are judged by the chain's attainment.
+                host: object
+                    .strip_prefix("policy ")
+                    .filter(|o| o.starts_with("chain "))
+                    .unwrap_or("")
+                    .to_owned(),
+                field: field.clone(),
+                old,
+                new,
+                reason: reason.into(),
+                predicted: "the filters apply it to the next requests (policy sent on every report answer)".into(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -234,5 +316,51 @@ mod tests {
         let mut p = compute(&BTreeMap::new(), &window, &PolicySpec::default(), 1);
         p.load_growth = g;
         assert!(p.validate().is_ok());
+    }
+
+    #[test]
+    fn policy_moves_beyond_the_hysteresis_are_logged_once_with_their_reason() {
+        let policy = |budget: u64, hop: Option<u64>| {
+            let mut c = ChainPolicy {
+                budget_ms: budget,
+                priority: Priority::High,
+                hop_budget_ms: BTreeMap::new(),
+            };
+            if let Some(h) = hop {
+                c.hop_budget_ms.insert("reviews".into(), h);
+            }
+            Policy {
+                version: 1,
+                ttl_ms: 30_000,
+                chains: BTreeMap::from([("checkout".to_string(), c)]),
+                rules: Vec::new(),
+                load_growth: BTreeMap::new(),
+                retry_budget: None,
+            }
+        };
+        let mut logged = BTreeMap::new();
+        let first = policy_changes(&logged, &policy(240, Some(100)));
+        let fields: Vec<&str> = first.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["budget_ms", "hop_budget_ms.reviews", "priority"]
+        );
+        assert!(first
+            .iter()
+            .all(|c| c.object == "policy chain checkout" && c.host == "chain checkout"));
+        for c in &first {
+            logged.insert((c.object.clone(), c.field.clone()), c.new.clone());
+        }
+        // A 10 % move is noise; a 30 % one and a cap that went are decisions.
+        assert!(policy_changes(&logged, &policy(240, Some(110))).is_empty());
+        let moved = policy_changes(&logged, &policy(240, Some(130)));
+        assert_eq!(moved.len(), 1);
+        assert_eq!(
+            (moved[0].old.clone(), moved[0].new.clone()),
+            (serde_json::json!(100), serde_json::json!(130))
+        );
+        let gone = policy_changes(&logged, &policy(240, None));
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].new.is_null() && gone[0].reason.contains("absent"));
     }
 }
