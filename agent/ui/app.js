@@ -145,8 +145,9 @@ function config_of(services, report) {
 }
 
 function decisions_of(chain, services, decisions) {
-  // Changes to the chain's services, and the assurance loop's re-plans of the chain.
-  const mine = decisions.filter((d) => services.has(serviceOf(d.host)) || d.object === `chain ${chain}`);
+  // Changes to the chain's services, and decisions about the chain itself
+  // (its data-path policy, the assurance loop's re-plans), judged by it.
+  const mine = decisions.filter((d) => services.has(serviceOf(d.host)) || d.host === `chain ${chain}`);
   if (!mine.length) return el("p", { class: "muted", text: "No decision on this chain's services yet." });
   return el("table", { class: "wide" }, el("tr", {}, ...["time", "mode", "object", "field", "old → new", "measured", "reason"]
     .map((t) => el("th", { text: t }))),
