@@ -758,6 +758,10 @@ async fn up(o: UpOptions) -> anyhow::Result<()> {
         "agent chains view:            http://127.0.0.1:{}/v1/chains",
         mesh.agent_port
     );
+    println!(
+        "agent page:                   http://127.0.0.1:{}/ui/",
+        mesh.agent_port
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let entry = mesh.entry_port;
     let rates_for_load = rates.clone();
