@@ -225,19 +225,22 @@ fn matrix(rows: &[Vec<f64>]) -> Result<DenseMatrix<f64>, ModelError> {
     DenseMatrix::from_2d_vec(&rows.to_vec()).map_err(|e| ModelError::Train(e.to_string()))
 }
 
-/// Rows as the trees see them: pool sizes as log2.
+/// A feature's value as the trees see it: pool sizes as log2.
+fn prepared(v: f64, feature: &str) -> f64 {
+    if LOG_FEATURES.contains(&feature) {
+        v.max(1.0).log2()
+    } else {
+        v
+    }
+}
+
+/// Rows as the trees see them.
 fn prepare(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
     rows.iter()
         .map(|r| {
             r.iter()
                 .zip(FEATURES)
-                .map(|(v, f)| {
-                    if LOG_FEATURES.contains(&f) {
-                        v.max(1.0).log2()
-                    } else {
-                        *v
-                    }
-                })
+                .map(|(v, f)| prepared(*v, f))
                 .collect()
         })
         .collect()
@@ -391,17 +394,33 @@ impl Forest {
         Ok(())
     }
 
-    /// Per row: the trees' mean and standard deviation. Tree by tree over
-    /// all rows, so each tree is read from cache while it is used.
+    /// Per row: the trees' mean and standard deviation.
+    #[cfg(test)]
     fn predict(&self, rows: &[Vec<f64>]) -> Vec<(f64, f64)> {
+        let width = rows.first().map_or(1, Vec::len);
+        self.predict_flat(&rows.concat(), width)
+    }
+
+    /// Per row of `x` (rows of `width` values one after another): the
+    /// trees' mean and standard deviation. Rows go in blocks small enough
+    /// for the first-level cache, each block through every tree in turn, so
+    /// neither the rows nor the trees are fetched from memory again and
+    /// again; each row's sum runs over the trees in order (as smartcore's).
+    fn predict_flat(&self, x: &[f64], width: usize) -> Vec<(f64, f64)> {
+        const BLOCK: usize = 64;
+        let width = width.max(1);
+        let n = x.len() / width;
         let k = self.flat.len().max(1) as f64;
-        let mut sum = vec![0.0; rows.len()];
-        let mut sq = vec![0.0; rows.len()];
-        for t in &self.flat {
-            for ((x, s), q) in rows.iter().zip(&mut sum).zip(&mut sq) {
-                let v = t.predict(x);
-                *s += v;
-                *q += v * v;
+        let mut sum = vec![0.0; n];
+        let mut sq = vec![0.0; n];
+        for start in (0..n).step_by(BLOCK) {
+            let end = (start + BLOCK).min(n);
+            for t in &self.flat {
+                for i in start..end {
+                    let v = t.predict(&x[i * width..(i + 1) * width]);
+                    sum[i] += v;
+                    sq[i] += v * v;
+                }
             }
         }
         sum.iter()
@@ -518,18 +537,28 @@ impl ConfigModel {
         if features.is_empty() {
             return Ok(Vec::new());
         }
-        self.predict_prepared(&prepare(features))
-    }
-
-    fn predict_prepared(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>, ModelError> {
-        if rows.iter().any(|r| r.len() != FEATURES.len()) {
+        if features.iter().any(|r| r.len() != FEATURES.len()) {
             return Err(ModelError::Train(format!(
                 "a row without the model's {} features",
                 FEATURES.len()
             )));
         }
-        let per: Vec<Vec<(f64, f64)>> = self.forests.iter().map(|f| f.predict(rows)).collect();
-        Ok((0..rows.len())
+        // One buffer for all rows, pools as log2 (as the trees were grown).
+        let mut x = Vec::with_capacity(features.len() * FEATURES.len());
+        for r in features {
+            x.extend(r.iter().zip(FEATURES).map(|(v, f)| prepared(*v, f)));
+        }
+        self.predict_flat(&x, features.len())
+    }
+
+    /// Predicts `n` prepared rows laid one after another in `x`.
+    fn predict_flat(&self, x: &[f64], n: usize) -> Result<Vec<Prediction>, ModelError> {
+        let per: Vec<Vec<(f64, f64)>> = self
+            .forests
+            .iter()
+            .map(|f| f.predict_flat(x, FEATURES.len()))
+            .collect();
+        Ok((0..n)
             .map(|i| Prediction {
                 p99_ms: per[0][i].0.exp(),
                 log_p99_spread: per[0][i].1,

@@ -128,6 +128,15 @@ fn the_flat_trees_predict_exactly_what_smartcore_does() {
     let rows = prepare(&ds.features);
     for f in &m.forests {
         assert_eq!(f.predict(&rows), f.predict_smartcore(&rows).unwrap());
+        // Rows go through the trees in blocks of 64: a short block too.
+        for n in [1, 3, 67] {
+            let few = &rows[..n];
+            assert_eq!(
+                f.predict(few),
+                f.predict_smartcore(few).unwrap(),
+                "{n} rows"
+            );
+        }
     }
     // A row of the wrong width is refused, not misread.
     assert!(m.predict(&[vec![1.0; 3]]).is_err());
