@@ -61,7 +61,8 @@ function section(chain) {
     el("h2", { text: chain }),
     el("div", { class: "objective muted" }),
     el("div", { class: "figures" }),
-    el("div", { class: "charts" }, el("div", { class: "chart-rps" }), el("div", { class: "chart-p99" })),
+    el("div", { class: "charts" }, el("div", { class: "chart-rps" }), el("div", { class: "chart-p99" }),
+      el("div", { class: "chart-attainment" })),
     el("h3", { text: "Hops" }), el("div", { class: "hops" }),
     el("h3", { text: "Configuration per service (live → meshtune's)" }), el("div", { class: "config" }),
     el("h3", { text: "Decisions on this chain" }), el("div", { class: "decisions" }));
@@ -89,6 +90,7 @@ function charts_of(c, history, s) {
   const xs = pts.map((p) => p.minute_start);
   const rps = pts.map((p) => p.rps);
   const p99 = pts.map((p) => p.p99_ms);
+  const within = pts.map((p) => (p.slo_attainment == null ? null : 100 * p.slo_attainment));
   // The forecast ahead, from the last minute of history (horizons in minutes).
   const fx = [], fy = [];
   const last = xs.length ? xs[xs.length - 1] : null;
@@ -108,6 +110,12 @@ function charts_of(c, history, s) {
     series: [{}, { label: "p99 ms", stroke: "#bf3989", width: 2 },
       { label: `objective ${num(c.slo_ms, 0)} ms`, stroke: "#cf222e", dash: [2, 3] }],
   }, [xs, p99, xs.map(() => c.slo_ms ?? null)]);
+  draw(c.chain, "attainment", s.querySelector(".chart-attainment"), {
+    title: "Requests within the objective (%) per minute",
+    scales: { x: { time: true }, y: { range: (u, lo) => [Math.min(lo ?? 100, c.slo_percentile ?? 99) - 1, 100] } },
+    series: [{}, { label: "within %", stroke: "#1a7f37", width: 2 },
+      { label: `needed ${num(c.slo_percentile, 0)} %`, stroke: "#cf222e", dash: [2, 3] }],
+  }, [xs, within, xs.map(() => c.slo_percentile ?? null)]);
 }
 
 function hops_of(c) {

@@ -158,8 +158,8 @@ async fn the_page_shows_both_chains_live_rps_and_what_meshtune_holds_without_con
     for name in report["objects"].as_object().unwrap().keys() {
         assert!(dom.contains(name.as_str()), "{name} is not on the page");
     }
-    // Both charts per chain were drawn (uPlot draws into a canvas).
-    assert_eq!(dom.matches("<canvas").count(), 2 * shown.len(), "charts");
+    // The three charts per chain were drawn (uPlot draws into a canvas).
+    assert_eq!(dom.matches("<canvas").count(), 3 * shown.len(), "charts");
     let size = std::fs::metadata(&png).unwrap().len();
     assert!(size > 20_000, "{} is {size} bytes", png.display());
     println!("screenshot: {}", png.display());
