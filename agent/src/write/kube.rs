@@ -58,24 +58,36 @@ impl KubeSink {
         Api::namespaced_with(self.client.clone(), namespace, &resource(kind))
     }
 
-    /// Lists `plural` of `group/version` in `namespace`; an API the server
-    /// does not serve (no VPA installed, say) holds nothing.
-    async fn list_or_none(
+    /// Every object of `(group, version, kind, plural)` in `namespace`, as JSON.
+    async fn list_json(
         &self,
         namespace: &str,
         (group, version, kind, plural): (&str, &str, &str, &str),
-    ) -> Result<Vec<Value>, SinkError> {
+    ) -> Result<Vec<Value>, kube::Error> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             namespace,
             &api_resource(group, version, kind, plural),
         );
-        match api.list(&ListParams::default()).await {
-            Ok(list) => Ok(list
-                .items
-                .into_iter()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect()),
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|o| serde_json::to_value(o).ok())
+            .collect())
+    }
+
+    /// Lists `plural` of `group/version` in `namespace`; an API the server
+    /// does not serve (no VPA installed, say) holds nothing.
+    async fn list_or_none(
+        &self,
+        namespace: &str,
+        resource: (&str, &str, &str, &str),
+    ) -> Result<Vec<Value>, SinkError> {
+        let plural = resource.3;
+        match self.list_json(namespace, resource).await {
+            Ok(list) => Ok(list),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
             Err(e) => Err(SinkError::Unavailable(format!(
                 "listing {plural} in {namespace}: {e}"
@@ -214,17 +226,9 @@ impl Sink for KubeSink {
     }
 
     async fn pod_metrics(&self, namespace: &str) -> Result<Vec<Value>, SinkError> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            namespace,
-            &api_resource("metrics.k8s.io", "v1beta1", "PodMetrics", "pods"),
-        );
-        match api.list(&ListParams::default()).await {
-            Ok(list) => Ok(list
-                .items
-                .into_iter()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect()),
+        let resource = ("metrics.k8s.io", "v1beta1", "PodMetrics", "pods");
+        match self.list_json(namespace, resource).await {
+            Ok(list) => Ok(list),
             Err(kube::Error::Api(s)) if s.code == 404 => Err(SinkError::Unavailable(
                 "the API server does not serve metrics.k8s.io (install metrics-server)".into(),
             )),
