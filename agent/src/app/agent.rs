@@ -193,9 +193,11 @@ impl Agent {
             .collect();
         let breaches = locked(&self.assurance).judge(now_s, &verdicts);
         // Decisions about a chain (policy, re-plans) are measured here,
-        // once a window has passed since each.
-        let (window, _) = self.window(now_s);
-        let attainment = self.chain_attainment(&window);
+        // once a window has passed since each, on the views just read.
+        let attainment: BTreeMap<String, f64> = views
+            .iter()
+            .filter_map(|v| Some((format!("chain {}", v.chain), v.stats.slo_attainment?)))
+            .collect();
         if breaches.is_empty() {
             self.log_decisions(Vec::new(), DecisionMode::Applied, now_s, &attainment);
             return breaches;
