@@ -23,6 +23,7 @@ fn main() {
             fixed_ms: next(5) as f64,
             variability: 0.3 + next(8) as f64 * 0.1,
             rps: 10.0 + next(90) as f64,
+            replicas: 1,
             min_cpu: 0.05,
             max_cpu: 8.0,
         })

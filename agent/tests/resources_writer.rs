@@ -60,6 +60,8 @@ fn sized(rps: f64) -> DesiredObject {
         max_cpu: 4.0,
         min_memory: 32.0,
         max_memory: 512.0,
+        throttling: Vec::new(),
+        limit_cores: None,
     };
     let chain = ChainLoad {
         name: "ratings-api".into(),

@@ -139,7 +139,8 @@ impl<S: Sink + Sync> Tuner<S> {
                 *served.entry(svc.clone()).or_default() += hop.preferred().0.requests;
             }
         }
-        self.demand.add(&read, &served);
+        self.demand
+            .add(&read, &served, crate::clock::wall_seconds(now_s as f64));
         let services: Vec<ServiceUsage> = managed
             .iter()
             .map(|(name, spec)| ServiceUsage {
@@ -159,6 +160,23 @@ impl<S: Sink + Sync> Tuner<S> {
                 max_cpu: spec.max_cpu.unwrap_or(0.01),
                 min_memory: spec.min_memory.unwrap_or(0.0),
                 max_memory: spec.max_memory.unwrap_or(f64::MAX),
+                throttling: self.demand.throttling(name),
+                // The quota the lab's cgroup has; on a cluster the container's.
+                limit_cores: read
+                    .get(name.as_str())
+                    .and_then(|s| s.limit_cores)
+                    .or_else(|| {
+                        live.get(&(
+                            spec.namespace.clone(),
+                            spec.deployment.clone().unwrap_or_else(|| (*name).clone()),
+                        ))
+                        .and_then(|d| {
+                            crate::plan::deployment::container_cpu(
+                                d,
+                                spec.container.as_deref().unwrap_or(name.as_str()),
+                            )
+                        })
+                    }),
             })
             .collect();
         let specs = agent.chains();
@@ -637,4 +655,70 @@ fn object_events(decisions: &[crate::data::decisions::Decision], now_s: u64) -> 
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployments_resources_change_is_logged_with_its_reasons() {
+        // The sizing keys its reasons under the Deployment's spec, as the
+        // traffic planners do theirs: a change of the containers array
+        // carries the reasons of the fields under it.
+        let usage = crate::plan::sizing::ServiceUsage {
+            service: "ratings".into(),
+            namespace: "bookinfo".into(),
+            deployment: "ratings".into(),
+            container: "ratings".into(),
+            demand_s: Some(0.004),
+            rps: 50.0,
+            memory_mib: vec![40.0],
+            replicas: 1,
+            min_cpu: 0.05,
+            max_cpu: 2.0,
+            min_memory: 0.0,
+            max_memory: 512.0,
+            throttling: Vec::new(),
+            limit_cores: None,
+        };
+        let chains = [ChainLoad {
+            name: "r".into(),
+            slo_ms: 50.0,
+            percentile: 99.0,
+            priority: meshtune_filter_core::control::Priority::Normal,
+            services: vec!["ratings".into()],
+            median_ms: Some(5.0),
+        }];
+        let sizing = desired_resources(&[usage], &chains, 0.4, &BTreeMap::new(), &BTreeMap::new());
+        let d = &sizing.objects[0];
+        let key = (
+            Kind::Deployment,
+            "bookinfo".to_owned(),
+            "ratings".to_owned(),
+        );
+        let report = json!({"objects": {label(&key): {
+            "host": d.host,
+            "reasons": d.reasons,
+            "changes": [{"path": ".spec.template.spec.containers", "live": null,
+                         "desired": d.object["spec"]["template"]["spec"]["containers"]}],
+        }}});
+        let changes = logged_changes(
+            &report,
+            &[(key, Outcome::Applied)],
+            DecisionMode::Applied,
+            &BTreeMap::new(),
+        );
+        assert_eq!(changes.len(), 1);
+        assert!(
+            changes[0].reason.contains("resources.cpu: ") && changes[0].reason.contains("cores"),
+            "{}",
+            changes[0].reason
+        );
+        assert!(
+            changes[0].reason.contains("resources.memory: "),
+            "{}",
+            changes[0].reason
+        );
+    }
 }

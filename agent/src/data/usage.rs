@@ -19,6 +19,12 @@ pub struct ServiceSample {
     /// Resident memory of all replicas, MiB.
     pub memory_mib: f64,
     pub replicas: usize,
+    /// Periods throttled by the CPU quota, summed over the replicas (the
+    /// controller's `nr_throttled`; 0 where it keeps none).
+    pub throttled_periods: u64,
+    /// The quota in force per replica, cores (the largest over the
+    /// replicas; `None`: no quota).
+    pub limit_cores: Option<f64>,
 }
 
 /// One service's replicas together, as a rate: what the metrics API gives
@@ -60,6 +66,7 @@ impl RateIntegrator {
                     cpu_s,
                     memory_mib: r.memory_mib,
                     replicas: r.replicas,
+                    ..ServiceSample::default()
                 },
             );
         }
@@ -137,6 +144,32 @@ fn group_cpu_s(group: &Path) -> f64 {
     pids(group).into_iter().filter_map(proc_cpu_s).sum()
 }
 
+/// A group's `nr_throttled` from its `cpu.stat` (v1 and v2 alike).
+fn group_throttled(group: &Path) -> u64 {
+    std::fs::read_to_string(group.join("cpu.stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("nr_throttled "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A group's CPU quota in cores: v2 `cpu.max` (`QUOTA PERIOD` or `max`),
+/// else v1 `cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`.
+fn group_limit_cores(group: &Path) -> Option<f64> {
+    if let Ok(max) = std::fs::read_to_string(group.join("cpu.max")) {
+        let mut f = max.split_whitespace();
+        let quota: f64 = f.next()?.parse().ok()?;
+        let period: f64 = f.next().and_then(|p| p.parse().ok()).unwrap_or(100_000.0);
+        return (period > 0.0).then(|| quota / period);
+    }
+    let quota = read_number(&group.join("cpu.cfs_quota_us"))?;
+    let period = read_number(&group.join("cpu.cfs_period_us"))?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
 impl CgroupUsage {
     pub fn new(dir: &Path) -> Self {
         CgroupUsage {
@@ -166,6 +199,10 @@ impl CgroupUsage {
                 .filter_map(proc_rss_mib)
                 .sum::<f64>();
             s.replicas += 1;
+            s.throttled_periods += group_throttled(&path);
+            if let Some(l) = group_limit_cores(&path) {
+                s.limit_cores = Some(s.limit_cores.map_or(l, |m: f64| m.max(l)));
+            }
         }
         Ok(out)
     }
@@ -180,19 +217,47 @@ const MIN_REQUESTS: u64 = 50;
 /// Weight of the newest estimate of CPU per request.
 const DEMAND_WEIGHT: f64 = 0.5;
 
-/// CPU per request and memory samples per service, from successive
-/// readings and the requests each service served meanwhile.
+/// The CFS period the kubelet sets a container's quota per (100 ms).
+pub const CFS_PERIOD_S: f64 = 0.1;
+
+/// Throttling readings kept per service: the allocation reads the
+/// burstiest of them, so one calm interval does not undo what a busy one
+/// showed.
+pub const THROTTLE_READINGS: usize = 10;
+
+/// What one interval between readings showed of a replica under its quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThrottleReading {
+    /// Share of all the replicas' 100 ms periods in the interval that the
+    /// quota throttled.
+    pub share: f64,
+    /// The quota in force per replica, cores.
+    pub limit_cores: f64,
+    /// Requests per wall second per replica in the interval.
+    pub rps: f64,
+}
+
+/// CPU per request, throttling and memory samples per service, from
+/// successive readings and the requests each service served meanwhile.
 #[derive(Debug, Default)]
 pub struct DemandTracker {
-    last: BTreeMap<String, (f64, u64)>,
+    /// Per service at the last reading: CPU-seconds, requests, throttled
+    /// periods, wall seconds.
+    last: BTreeMap<String, (f64, u64, u64, f64)>,
     demand_s: BTreeMap<String, f64>,
     memory: BTreeMap<String, VecDeque<f64>>,
+    throttling: BTreeMap<String, VecDeque<ThrottleReading>>,
 }
 
 impl DemandTracker {
-    /// Takes a reading: `usage` per service and the requests each has
-    /// served so far (cumulative).
-    pub fn add(&mut self, usage: &BTreeMap<String, ServiceSample>, served: &BTreeMap<String, u64>) {
+    /// Takes a reading at `wall_s` (seconds of wall time): `usage` per
+    /// service and the requests each has served so far (cumulative).
+    pub fn add(
+        &mut self,
+        usage: &BTreeMap<String, ServiceSample>,
+        served: &BTreeMap<String, u64>,
+        wall_s: f64,
+    ) {
         for (svc, s) in usage {
             let m = self.memory.entry(svc.clone()).or_default();
             if s.replicas > 0 {
@@ -205,12 +270,28 @@ impl DemandTracker {
             let Some(&requests) = served.get(svc) else {
                 continue;
             };
-            if let Some((cpu0, req0)) = self.last.get(svc).copied() {
+            if let Some((cpu0, req0, thr0, t0)) = self.last.get(svc).copied() {
                 let dr = requests.saturating_sub(req0);
                 let dc = s.cpu_s - cpu0;
                 if dr < MIN_REQUESTS {
                     // Wait for more requests before dividing.
                     continue;
+                }
+                let dt = wall_s - t0;
+                if let (Some(limit), true) = (s.limit_cores, dt > 0.0 && s.replicas > 0) {
+                    let periods = dt / CFS_PERIOD_S * s.replicas as f64;
+                    // A counter that went back (a restarted replica) says nothing.
+                    if s.throttled_periods >= thr0 {
+                        let r = self.throttling.entry(svc.clone()).or_default();
+                        r.push_back(ThrottleReading {
+                            share: ((s.throttled_periods - thr0) as f64 / periods).min(1.0),
+                            limit_cores: limit,
+                            rps: dr as f64 / dt / s.replicas as f64,
+                        });
+                        while r.len() > THROTTLE_READINGS {
+                            r.pop_front();
+                        }
+                    }
                 }
                 // A restarted replica's counter went back: skip this interval.
                 if dc > 0.0 {
@@ -219,8 +300,19 @@ impl DemandTracker {
                     *e += DEMAND_WEIGHT * (d - *e);
                 }
             }
-            self.last.insert(svc.clone(), (s.cpu_s, requests));
+            self.last.insert(
+                svc.clone(),
+                (s.cpu_s, requests, s.throttled_periods, wall_s),
+            );
         }
+    }
+
+    /// The service's latest throttling readings, oldest first.
+    pub fn throttling(&self, service: &str) -> Vec<ThrottleReading> {
+        self.throttling
+            .get(service)
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// CPU-seconds per request, once measured.
@@ -255,6 +347,7 @@ mod tests {
                 cpu_s,
                 memory_mib: 40.0,
                 replicas: 2,
+                ..ServiceSample::default()
             },
         )])
     }
@@ -263,19 +356,64 @@ mod tests {
     fn demand_is_cpu_over_requests_between_readings() {
         let mut t = DemandTracker::default();
         let served = |n: u64| BTreeMap::from([("ratings".to_string(), n)]);
-        t.add(&sample(10.0), &served(1000));
+        t.add(&sample(10.0), &served(1000), 0.0);
         assert_eq!(t.demand_s("ratings"), None, "one reading is no rate");
-        t.add(&sample(10.4), &served(1100));
+        t.add(&sample(10.4), &served(1100), 10.0);
         assert!((t.demand_s("ratings").unwrap() - 0.004).abs() < 1e-12);
         // Too few requests: no new estimate, and the baseline is kept.
-        t.add(&sample(10.5), &served(1110));
+        t.add(&sample(10.5), &served(1110), 20.0);
         assert!((t.demand_s("ratings").unwrap() - 0.004).abs() < 1e-12);
-        t.add(&sample(10.4 + 0.6), &served(1200));
+        t.add(&sample(10.4 + 0.6), &served(1200), 30.0);
         assert!((t.demand_s("ratings").unwrap() - 0.005).abs() < 1e-12);
         // A restart that reset the counter does not count as negative work.
-        t.add(&sample(0.1), &served(1400));
+        t.add(&sample(0.1), &served(1400), 40.0);
         assert!((t.demand_s("ratings").unwrap() - 0.005).abs() < 1e-12);
         assert_eq!(t.memory_mib("ratings"), vec![20.0; 5], "per replica");
+        assert!(
+            t.throttling("ratings").is_empty(),
+            "no quota, no throttling read"
+        );
+    }
+
+    #[test]
+    fn throttling_is_the_share_of_all_periods_the_quota_stopped() {
+        let mut t = DemandTracker::default();
+        let at = |cpu_s: f64, throttled: u64| {
+            BTreeMap::from([(
+                "ratings".to_string(),
+                ServiceSample {
+                    cpu_s,
+                    memory_mib: 40.0,
+                    replicas: 2,
+                    throttled_periods: throttled,
+                    limit_cores: Some(0.25),
+                },
+            )])
+        };
+        let served = |n: u64| BTreeMap::from([("ratings".to_string(), n)]);
+        t.add(&at(1.0, 7), &served(0), 100.0);
+        // 10 s of two replicas are 200 periods; 20 of them throttled; 400
+        // requests over 10 s over two replicas are 20 req/s each.
+        t.add(&at(2.6, 27), &served(400), 110.0);
+        assert_eq!(
+            t.throttling("ratings"),
+            vec![ThrottleReading {
+                share: 0.1,
+                limit_cores: 0.25,
+                rps: 20.0
+            }]
+        );
+        // A counter that went back (a restarted replica) is skipped.
+        t.add(&at(3.0, 3), &served(800), 120.0);
+        assert_eq!(t.throttling("ratings").len(), 1);
+        for i in 0..20 {
+            t.add(
+                &at(4.0 + i as f64, 3),
+                &served(1200 + 400 * i),
+                130.0 + 10.0 * i as f64,
+            );
+        }
+        assert_eq!(t.throttling("ratings").len(), THROTTLE_READINGS, "bounded");
     }
 
     #[test]
@@ -287,8 +425,18 @@ mod tests {
         std::fs::write(g.join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
         let v2 = dir.path().join("details");
         std::fs::create_dir(&v2).unwrap();
-        std::fs::write(v2.join("cpu.stat"), "usage_usec 1500000\nuser_usec 1\n").unwrap();
+        std::fs::write(
+            v2.join("cpu.stat"),
+            "usage_usec 1500000\nuser_usec 1\nnr_periods 90\nnr_throttled 12\n",
+        )
+        .unwrap();
+        std::fs::write(v2.join("cpu.max"), "25000 100000\n").unwrap();
+        std::fs::write(g.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        std::fs::write(g.join("cpu.cfs_period_us"), "100000\n").unwrap();
         let read = CgroupUsage::new(dir.path()).read().unwrap();
+        assert_eq!(read["details"].throttled_periods, 12);
+        assert_eq!(read["details"].limit_cores, Some(0.25));
+        assert_eq!(read["ratings"].limit_cores, None, "v1 quota -1: none");
         assert!((read["ratings"].cpu_s - 2.5).abs() < 1e-9);
         assert!(read["ratings"].memory_mib > 1.0, "this test's own RSS");
         assert!((read["details"].cpu_s - 1.5).abs() < 1e-9);

@@ -64,6 +64,22 @@ pub fn parse_cpu(q: &str) -> Option<f64> {
         .filter(|v| v.is_finite() && *v >= 0.0)
 }
 
+/// The CPU a Deployment's container runs under, cores: its limit (what the
+/// kubelet's quota enforces), else its request (what meshtune writes for a
+/// container without a limit). `None`: neither is set.
+pub fn container_cpu(deployment: &Value, container: &str) -> Option<f64> {
+    let c = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == container)?;
+    let r = &c["resources"];
+    r["limits"]["cpu"]
+        .as_str()
+        .or_else(|| r["requests"]["cpu"].as_str())
+        .and_then(parse_cpu)
+        .filter(|c| *c > 0.0)
+}
+
 /// What one Deployment's pods use now, from the metrics API's PodMetrics
 /// (which carry their pod's labels): the pods its `spec.selector.matchLabels`
 /// selects, container `container` summed over them (CPU in cores, memory
@@ -325,6 +341,20 @@ mod tests {
         resources_apply(&deployment(resources), "ratings", a).unwrap()["spec"]["template"]["spec"]
             ["containers"][0]["resources"]
             .clone()
+    }
+
+    #[test]
+    fn the_cpu_in_force_is_the_limit_else_the_request() {
+        let d = deployment(json!({"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}}));
+        assert_eq!(container_cpu(&d, "ratings"), Some(1.0));
+        let d = deployment(json!({"requests": {"cpu": "250m"}}));
+        assert_eq!(container_cpu(&d, "ratings"), Some(0.25));
+        assert_eq!(container_cpu(&deployment(json!({})), "ratings"), None);
+        assert_eq!(
+            container_cpu(&d, "istio-proxy"),
+            None,
+            "another container's"
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct ServiceModel {
     pub variability: f64,
     /// Load to plan for, requests per second (the forecast's upper quantile).
     pub rps: f64,
+    /// Replicas the load and the cores are split over evenly: each has a
+    /// quota of its own, so a period's burst is per replica.
+    pub replicas: usize,
     pub min_cpu: f64,
     pub max_cpu: f64,
 }
@@ -79,9 +82,10 @@ impl ServiceModel {
     /// of [`Self::quantile_ms`] understates), so no allocation plans for
     /// less unless `max_cpu` allows no more.
     pub fn period_cores(&self, percentile: f64) -> f64 {
-        let arrivals = self.rps * PERIOD_S;
+        let replicas = self.replicas.max(1) as f64;
+        let arrivals = self.rps / replicas * PERIOD_S;
         let n = arrivals + z_score(percentile) * (2.0 * self.variability * arrivals).sqrt() + 1.0;
-        self.demand_s * n / PERIOD_S
+        replicas * self.demand_s * n / PERIOD_S
     }
 
     /// The least cores an allocation gives the service.
@@ -103,7 +107,7 @@ impl ServiceModel {
     /// The two delays of the model at `percentile`, seconds: behind other
     /// requests at a core's speed, and waiting for the quota's next period.
     pub fn delays_s(&self, cores: f64, percentile: f64) -> (f64, f64) {
-        let rho1 = (self.rps * self.demand_s).min(MAX_UTILISATION);
+        let rho1 = (self.rps / self.replicas.max(1) as f64 * self.demand_s).min(MAX_UTILISATION);
         let queue =
             self.variability * tail_factor(percentile) * self.demand_s * rho1 / (1.0 - rho1);
         let needed = self.period_cores(percentile);
@@ -113,7 +117,45 @@ impl ServiceModel {
 }
 
 /// The CFS period the kubelet's quota is set per (100 ms).
-pub const PERIOD_S: f64 = 0.1;
+pub const PERIOD_S: f64 = crate::data::usage::CFS_PERIOD_S;
+
+/// Largest variability a throttling measurement is read as (a service
+/// throttled in most periods with room to spare under the model says its
+/// quota is far too small, not how bursty it is: beyond this, it is capped).
+pub const MAX_FITTED_VARIABILITY: f64 = 50.0;
+
+/// The variability under which the model's period floor explains the
+/// throttling measured: a replica under `limit_cores` (its quota), offered
+/// `rps` (per replica, per wall second) of `demand_s` CPU-seconds each,
+/// was throttled in `share` of all its 100 ms periods. The model has a
+/// period throttled when its arrivals exceed what the quota covers less the
+/// request itself (`limit × T / demand − 1`), arrivals normal with mean
+/// `λ = rps × T` and variance `2 × variability × λ`; solving
+/// `P(throttled) = share` for the variability reads the kernel's own
+/// count as the burstiness the quota has to cover (bursts, threads taking
+/// the quota in slices, whatever the cause). `None` when the measurement
+/// says nothing: no throttling, no load, or a quota the model already
+/// expects to be throttled at least half the time.
+pub fn variability_from_throttling(
+    demand_s: f64,
+    rps: f64,
+    limit_cores: f64,
+    share: f64,
+) -> Option<f64> {
+    let arrivals = rps * PERIOD_S;
+    if !(demand_s > 0.0 && arrivals > 0.0 && limit_cores > 0.0 && share > 0.0) {
+        return None;
+    }
+    let room = limit_cores * PERIOD_S / demand_s - 1.0 - arrivals;
+    if room <= 0.0 {
+        return None;
+    }
+    let z = z_score(100.0 * (1.0 - share.min(0.5)));
+    if z <= 1e-6 {
+        return Some(MAX_FITTED_VARIABILITY);
+    }
+    Some(((room / z).powi(2) / (2.0 * arrivals)).min(MAX_FITTED_VARIABILITY))
+}
 
 /// `ln(1 / (1 − p))` for a percentile `p` in (0, 100).
 fn tail_factor(percentile: f64) -> f64 {

@@ -17,14 +17,23 @@
 //!
 //! Every value written carries its reason; the whole plan is reported.
 
+use crate::data::usage::ThrottleReading;
 use crate::plan::deployment::{
     autoscaler_conflict, resources_apply, Autoscalers, ContainerAllocation,
 };
-use crate::plan::resources::{allocate, memory_allocation, ChainObjective, ServiceModel};
+use crate::plan::resources::{
+    allocate, judge, memory_allocation, variability_from_throttling, ChainObjective, ServiceModel,
+};
 use crate::plan::{DesiredObject, Kind};
 use meshtune_filter_core::control::Priority;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+
+/// Most a service's CPU is lowered in one round, as a share of the limit
+/// in force (raising is never held back).
+pub const MAX_STEP_DOWN: f64 = 0.25;
+/// Cores are written in Kubernetes' unit, rounded up to 10 millicores.
+const STEP_CORES: f64 = 0.01;
 
 /// What was measured of one managed service.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,9 +56,27 @@ pub struct ServiceUsage {
     pub max_cpu: f64,
     pub min_memory: f64,
     pub max_memory: f64,
+    /// What the quota did in the latest intervals (empty: no quota read).
+    pub throttling: Vec<ThrottleReading>,
+    /// CPU limit in force per replica, cores (the quota the lab's cgroup
+    /// has, or the container's `limits.cpu` on a cluster).
+    pub limit_cores: Option<f64>,
 }
 
 impl ServiceUsage {
+    /// The variability the allocation plans this service with: the
+    /// configured one, or more where the throttling measured under its
+    /// quota says its bursts are larger (the largest of the latest readings).
+    pub fn variability(&self, configured: f64) -> f64 {
+        let Some(demand) = self.demand_s else {
+            return configured;
+        };
+        self.throttling
+            .iter()
+            .filter_map(|r| variability_from_throttling(demand, r.rps, r.limit_cores, r.share))
+            .fold(configured, f64::max)
+    }
+
     pub fn host(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.service, self.namespace)
     }
@@ -130,8 +157,9 @@ pub fn desired_resources(
                 name: u.service.clone(),
                 demand_s: u.demand_s.filter(|d| d.is_finite() && *d > 0.0)?,
                 fixed_ms: 0.0,
-                variability,
+                variability: u.variability(variability),
                 rps: u.rps.max(0.0),
+                replicas: u.replicas.max(1),
                 min_cpu: u.min_cpu * u.replicas.max(1) as f64,
                 max_cpu: u.max_cpu * u.replicas.max(1) as f64,
             })
@@ -161,6 +189,29 @@ pub fn desired_resources(
             report: Value::Object(report),
         };
     };
+    // Down at most a step a round from the limit in force: the throttling
+    // of the lower quota is measured before the next step is taken (the
+    // model's floor rests on a variability the quota's own counter corrects).
+    let mut stepped = Vec::new();
+    let mut cores = allocation.cores.clone();
+    for u in services {
+        if let (Some(c), Some(now)) = (cores.get_mut(&u.service), u.limit_cores) {
+            let lowest = (now * u.replicas.max(1) as f64 * (1.0 - MAX_STEP_DOWN) / STEP_CORES)
+                .ceil()
+                * STEP_CORES;
+            let lowest = lowest.min(u.max_cpu * u.replicas.max(1) as f64);
+            if *c < lowest - 1e-9 {
+                *c = lowest;
+                stepped.push(u.service.clone());
+            }
+        }
+    }
+    let allocation = if stepped.is_empty() {
+        allocation
+    } else {
+        judge(&models, &objectives, cores)
+    };
+    report.insert("stepped_down_at_most".into(), json!(stepped));
     report.insert(
         "chains".into(),
         json!(objectives
@@ -195,12 +246,28 @@ pub fn desired_resources(
             .collect();
         let cpu_reason = format!(
             "{cores:.2} cores over {} replica(s): least total CPU keeping chains {} within their \
-             objectives ({:.2} ms CPU per request measured, {:.1} req/s planned, utilisation {:.0} %){}",
+             objectives ({:.2} ms CPU per request measured, {:.1} req/s planned, utilisation {:.0} %, \
+             variability {:.2}{}){}{}",
             u.replicas.max(1),
             through.join(", "),
             model.demand_s * 1e3,
             model.rps,
             100.0 * model.rps * model.demand_s / cores,
+            model.variability,
+            if model.variability > variability {
+                " from the quota's throttling measured"
+            } else {
+                " configured"
+            },
+            if stepped.contains(&u.service) {
+                format!(
+                    "; lowered at most {:.0} % a round from the {:.2} cores per replica in force",
+                    100.0 * MAX_STEP_DOWN,
+                    u.limit_cores.unwrap_or_default()
+                )
+            } else {
+                String::new()
+            },
             if allocation.binding.contains(&u.service) {
                 "; max_cpu binds: a chain through it misses its objective"
             } else {
@@ -212,6 +279,9 @@ pub fn desired_resources(
             "cores": cores,
             "demand_ms": model.demand_s * 1e3,
             "planned_rps": model.rps,
+            "variability": model.variability,
+            "throttled_share": u.throttling.last().map(|r| r.share),
+            "limit_in_force_per_replica": u.limit_cores,
             "memory_mib": memory.as_ref().map(|m| m.mib),
         });
         let scalers = autoscalers.get(&u.namespace).cloned().unwrap_or_default();
@@ -244,7 +314,7 @@ pub fn desired_resources(
                 continue;
             }
         };
-        let field = format!("spec.template.spec.containers[{}].resources", u.container);
+        let field = format!("template.spec.containers[{}].resources", u.container);
         let mut reasons = BTreeMap::from([(format!("{field}.cpu"), cpu_reason)]);
         if let Some(m) = &memory {
             reasons.insert(
@@ -296,6 +366,8 @@ mod tests {
             max_cpu: 2.0,
             min_memory: 32.0,
             max_memory: 512.0,
+            throttling: Vec::new(),
+            limit_cores: None,
         }
     }
 
@@ -318,6 +390,7 @@ mod tests {
             fixed_ms: 0.0,
             variability: 0.4,
             rps: 50.0,
+            replicas: 1,
             min_cpu: 0.05,
             max_cpu: 2.0,
         }];
@@ -363,10 +436,8 @@ mod tests {
         assert!((0.2 / 0.9..=2.0).contains(&cores), "{res}");
         assert_eq!(res["requests"]["cpu"], res["limits"]["cpu"]);
         assert_eq!(res["limits"]["memory"], "58Mi", "p90 50 MiB + 15 %");
-        assert!(
-            o.reasons["spec.template.spec.containers[ratings].resources.cpu"]
-                .contains("4.00 ms CPU per request")
-        );
+        assert!(o.reasons["template.spec.containers[ratings].resources.cpu"]
+            .contains("4.00 ms CPU per request"));
         assert_eq!(s.report["services"]["reviews"]["written"], false);
         assert!(s.report["services"]["reviews"]["why_not"]
             .as_str()
@@ -399,8 +470,100 @@ mod tests {
                 .as_f64()
                 .unwrap()
         };
-        assert_eq!(total(&one), total(&three));
+        // Each replica's quota covers its own period's burst and request:
+        // three replicas need more in all than one at the same load.
+        assert!(
+            total(&three) > total(&one),
+            "{} {}",
+            total(&three),
+            total(&one)
+        );
         assert!((pod(&three) * 3.0 - total(&three)).abs() < 1e-9);
+    }
+
+    fn cpu_of(s: &Sizing, service: &str) -> (f64, String) {
+        let o = s
+            .objects
+            .iter()
+            .find(|o| o.name == format!("{service}-v1"))
+            .unwrap();
+        let res = &o.object["spec"]["template"]["spec"]["containers"][0]["resources"];
+        (
+            crate::plan::deployment::parse_cpu(res["limits"]["cpu"].as_str().unwrap()).unwrap(),
+            o.reasons[&format!("template.spec.containers[{service}].resources.cpu")].clone(),
+        )
+    }
+
+    #[test]
+    fn throttling_measured_under_the_quota_raises_the_variability_planned_with() {
+        let chains = [chain("r", 100.0, &["ratings"], 6.0)];
+        let plan = |u: &ServiceUsage| {
+            desired_resources(
+                std::slice::from_ref(u),
+                &chains,
+                0.4,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+        };
+        let calm = usage("ratings", Some(4.0), 50.0);
+        let (calm_cores, calm_reason) = cpu_of(&plan(&calm), "ratings");
+        assert!(
+            calm_reason.contains("variability 0.40 configured"),
+            "{calm_reason}"
+        );
+        // The same quota throttled in 5 % of its periods: burstier than
+        // configured, so the floor rises.
+        let mut throttled = calm.clone();
+        throttled.throttling = vec![ThrottleReading {
+            share: 0.05,
+            limit_cores: calm_cores,
+            rps: 50.0,
+        }];
+        let (cores, reason) = cpu_of(&plan(&throttled), "ratings");
+        assert!(cores > calm_cores, "{cores} vs {calm_cores}");
+        assert!(
+            reason.contains("from the quota's throttling measured"),
+            "{reason}"
+        );
+        // No throttling measured: the configured variability stands.
+        throttled.throttling[0].share = 0.0;
+        assert_eq!(cpu_of(&plan(&throttled), "ratings").0, calm_cores);
+    }
+
+    #[test]
+    fn cpu_comes_down_at_most_a_step_a_round_and_goes_up_at_once() {
+        let chains = [chain("r", 100.0, &["ratings"], 6.0)];
+        let mut u = usage("ratings", Some(4.0), 50.0);
+        u.limit_cores = Some(2.0);
+        let s = desired_resources(
+            std::slice::from_ref(&u),
+            &chains,
+            0.4,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        let (cores, reason) = cpu_of(&s, "ratings");
+        assert!(
+            (cores - 2.0 * (1.0 - MAX_STEP_DOWN)).abs() < 1e-9,
+            "{cores}"
+        );
+        assert!(reason.contains("lowered at most 25 %"), "{reason}");
+        assert_eq!(s.report["stepped_down_at_most"], json!(["ratings"]));
+        // From below what the load needs it goes straight up.
+        u.limit_cores = Some(0.05);
+        let (up, reason) = cpu_of(
+            &desired_resources(
+                std::slice::from_ref(&u),
+                &chains,
+                0.4,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            ),
+            "ratings",
+        );
+        assert!(up > 0.2 / 0.9, "{up}");
+        assert!(!reason.contains("lowered"), "{reason}");
     }
 
     #[test]

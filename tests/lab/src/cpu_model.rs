@@ -67,6 +67,7 @@ fn model(demand_s: f64, fixed_ms: f64, variability: f64, p: &Point) -> ServiceMo
         fixed_ms,
         variability,
         rps: p.rps,
+        replicas: 1,
         min_cpu: 0.0,
         max_cpu: p.cores,
     }
@@ -295,6 +296,7 @@ mod tests {
                     fixed_ms,
                     variability,
                     rps,
+                    replicas: 1,
                     min_cpu: 0.0,
                     max_cpu: cores,
                 };

@@ -7,6 +7,7 @@ fn service(name: &str, demand_s: f64, rps: f64, max_cpu: f64) -> ServiceModel {
         fixed_ms: 0.0,
         variability: 1.0,
         rps,
+        replicas: 1,
         min_cpu: 0.0,
         max_cpu,
     }
@@ -280,4 +281,49 @@ fn memory_follows_the_working_set_and_never_goes_below_its_peak() {
         512.0
     );
     assert_eq!(memory_allocation(&[], 64.0, 1024.0), None);
+}
+
+#[test]
+fn replicas_each_need_their_own_periods_work() {
+    // Three replicas at a third of the load each: every quota must cover
+    // its own replica's burst and the request itself, so the service needs
+    // more than one replica would at the whole load.
+    let one = service("s", 0.002, 36.0, 4.0);
+    let three = ServiceModel {
+        replicas: 3,
+        ..one.clone()
+    };
+    let z = 2.326_3;
+    let each = 1.2 + z * (2.0 * 1.0 * 1.2f64).sqrt() + 1.0;
+    let expected = 3.0 * 0.002 * each / PERIOD_S;
+    assert!((three.period_cores(99.0) - expected).abs() < 1e-3 * expected);
+    assert!(three.period_cores(99.0) > 1.5 * one.period_cores(99.0));
+    // The queue is per replica too: a third of the load waits less.
+    assert!(three.delays_s(1.0, 99.0).0 < one.delays_s(1.0, 99.0).0);
+}
+
+#[test]
+fn throttling_measured_is_read_back_as_the_variability_that_predicts_it() {
+    // A replica at 20 req/s of 2 ms under 0.2 cores: the quota covers 10
+    // requests a period, 2 arrive on average. Throttled in 1 % of periods:
+    // the variability whose period floor at p99 is exactly that quota.
+    let v = variability_from_throttling(0.002, 20.0, 0.2, 0.01).expect("a fit");
+    let m = ServiceModel {
+        variability: v,
+        ..service("s", 0.002, 20.0, 1.0)
+    };
+    assert!((m.period_cores(99.0) - 0.2).abs() < 2e-3, "{v}");
+    // More throttling at the same quota: burstier.
+    let more = variability_from_throttling(0.002, 20.0, 0.2, 0.1).expect("a fit");
+    assert!(more > v);
+    // Nothing measured, no load, or a quota the model already expects to
+    // throttle: no fit.
+    assert_eq!(variability_from_throttling(0.002, 20.0, 0.2, 0.0), None);
+    assert_eq!(variability_from_throttling(0.002, 0.0, 0.2, 0.1), None);
+    assert_eq!(variability_from_throttling(0.002, 20.0, 0.05, 0.3), None);
+    // Throttled most of the time with room to spare: capped.
+    assert_eq!(
+        variability_from_throttling(0.002, 20.0, 0.2, 0.9),
+        Some(MAX_FITTED_VARIABILITY)
+    );
 }

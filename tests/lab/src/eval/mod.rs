@@ -297,6 +297,25 @@ fn changes(mesh: &Mesh) -> u64 {
         .unwrap_or(0)
 }
 
+/// The agent's decision log of one run (`/v1/decisions`, newest 1,000),
+/// kept beside the verdict as `decisions-ARM-RUN.json`: what it wrote, when
+/// and why, for a reader asking how an arm came to its outcome.
+fn write_decisions(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
+    let path = out.join(format!("decisions-{}-{}.json", arm.name(), run + 1));
+    match crate::http::get_blocking(mesh.agent_port, "/v1/decisions?limit=1000") {
+        Some((200, body)) => {
+            if let Err(e) = std::fs::write(&path, body) {
+                println!("  {}: not written: {e}", path.display());
+            }
+        }
+        other => println!(
+            "  the agent's decisions for {}: not read ({:?})",
+            path.display(),
+            other.map(|(code, _)| code)
+        ),
+    }
+}
+
 /// Runs one arm once: a fresh lab, the load and the faults, the verdict.
 pub async fn run_arm(
     arm: Arm,
@@ -376,6 +395,7 @@ pub async fn run_arm(
     let records = load.await.context("the load generator")?;
     let cpu_end = cpu_us(&mesh);
     let changes = changes(&mesh);
+    write_decisions(&mesh, &o.out, arm, run);
     let reviews_cluster = mesh
         .envoys
         .get("productpage")
