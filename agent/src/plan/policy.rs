@@ -156,17 +156,24 @@ pub fn policy_changes(
 ) -> Vec<Change> {
     use serde_json::Value;
     let now = policy_fields(new);
-    let moved = |old: &Value, new: &Value| match (old.as_f64(), new.as_f64()) {
-        (Some(a), Some(b)) => (a - b).abs() > POLICY_LOG_HYSTERESIS * a.abs().max(1.0),
-        _ => old != new,
+    // An absent load growth is no growth (the filters read it as 1): a
+    // service hovering at the threshold is not a new decision every round.
+    let number = |field: &str, v: &Value| {
+        v.as_f64()
+            .or_else(|| (field.starts_with("load_growth.") && v.is_null()).then_some(1.0))
     };
+    let moved =
+        |field: &str, old: &Value, new: &Value| match (number(field, old), number(field, new)) {
+            (Some(a), Some(b)) => (a - b).abs() > POLICY_LOG_HYSTERESIS * a.abs().max(1.0),
+            _ => old != new,
+        };
     let keys: std::collections::BTreeSet<&(String, String)> =
         logged.keys().chain(now.keys()).collect();
     keys.into_iter()
         .filter_map(|key| {
             let old = logged.get(key).cloned().unwrap_or(Value::Null);
             let new = now.get(key).cloned().unwrap_or(Value::Null);
-            if !moved(&old, &new) {
+            if !moved(&key.1, &old, &new) {
                 return None;
             }
             let (object, field) = key;
@@ -362,5 +369,16 @@ mod tests {
         let gone = policy_changes(&logged, &policy(240, None));
         assert_eq!(gone.len(), 1);
         assert!(gone[0].new.is_null() && gone[0].reason.contains("absent"));
+        // A load growth at the threshold coming and going is no growth
+        // either way; one that doubles is a decision.
+        let mut growing = policy(240, Some(100));
+        growing
+            .load_growth
+            .insert("reviews".into(), MIN_SENT_GROWTH);
+        assert!(policy_changes(&logged, &growing).is_empty());
+        growing.load_growth.insert("reviews".into(), 2.0);
+        let grown = policy_changes(&logged, &growing);
+        assert_eq!(grown.len(), 1);
+        assert_eq!(grown[0].field, "load_growth.reviews");
     }
 }
