@@ -62,6 +62,7 @@ fn sized(rps: f64) -> DesiredObject {
         max_memory: 512.0,
         throttling: Vec::new(),
         limit_cores: None,
+        demand_estimates: 3,
     };
     let chain = ChainLoad {
         name: "ratings-api".into(),

@@ -161,6 +161,7 @@ impl<S: Sink + Sync> Tuner<S> {
                 min_memory: spec.min_memory.unwrap_or(0.0),
                 max_memory: spec.max_memory.unwrap_or(f64::MAX),
                 throttling: self.demand.throttling(name),
+                demand_estimates: self.demand.estimates(name),
                 // The quota the lab's cgroup has; on a cluster the container's.
                 limit_cores: read
                     .get(name.as_str())
@@ -681,6 +682,7 @@ mod tests {
             max_memory: 512.0,
             throttling: Vec::new(),
             limit_cores: None,
+            demand_estimates: 3,
         };
         let chains = [ChainLoad {
             name: "r".into(),

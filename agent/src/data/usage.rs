@@ -245,6 +245,8 @@ pub struct DemandTracker {
     /// periods, wall seconds.
     last: BTreeMap<String, (f64, u64, u64, f64)>,
     demand_s: BTreeMap<String, f64>,
+    /// Intervals the CPU per request has been estimated over.
+    estimates: BTreeMap<String, usize>,
     memory: BTreeMap<String, VecDeque<f64>>,
     throttling: BTreeMap<String, VecDeque<ThrottleReading>>,
 }
@@ -298,6 +300,7 @@ impl DemandTracker {
                     let d = dc / dr as f64;
                     let e = self.demand_s.entry(svc.clone()).or_insert(d);
                     *e += DEMAND_WEIGHT * (d - *e);
+                    *self.estimates.entry(svc.clone()).or_default() += 1;
                 }
             }
             self.last.insert(
@@ -305,6 +308,11 @@ impl DemandTracker {
                 (s.cpu_s, requests, s.throttled_periods, wall_s),
             );
         }
+    }
+
+    /// Intervals the service's CPU per request has been estimated over.
+    pub fn estimates(&self, service: &str) -> usize {
+        self.estimates.get(service).copied().unwrap_or(0)
     }
 
     /// The service's latest throttling readings, oldest first.
@@ -368,6 +376,11 @@ mod tests {
         // A restart that reset the counter does not count as negative work.
         t.add(&sample(0.1), &served(1400), 40.0);
         assert!((t.demand_s("ratings").unwrap() - 0.005).abs() < 1e-12);
+        assert_eq!(
+            t.estimates("ratings"),
+            2,
+            "two intervals had requests and work"
+        );
         assert_eq!(t.memory_mib("ratings"), vec![20.0; 5], "per replica");
         assert!(
             t.throttling("ratings").is_empty(),

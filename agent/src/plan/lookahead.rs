@@ -169,7 +169,8 @@ pub fn choose(
         .collect();
     let per = rows_for(s, &s.current).len();
     let rows: Vec<Vec<f64>> = all.iter().flat_map(|k| rows_for(s, k)).collect();
-    let preds = model.predict(&rows)?;
+    // Each candidate's horizon steps differ only in the load: one run.
+    let preds = model.predict_runs(&rows, per)?;
     let scores: Vec<Score> = preds.chunks(per).map(|c| score(c, s, margin)).collect();
     let current_score = scores[0];
     let within: Vec<usize> = (0..all.len()).filter(|&i| scores[i].within).collect();

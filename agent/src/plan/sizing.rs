@@ -32,6 +32,9 @@ use std::collections::BTreeMap;
 /// Most a service's CPU is lowered in one round, as a share of the limit
 /// in force (raising is never held back).
 pub const MAX_STEP_DOWN: f64 = 0.25;
+/// Intervals of CPU-per-request estimates before CPU is lowered: the first
+/// estimates come from a few dozen requests of a service still warming up.
+pub const SETTLED_ESTIMATES: usize = 3;
 /// Cores are written in Kubernetes' unit, rounded up to 10 millicores.
 const STEP_CORES: f64 = 0.01;
 
@@ -61,6 +64,9 @@ pub struct ServiceUsage {
     /// CPU limit in force per replica, cores (the quota the lab's cgroup
     /// has, or the container's `limits.cpu` on a cluster).
     pub limit_cores: Option<f64>,
+    /// Intervals the CPU per request has been estimated over: below
+    /// [`SETTLED_ESTIMATES`] the limit in force is not lowered.
+    pub demand_estimates: usize,
 }
 
 impl ServiceUsage {
@@ -196,9 +202,13 @@ pub fn desired_resources(
     let mut cores = allocation.cores.clone();
     for u in services {
         if let (Some(c), Some(now)) = (cores.get_mut(&u.service), u.limit_cores) {
-            let lowest = (now * u.replicas.max(1) as f64 * (1.0 - MAX_STEP_DOWN) / STEP_CORES)
-                .ceil()
-                * STEP_CORES;
+            let step = if u.demand_estimates < SETTLED_ESTIMATES {
+                0.0
+            } else {
+                MAX_STEP_DOWN
+            };
+            let lowest =
+                (now * u.replicas.max(1) as f64 * (1.0 - step) / STEP_CORES).ceil() * STEP_CORES;
             let lowest = lowest.min(u.max_cpu * u.replicas.max(1) as f64);
             if *c < lowest - 1e-9 {
                 *c = lowest;
@@ -259,7 +269,14 @@ pub fn desired_resources(
             } else {
                 " configured"
             },
-            if stepped.contains(&u.service) {
+            if stepped.contains(&u.service) && u.demand_estimates < SETTLED_ESTIMATES {
+                format!(
+                    "; held at the {:.2} cores per replica in force until CPU per request is \
+                     estimated over {SETTLED_ESTIMATES} intervals ({} so far)",
+                    u.limit_cores.unwrap_or_default(),
+                    u.demand_estimates
+                )
+            } else if stepped.contains(&u.service) {
                 format!(
                     "; lowered at most {:.0} % a round from the {:.2} cores per replica in force",
                     100.0 * MAX_STEP_DOWN,
@@ -368,6 +385,7 @@ mod tests {
             max_memory: 512.0,
             throttling: Vec::new(),
             limit_cores: None,
+            demand_estimates: SETTLED_ESTIMATES,
         }
     }
 
@@ -564,6 +582,21 @@ mod tests {
         );
         assert!(up > 0.2 / 0.9, "{up}");
         assert!(!reason.contains("lowered"), "{reason}");
+        // Before CPU per request has settled, nothing is lowered at all.
+        u.limit_cores = Some(2.0);
+        u.demand_estimates = 1;
+        let (held, reason) = cpu_of(
+            &desired_resources(
+                std::slice::from_ref(&u),
+                &chains,
+                0.4,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            ),
+            "ratings",
+        );
+        assert_eq!(held, 2.0);
+        assert!(reason.contains("held at the 2.00 cores"), "{reason}");
     }
 
     #[test]

@@ -95,6 +95,31 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
             .any(|l| l.starts_with("meshtune,1,ratings-api,")),
         "{csv}"
     );
+    // Each arm's decision log beside the verdict: meshtune's agent wrote
+    // DestinationRules, static's nothing.
+    let written = |arm: &str| -> usize {
+        let path = out.path().join(format!("decisions-{arm}-1.json"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return 0;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| {
+                d["object"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("DestinationRule ")
+            })
+            .count()
+    };
+    assert!(
+        written("meshtune") > 0,
+        "meshtune's decision log holds its DestinationRules"
+    );
+    assert_eq!(written("static"), 0);
     let svg = std::fs::read_to_string(out.path().join("eval.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("product-page"),
@@ -138,4 +163,9 @@ async fn the_resource_arms_run_under_their_own_quotas() {
         assert!(line.contains(&format!("{}=", a.name())), "{line}");
     }
     assert!(line.starts_with("resources windows="), "{line}");
+    let ratio = format!(
+        "cpu_allocated_vs_static vpa-like={:.2}",
+        runs[1].allocated_cpu_s / runs[0].allocated_cpu_s
+    );
+    assert!(line.contains(&ratio), "{line}");
 }

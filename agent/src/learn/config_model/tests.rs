@@ -141,3 +141,40 @@ fn the_flat_trees_predict_exactly_what_smartcore_does() {
     // A row of the wrong width is refused, not misread.
     assert!(m.predict(&[vec![1.0; 3]]).is_err());
 }
+
+#[test]
+fn rows_going_down_in_runs_get_exactly_what_one_at_a_time_gives() {
+    // A service's situation: its observation fixed, the knobs varying by
+    // candidate and the load by step, runs of 10 steps per candidate; and
+    // runs of unrelated rows, a short last run, NaNs, and runs over 64.
+    let ds = Dataset::parse_csv(&synthetic_csv(200)).unwrap();
+    let m = ConfigModel::train(&ds, &small()).unwrap();
+    let rows = ds.features.clone();
+    let mut shared: Vec<Vec<f64>> = Vec::new();
+    for cand in rows.iter().take(23) {
+        for step in 0..10 {
+            let mut x = rows[0].clone();
+            x[0] = rows[0][0] * (1.0 + 0.05 * step as f64);
+            x[8..].copy_from_slice(&cand[8..]);
+            shared.push(x);
+        }
+    }
+    let one = m.predict(&shared).unwrap();
+    assert_eq!(m.predict_runs(&shared, 10).unwrap(), one);
+    for run in [2, 7, 64, 100] {
+        assert_eq!(
+            m.predict_runs(&rows, run).unwrap(),
+            m.predict(&rows).unwrap(),
+            "runs of {run}"
+        );
+    }
+    let mut holes = rows[..30].to_vec();
+    for (i, r) in holes.iter_mut().enumerate() {
+        r[i % 15] = f64::NAN;
+    }
+    holes[3] = vec![f64::NAN; 15];
+    assert_eq!(
+        m.predict_runs(&holes, 8).unwrap(),
+        m.predict(&holes).unwrap()
+    );
+}

@@ -546,13 +546,40 @@ pub fn resources_line(runs: &[ArmRun], arms: &[Arm]) -> Option<String> {
     let one = |x: f64| format!("{x:.1}");
     let int = |x: f64| format!("{x:.0}");
     let three = |x: f64| format!("{x:.3}");
-    Some(format!(
+    let mut line = format!(
         "resources windows={windows} {} {} {} {}",
         section("cpu_allocated", &|r| r.allocated_cpu_s, &one),
         section("cpu_used", &|r| r.cpu_s.0, &one),
         section("violating", &|r| r.violating() as f64, &int),
         section("fairness", &|r| r.fairness, &three),
-    ))
+    );
+    // Each arm's allocation over static's in the same run (the same
+    // calibration, the same machine minutes): the ratio the goal is about.
+    if arms.contains(&Arm::StaticResources) {
+        let others: Vec<Arm> = arms
+            .iter()
+            .copied()
+            .filter(|a| *a != Arm::StaticResources)
+            .collect();
+        let ratio = |r: &ArmRun| {
+            runs.iter()
+                .find(|s| s.arm == Arm::StaticResources && s.run == r.run)
+                .filter(|s| s.allocated_cpu_s > 0.0)
+                .map_or(f64::NAN, |s| r.allocated_cpu_s / s.allocated_cpu_s)
+        };
+        let two = |x: f64| format!("{x:.2}");
+        if !others.is_empty() {
+            line.push(' ');
+            line.push_str(&self::section(
+                runs,
+                &others,
+                "cpu_allocated_vs_static",
+                &ratio,
+                &two,
+            ));
+        }
+    }
+    Some(line)
 }
 
 /// `NAME arm=value …` for every arm in `arms` (min–max over its runs).
