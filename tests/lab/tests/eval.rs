@@ -95,8 +95,8 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
             .any(|l| l.starts_with("meshtune,1,ratings-api,")),
         "{csv}"
     );
-    // Each arm's decision log beside the verdict: meshtune's agent wrote
-    // DestinationRules, static's nothing.
+    // Each arm's decision log beside the verdict: meshtune's agent applied
+    // DestinationRules, static's none.
     let written = |arm: &str| -> usize {
         let path = out.path().join(format!("decisions-{arm}-1.json"));
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -107,6 +107,7 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
             .as_array()
             .unwrap()
             .iter()
+            .filter(|d| d["mode"] == "applied")
             .filter(|d| {
                 d["object"]
                     .as_str()
