@@ -140,15 +140,22 @@ async fn the_agent_sizes_each_service_and_the_lab_enforces_it() {
             file.display()
         )
     });
-    let object: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
-    let limit = object["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
-        .as_str()
-        .and_then(meshtune_agent::plan::deployment::parse_cpu)
-        .expect("a CPU limit");
-    // The control plane puts it on the replica's cgroup within a pass or two.
+    let limit_in = |text: &str| {
+        let object: serde_json::Value = serde_yaml_ng::from_str(text).expect("YAML");
+        object["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+            .as_str()
+            .and_then(meshtune_agent::plan::deployment::parse_cpu)
+            .expect("a CPU limit")
+    };
+    let mut limit = limit_in(&text);
+    // The control plane puts it on the replica's cgroup within a pass or
+    // two (the agent may raise it meanwhile: the file's latest is compared).
     let t1 = Instant::now();
     let mut in_force = None;
     while t1.elapsed().as_secs() < 5 {
+        if let Ok(t) = std::fs::read_to_string(&file) {
+            limit = limit_in(&t);
+        }
         in_force = mesh.replicas["ratings"].cpu_limit();
         if in_force.is_some_and(|c| (c - limit).abs() < 1e-3) {
             break;
