@@ -552,15 +552,18 @@ mod tests {
     #[test]
     fn cpu_comes_down_at_most_a_step_a_round_and_goes_up_at_once() {
         let chains = [chain("r", 100.0, &["ratings"], 6.0)];
+        let plan = |u: &ServiceUsage| {
+            desired_resources(
+                std::slice::from_ref(u),
+                &chains,
+                0.4,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+        };
         let mut u = usage("ratings", Some(4.0), 50.0);
         u.limit_cores = Some(2.0);
-        let s = desired_resources(
-            std::slice::from_ref(&u),
-            &chains,
-            0.4,
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        );
+        let s = plan(&u);
         let (cores, reason) = cpu_of(&s, "ratings");
         assert!(
             (cores - 2.0 * (1.0 - MAX_STEP_DOWN)).abs() < 1e-9,
@@ -570,31 +573,13 @@ mod tests {
         assert_eq!(s.report["stepped_down_at_most"], json!(["ratings"]));
         // From below what the load needs it goes straight up.
         u.limit_cores = Some(0.05);
-        let (up, reason) = cpu_of(
-            &desired_resources(
-                std::slice::from_ref(&u),
-                &chains,
-                0.4,
-                &BTreeMap::new(),
-                &BTreeMap::new(),
-            ),
-            "ratings",
-        );
+        let (up, reason) = cpu_of(&plan(&u), "ratings");
         assert!(up > 0.2 / 0.9, "{up}");
         assert!(!reason.contains("lowered"), "{reason}");
         // Before CPU per request has settled, nothing is lowered at all.
         u.limit_cores = Some(2.0);
         u.demand_estimates = 1;
-        let (held, reason) = cpu_of(
-            &desired_resources(
-                std::slice::from_ref(&u),
-                &chains,
-                0.4,
-                &BTreeMap::new(),
-                &BTreeMap::new(),
-            ),
-            "ratings",
-        );
+        let (held, reason) = cpu_of(&plan(&u), "ratings");
         assert_eq!(held, 2.0);
         assert!(reason.contains("held at the 2.00 cores"), "{reason}");
     }
