@@ -162,22 +162,16 @@ impl<S: Sink + Sync> Tuner<S> {
                 max_memory: spec.max_memory.unwrap_or(f64::MAX),
                 throttling: self.demand.throttling(name),
                 demand_estimates: self.demand.estimates(name),
+                limit_cores: read.get(name.as_str()).and_then(|s| s.limit_cores),
+            })
+            .map(|mut u| {
                 // The quota the lab's cgroup has; on a cluster the container's.
-                limit_cores: read
-                    .get(name.as_str())
-                    .and_then(|s| s.limit_cores)
-                    .or_else(|| {
-                        live.get(&(
-                            spec.namespace.clone(),
-                            spec.deployment.clone().unwrap_or_else(|| (*name).clone()),
-                        ))
-                        .and_then(|d| {
-                            crate::plan::deployment::container_cpu(
-                                d,
-                                spec.container.as_deref().unwrap_or(name.as_str()),
-                            )
-                        })
-                    }),
+                if u.limit_cores.is_none() {
+                    u.limit_cores = live
+                        .get(&(u.namespace.clone(), u.deployment.clone()))
+                        .and_then(|d| crate::plan::deployment::container_cpu(d, &u.container));
+                }
+                u
             })
             .collect();
         let specs = agent.chains();

@@ -158,7 +158,7 @@ fn group_throttled(group: &Path) -> u64 {
 
 /// A group's CPU quota in cores: v2 `cpu.max` (`QUOTA PERIOD` or `max`),
 /// else v1 `cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`.
-fn group_limit_cores(group: &Path) -> Option<f64> {
+pub fn quota_cores(group: &Path) -> Option<f64> {
     if let Ok(max) = std::fs::read_to_string(group.join("cpu.max")) {
         let mut f = max.split_whitespace();
         let quota: f64 = f.next()?.parse().ok()?;
@@ -200,7 +200,7 @@ impl CgroupUsage {
                 .sum::<f64>();
             s.replicas += 1;
             s.throttled_periods += group_throttled(&path);
-            if let Some(l) = group_limit_cores(&path) {
+            if let Some(l) = quota_cores(&path) {
                 s.limit_cores = Some(s.limit_cores.map_or(l, |m: f64| m.max(l)));
             }
         }
@@ -348,16 +348,26 @@ mod tests {
         assert_eq!(service_of("-3"), "-3");
     }
 
-    fn sample(cpu_s: f64) -> BTreeMap<String, ServiceSample> {
+    /// Two ratings replicas at one reading, 40 MiB between them.
+    fn reading(
+        cpu_s: f64,
+        throttled_periods: u64,
+        limit_cores: Option<f64>,
+    ) -> BTreeMap<String, ServiceSample> {
         BTreeMap::from([(
             "ratings".to_string(),
             ServiceSample {
                 cpu_s,
                 memory_mib: 40.0,
                 replicas: 2,
-                ..ServiceSample::default()
+                throttled_periods,
+                limit_cores,
             },
         )])
+    }
+
+    fn sample(cpu_s: f64) -> BTreeMap<String, ServiceSample> {
+        reading(cpu_s, 0, None)
     }
 
     #[test]
@@ -391,18 +401,7 @@ mod tests {
     #[test]
     fn throttling_is_the_share_of_all_periods_the_quota_stopped() {
         let mut t = DemandTracker::default();
-        let at = |cpu_s: f64, throttled: u64| {
-            BTreeMap::from([(
-                "ratings".to_string(),
-                ServiceSample {
-                    cpu_s,
-                    memory_mib: 40.0,
-                    replicas: 2,
-                    throttled_periods: throttled,
-                    limit_cores: Some(0.25),
-                },
-            )])
-        };
+        let at = |cpu_s: f64, throttled: u64| reading(cpu_s, throttled, Some(0.25));
         let served = |n: u64| BTreeMap::from([("ratings".to_string(), n)]);
         t.add(&at(1.0, 7), &served(0), 100.0);
         // 10 s of two replicas are 200 periods; 20 of them throttled; 400

@@ -512,18 +512,19 @@ mod tests {
         )
     }
 
+    /// `u` alone on a 100 ms chain, with the configured variability 0.4.
+    fn plan(u: &ServiceUsage) -> Sizing {
+        desired_resources(
+            std::slice::from_ref(u),
+            &[chain("r", 100.0, &["ratings"], 6.0)],
+            0.4,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
+    }
+
     #[test]
     fn throttling_measured_under_the_quota_raises_the_variability_planned_with() {
-        let chains = [chain("r", 100.0, &["ratings"], 6.0)];
-        let plan = |u: &ServiceUsage| {
-            desired_resources(
-                std::slice::from_ref(u),
-                &chains,
-                0.4,
-                &BTreeMap::new(),
-                &BTreeMap::new(),
-            )
-        };
         let calm = usage("ratings", Some(4.0), 50.0);
         let (calm_cores, calm_reason) = cpu_of(&plan(&calm), "ratings");
         assert!(
@@ -551,16 +552,6 @@ mod tests {
 
     #[test]
     fn cpu_comes_down_at_most_a_step_a_round_and_goes_up_at_once() {
-        let chains = [chain("r", 100.0, &["ratings"], 6.0)];
-        let plan = |u: &ServiceUsage| {
-            desired_resources(
-                std::slice::from_ref(u),
-                &chains,
-                0.4,
-                &BTreeMap::new(),
-                &BTreeMap::new(),
-            )
-        };
         let mut u = usage("ratings", Some(4.0), 50.0);
         u.limit_cores = Some(2.0);
         let s = plan(&u);

@@ -199,29 +199,10 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The quota in force, cores (`None`: unlimited).
+    /// The quota in force, cores (`None`: unlimited), read as the agent
+    /// reads a replica's group.
     pub fn cpu_limit(&self) -> Option<f64> {
-        let (quota, period) = match self.version {
-            Version::V2 => {
-                let s = fs::read_to_string(self.cpu.join("cpu.max")).ok()?;
-                let mut it = s.split_whitespace();
-                (
-                    it.next()?.parse::<f64>().ok()?,
-                    it.next()?.parse::<f64>().ok()?,
-                )
-            }
-            Version::V1 => {
-                let read = |f: &str| -> Option<f64> {
-                    fs::read_to_string(self.cpu.join(f))
-                        .ok()?
-                        .trim()
-                        .parse()
-                        .ok()
-                };
-                (read("cpu.cfs_quota_us")?, read("cpu.cfs_period_us")?)
-            }
-        };
-        (quota > 0.0 && period > 0.0).then(|| quota / period)
+        meshtune_agent::data::usage::quota_cores(&self.cpu)
     }
 }
 
