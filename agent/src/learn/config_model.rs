@@ -329,6 +329,44 @@ impl FlatTree {
         Ok(FlatTree { nodes: out })
     }
 
+    /// This tree as it is for a set of rows whose features lie within
+    /// `ranges`: a split every row of the set falls on the same side of is
+    /// replaced by that side (partial evaluation), so each row of the set
+    /// reaches exactly the leaf it reaches in the whole tree, through fewer
+    /// nodes. A service's candidates share the observation and the load
+    /// steps, so most of the tree's upper splits go.
+    fn reduced(&self, ranges: &[Range]) -> FlatTree {
+        let mut out: Vec<FlatNode> = Vec::new();
+        // (node, where its parent waits for the second child's index)
+        let mut stack: Vec<(usize, Option<usize>)> = vec![(0, None)];
+        while let Some((mut i, mut parent)) = stack.pop() {
+            while let Some(n) = self.nodes.get(i) {
+                let side = if n.feature == LEAF {
+                    None
+                } else {
+                    ranges.get(n.feature as usize).map(|g| g.side(n.value))
+                };
+                match side {
+                    Some(Side::First) => i += 1,
+                    Some(Side::Second) => i = n.second as usize,
+                    _ => {
+                        if let Some(p) = parent.take() {
+                            out[p].second = out.len() as u32;
+                        }
+                        out.push(FlatNode { second: 0, ..*n });
+                        if n.feature == LEAF {
+                            break;
+                        }
+                        // The first child next, the second after its subtree.
+                        stack.push((n.second as usize, Some(out.len() - 1)));
+                        i += 1;
+                    }
+                }
+            }
+        }
+        FlatTree { nodes: out }
+    }
+
     /// Adds this tree's output for each row of a run (at most 64 rows of
     /// `width` values in `x`) to `sum` and its square to `sq`. The run's
     /// rows go down together: a split every row of the run falls on the same
@@ -536,11 +574,15 @@ impl Forest {
         if run > 1 {
             let run = run.min(64);
             let mut stack = Vec::new();
+            // The trees as they are for these rows: what all of them share
+            // is decided once, not once a run.
+            let all: Vec<Range> = (0..width).map(|f| Range::of(x, width, f)).collect();
+            let reduced: Vec<FlatTree> = self.flat.iter().map(|t| t.reduced(&all)).collect();
             for start in (0..n).step_by(run) {
                 let end = (start + run).min(n);
                 let rows = &x[start * width..end * width];
                 let ranges: Vec<Range> = (0..width).map(|f| Range::of(rows, width, f)).collect();
-                for t in &self.flat {
+                for t in &reduced {
                     t.add_run(
                         rows,
                         width,

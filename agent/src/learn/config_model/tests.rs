@@ -178,3 +178,37 @@ fn rows_going_down_in_runs_get_exactly_what_one_at_a_time_gives() {
         m.predict(&holes).unwrap()
     );
 }
+
+#[test]
+fn a_tree_reduced_for_a_services_rows_is_smaller_and_leads_each_row_to_its_leaf() {
+    // One observation, every knob set the sweep saw, loads over a span:
+    // the splits on the observation go, the others stay.
+    let ds = Dataset::parse_csv(&synthetic_csv(200)).unwrap();
+    let m = ConfigModel::train(&ds, &small()).unwrap();
+    let rows = prepare(&ds.features);
+    let mut service: Vec<f64> = Vec::new();
+    for cand in &rows {
+        let mut x = rows[0].clone();
+        x[0] = rows[0][0] * (1.0 + 0.1 * (cand[1] * 7.0).fract());
+        x[8..].copy_from_slice(&cand[8..]);
+        service.extend(x);
+    }
+    let width = FEATURES.len();
+    let ranges: Vec<Range> = (0..width).map(|f| Range::of(&service, width, f)).collect();
+    let (mut before, mut after) = (0, 0);
+    for t in m.forests.iter().flat_map(|f| &f.flat) {
+        let r = t.reduced(&ranges);
+        before += t.nodes.len();
+        after += r.nodes.len();
+        for row in service.chunks_exact(width) {
+            assert_eq!(r.predict(row), t.predict(row));
+        }
+    }
+    assert!(after < before, "{after} nodes of {before}");
+    // Rows of no common side keep the whole tree.
+    let all: Vec<Range> = (0..width)
+        .map(|f| Range::of(&rows.concat(), width, f))
+        .collect();
+    let t = &m.forests[0].flat[0];
+    assert_eq!(t.reduced(&all).nodes.len(), t.nodes.len());
+}
