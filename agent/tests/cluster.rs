@@ -42,6 +42,7 @@ async fn applies_a_destination_rule_as_field_manager_meshtune() {
         latency_ms: 80.0,
         error_rate: 0.0,
         attainment: None,
+        replica_latency_ms: Vec::new(),
     };
     let rules = desired(&[obs], &[], &TrafficSpec::default());
     let sink = KubeSink::new(client.clone());

@@ -539,6 +539,7 @@ fn every_destination_rule_and_virtual_service_the_agent_generates_validates_agai
             latency_ms: *p99,
             error_rate: *err,
             attainment: None,
+            replica_latency_ms: Vec::new(),
         })
         .collect();
     let loc = vec![

@@ -39,6 +39,7 @@ fn rules(rps: f64) -> Vec<DesiredObject> {
         latency_ms: 100.0,
         error_rate: 0.0,
         attainment: None,
+        replica_latency_ms: Vec::new(),
     };
     desired(&[o], &[], &TrafficSpec::default())
 }

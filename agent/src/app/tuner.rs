@@ -373,13 +373,14 @@ impl<S: Sink + Sync> Tuner<S> {
         leader: bool,
         now_s: u64,
     ) -> Vec<(crate::write::guard::Key, Outcome)> {
-        let (obs, unknown) = observe(
+        let (mut obs, unknown) = observe(
             window,
             secs,
             &agent.chains(),
             &agent.config.services,
             &agent.forecast_at_longest_horizon(),
         );
+        crate::plan::observe::add_replica_latencies(&mut obs, &agent.replicas(now_s));
         for u in &unknown {
             tracing::error!("{u}");
         }

@@ -57,11 +57,13 @@ impl SeqWindow {
 /// One slot's replicas: (service, replica) → counts.
 type ReplicaSlot = BTreeMap<(String, String), ReplicaCounts>;
 
-/// One replica's server-side counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// One replica's server-side counts and latency (its own sidecar's
+/// inbound view), so a slow replica shows beside fast ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicaCounts {
     pub requests: u64,
     pub errors: u64,
+    pub latency: meshtune_filter_core::sketch::Sketch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +158,7 @@ impl ChainState {
                         .or_default();
                     c.requests += r.requests;
                     c.errors += r.errors;
+                    c.latency.merge(&r.latency);
                 }
             }
             if !self.lifetime.contains_key(&r.chain) && self.lifetime.len() >= MAX_CHAINS {
@@ -284,6 +287,7 @@ impl ChainState {
                         .or_default();
                     e.requests += c.requests;
                     e.errors += c.errors;
+                    e.latency.merge(&c.latency);
                 }
             }
         }

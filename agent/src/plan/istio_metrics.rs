@@ -129,6 +129,7 @@ pub fn observations(
             latency_ms,
             error_rate: (errors.get(svc).copied().unwrap_or(0.0) / r).clamp(0.0, 1.0),
             attainment: None,
+            replica_latency_ms: Vec::new(),
         });
     }
     (obs, unknown)

@@ -5,6 +5,7 @@
 
 use crate::config::{ChainSpec, ServiceSpec};
 use crate::data::aggregate::{Agg, ChainAgg};
+use crate::data::state::ReplicaCounts;
 use crate::plan::policy::chain_growth;
 use std::collections::BTreeMap;
 
@@ -22,6 +23,34 @@ pub struct ServiceObservation {
     pub error_rate: f64,
     /// Worst SLO attainment among the chains through the service.
     pub attainment: Option<f64>,
+    /// Each replica's own latency at `percentile` (its sidecar's inbound
+    /// view), ms, fastest first; only replicas that answered at least
+    /// [`MIN_REPLICA_REQUESTS`] in the window ([`add_replica_latencies`]).
+    pub replica_latency_ms: Vec<f64>,
+}
+
+/// Requests a replica must have answered in the window for its latency at
+/// the planned percentile to count: a p99 of fewer is nearly its maximum.
+pub const MIN_REPLICA_REQUESTS: u64 = 100;
+
+/// Fills each observation's `replica_latency_ms` from the replicas' own
+/// counts over the window.
+pub fn add_replica_latencies(
+    obs: &mut [ServiceObservation],
+    replicas: &BTreeMap<String, BTreeMap<String, ReplicaCounts>>,
+) {
+    for o in obs {
+        let mut v: Vec<f64> = replicas
+            .get(&o.service)
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter(|c| c.requests >= MIN_REPLICA_REQUESTS)
+            .filter_map(|c| c.latency.quantile(o.percentile / 100.0))
+            .map(|ns| ns / 1e6)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        o.replica_latency_ms = v;
+    }
 }
 
 /// A service seen on a chain that the services configuration does not
@@ -131,6 +160,7 @@ pub fn observe(
             latency_ms: a.latency.quantile(percentile / 100.0).unwrap_or(0.0) / 1e6,
             error_rate: a.errors as f64 / a.requests as f64,
             attainment: att,
+            replica_latency_ms: Vec::new(),
         });
     }
     (obs, unknown)
@@ -223,5 +253,43 @@ mod tests {
         let (obs, _) = observe(&window, 60.0, &chains, &services, &BTreeMap::new());
         assert!(obs[0].latency_ms > 50.0, "{}", obs[0].latency_ms);
         assert_eq!(obs[0].attainment, Some(0.9));
+    }
+
+    #[test]
+    fn each_replica_is_judged_by_its_own_sidecars_latency_with_enough_requests() {
+        // Three reviews pods: two fast, one slow, and one with too few
+        // requests to have a p99 of its own.
+        let mut state = crate::data::state::ChainState::new(0);
+        let pods = [
+            ("r-1", 5, 200),
+            ("r-2", 60, 150),
+            ("r-3", 6, 300),
+            ("r-4", 90, 20),
+        ];
+        for (seq, (pod, ms, n)) in pods.into_iter().enumerate() {
+            let mut r = builders::report(
+                pod,
+                seq as u64 + 1,
+                vec![builders::uniform("c", "reviews", ms, n)],
+            );
+            r.source.pod = pod.into();
+            state.ingest(&r, 10);
+        }
+        let replicas = state.replicas(20, 60);
+        assert_eq!(replicas["reviews"]["r-2"].requests, 150);
+        let mut obs = vec![crate::plan::traffic::tests::obs("reviews", 10.0, 60.0, 0.0)];
+        add_replica_latencies(&mut obs, &replicas);
+        let ms: Vec<u64> = obs[0]
+            .replica_latency_ms
+            .iter()
+            .map(|v| v.round() as u64)
+            .collect();
+        assert_eq!(
+            ms.len(),
+            3,
+            "r-4 answered fewer than {MIN_REPLICA_REQUESTS}"
+        );
+        assert!(ms[0] <= ms[1] && ms[1] < ms[2], "{ms:?}");
+        assert!((55..=65).contains(&ms[2]), "{ms:?}");
     }
 }

@@ -19,7 +19,7 @@
 //! are safe for any method.
 
 use crate::config::{Locality, TrafficSpec};
-use crate::plan::observe::ServiceObservation;
+use crate::plan::observe::{ServiceObservation, MIN_REPLICA_REQUESTS};
 use crate::plan::{DesiredObject, Kind, FIELD_MANAGER, MANAGED_BY_LABEL};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -103,10 +103,15 @@ fn desired_route(o: &ServiceObservation, budget_ms: u64) -> DesiredObject {
     let retries = if attempts == 0 {
         json!({"attempts": 0})
     } else {
-        // No per-try timeout: the conditions retried fail fast, and a
-        // per-try timeout, which the filter's header does not replace,
-        // would cut chain requests shorter than their own budget.
-        json!({"attempts": attempts, "retryOn": IDEMPOTENT_SAFE_RETRY_ON})
+        let mut r = json!({"attempts": attempts, "retryOn": IDEMPOTENT_SAFE_RETRY_ON});
+        // The filter's headers replace the route's timeout and retry count,
+        // not its per-try timeout: this one cuts a chain request's tries,
+        // never the request, which keeps its own budget for the retry.
+        if let Ok((ms, why)) = per_try_timeout_ms(o, budget_ms) {
+            r["perTryTimeout"] = json!(format!("{ms}ms"));
+            reasons.insert("http[0].retries.perTryTimeout".into(), why);
+        }
+        r
     };
     DesiredObject {
         kind: Kind::VirtualService,
@@ -132,6 +137,48 @@ fn desired_route(o: &ServiceObservation, budget_ms: u64) -> DesiredObject {
         }),
         reasons,
     }
+}
+
+/// A try is cut after this many times the typical replica's latency at
+/// the planned percentile: on a replica as fast as the others a try takes
+/// that long less often than once in `1 / (1 − percentile)` tries, while a
+/// replica answering several times slower than its peers has most of its
+/// tries cut.
+pub const SLOW_TRY_FACTOR: f64 = 2.0;
+
+/// The route's per-try timeout (ms, with its reason), or why it has none.
+/// A slow replica answers, so outlier detection, which counts errors, never
+/// ejects it, and least-request balancing only sends it less; a try cut by
+/// the per-try timeout is a 504 from Envoy, which the filter's grant for
+/// chain traffic retries (`5xx`) on another host (Istio's retry host
+/// predicate skips hosts already tried) and outlier detection counts, so
+/// the slow replica is ejected like an erring one. The typical replica is
+/// the lower median of those that answered enough requests in the window,
+/// so one slow replica among two or more does not set it.
+pub fn per_try_timeout_ms(o: &ServiceObservation, budget_ms: u64) -> Result<(u64, String), String> {
+    let v = &o.replica_latency_ms;
+    let p = o.percentile;
+    if v.len() < 2 {
+        return Err(format!(
+            "{} replica(s) answered {MIN_REPLICA_REQUESTS} requests in the window: a cut try would have no other host to go to",
+            v.len()
+        ));
+    }
+    let typical = v[(v.len() - 1) / 2];
+    let ms = (SLOW_TRY_FACTOR * typical).ceil().max(1.0) as u64;
+    if 2 * ms > budget_ms {
+        return Err(format!(
+            "{SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms = {ms} ms leaves no time for a retry within the {budget_ms} ms budget"
+        ));
+    }
+    let all: Vec<String> = v.iter().map(|l| format!("{l:.1}")).collect();
+    Ok((
+        ms,
+        format!(
+            "{SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms (replicas: {} ms) = {ms} ms, half the {budget_ms} ms budget at most: a try on a replica as fast as the others is rarely cut; one on a slower replica is cut, retried on another host for chain traffic (the filter grants 5xx retries) and counted as a 504 by outlier detection; traffic off the chains is not retried on it",
+            all.join(", ")
+        ),
+    ))
 }
 
 /// The widest budget each service gets from any chain (service → ms).
@@ -283,7 +330,7 @@ fn desired_rule(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn obs(service: &str, rps: f64, latency_ms: f64, error_rate: f64) -> ServiceObservation {
@@ -295,6 +342,7 @@ mod tests {
             latency_ms,
             error_rate,
             attainment: None,
+            replica_latency_ms: Vec::new(),
         }
     }
 
@@ -417,6 +465,34 @@ mod tests {
             json!({"attempts": 0})
         );
         assert!(objs[0].reasons["http[0].timeout"].contains("120 ms"));
+    }
+
+    #[test]
+    fn a_try_is_cut_at_twice_the_typical_replicas_latency_where_another_replica_and_a_retry_fit() {
+        let route = |replicas: Vec<f64>, budget: u64| {
+            let mut o = obs("reviews", 20.0, 30.0, 0.0);
+            o.replica_latency_ms = replicas;
+            let objs = desired_routes(&[o], &[("reviews".to_string(), budget)].into());
+            let r = objs.into_iter().next().unwrap();
+            (r.object["spec"]["http"][0]["retries"].clone(), r.reasons)
+        };
+        // One slow replica of three: the lower median is a fast one.
+        let (retries, reasons) = route(vec![6.2, 7.0, 61.0], 120);
+        assert_eq!(retries["perTryTimeout"], "14ms");
+        let why = &reasons["http[0].retries.perTryTimeout"];
+        assert!(why.contains("7.0 ms") && why.contains("61.0"), "{why}");
+        // Two replicas: the faster one is typical.
+        assert_eq!(route(vec![6.2, 61.0], 120).0["perTryTimeout"], "13ms");
+        // One replica: nowhere else to retry; no reason claimed either.
+        let (retries, reasons) = route(vec![6.2], 120);
+        assert!(retries.get("perTryTimeout").is_none());
+        assert!(!reasons.contains_key("http[0].retries.perTryTimeout"));
+        // A cut try must leave a retry its time within the budget.
+        assert!(route(vec![31.0, 32.0], 120)
+            .0
+            .get("perTryTimeout")
+            .is_none());
+        assert_eq!(route(vec![30.0, 30.0], 120).0["perTryTimeout"], "60ms");
     }
 
     #[test]

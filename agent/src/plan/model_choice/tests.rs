@@ -12,6 +12,7 @@ fn observation(rps: f64) -> crate::plan::observe::ServiceObservation {
         latency_ms: 10.0,
         error_rate: 0.1,
         attainment: None,
+        replica_latency_ms: Vec::new(),
     }
 }
 
@@ -162,6 +163,7 @@ fn features_show_the_worst_replica_and_the_replicas_that_answered() {
                 ReplicaCounts {
                     requests: 2,
                     errors: 0,
+                    ..Default::default()
                 },
             ),
             (
@@ -169,6 +171,7 @@ fn features_show_the_worst_replica_and_the_replicas_that_answered() {
                 ReplicaCounts {
                     requests: 2,
                     errors: 1,
+                    ..Default::default()
                 },
             ),
             (
@@ -176,6 +179,7 @@ fn features_show_the_worst_replica_and_the_replicas_that_answered() {
                 ReplicaCounts {
                     requests: 0,
                     errors: 0,
+                    ..Default::default()
                 },
             ),
         ]
