@@ -43,6 +43,7 @@ async fn applies_a_destination_rule_as_field_manager_meshtune() {
         error_rate: 0.0,
         attainment: None,
         replica_latency_ms: Vec::new(),
+        replicas_known: 0,
     };
     let rules = desired(&[obs], &[], &TrafficSpec::default());
     let sink = KubeSink::new(client.clone());

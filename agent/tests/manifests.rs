@@ -540,6 +540,7 @@ fn every_destination_rule_and_virtual_service_the_agent_generates_validates_agai
             error_rate: *err,
             attainment: None,
             replica_latency_ms: Vec::new(),
+            replicas_known: 0,
         })
         .collect();
     let loc = vec![

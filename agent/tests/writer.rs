@@ -40,6 +40,7 @@ fn rules(rps: f64) -> Vec<DesiredObject> {
         error_rate: 0.0,
         attainment: None,
         replica_latency_ms: Vec::new(),
+        replicas_known: 0,
     };
     desired(&[o], &[], &TrafficSpec::default())
 }

@@ -295,6 +295,11 @@ impl Agent {
         self.lock().replicas(now_s, self.config.window.as_secs())
     }
 
+    /// How many replicas each service has had lately, silent ones included.
+    pub fn replicas_known(&self, now_s: u64) -> BTreeMap<String, usize> {
+        self.lock().replicas_known(now_s)
+    }
+
     pub fn refresh_forecasts(&self, now_s: u64) {
         self.forecasting.refresh(&self.state, &self.store, now_s);
     }

@@ -380,7 +380,11 @@ impl<S: Sink + Sync> Tuner<S> {
             &agent.config.services,
             &agent.forecast_at_longest_horizon(),
         );
-        crate::plan::observe::add_replica_latencies(&mut obs, &agent.replicas(now_s));
+        crate::plan::observe::add_replica_latencies(
+            &mut obs,
+            &agent.replicas(now_s),
+            &agent.replicas_known(now_s),
+        );
         for u in &unknown {
             tracing::error!("{u}");
         }

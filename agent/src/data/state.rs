@@ -14,6 +14,11 @@ pub const SLOT_SECS: u64 = 5;
 pub const MEMORY_MINUTES: u64 = 120;
 /// Distinct chains the agent tracks; records of further chains are dropped.
 pub const MAX_CHAINS: usize = 1024;
+/// Seconds a replica that stopped answering still counts as one of its
+/// service's replicas: longer than Envoy's longest outlier ejection
+/// (`maxEjectionTime`, 300 s by default), so an ejected replica is not
+/// mistaken for a removed one.
+pub const REPLICA_MEMORY_SECS: u64 = 600;
 /// Sequence numbers remembered below the highest one seen per VM.
 const SEQ_WINDOW: u64 = 64;
 
@@ -91,6 +96,8 @@ pub struct ChainState {
     /// a failing replica shows beside healthy ones (the chains' aggregates
     /// merge them).
     replica_slots: VecDeque<(u64, ReplicaSlot)>,
+    /// (service, replica) → when it last answered a request.
+    replica_last_seen: BTreeMap<(String, String), u64>,
     minutes: BTreeMap<(String, u64), ChainAgg>,
     lifetime: BTreeMap<String, ChainAgg>,
     vms: HashMap<String, SeqWindow>,
@@ -160,6 +167,8 @@ impl ChainState {
                     c.errors += r.errors;
                     c.latency.merge(&r.latency);
                 }
+                self.replica_last_seen
+                    .insert((r.service.clone(), replica.clone()), now_secs);
             }
             if !self.lifetime.contains_key(&r.chain) && self.lifetime.len() >= MAX_CHAINS {
                 dropped += 1;
@@ -201,6 +210,8 @@ impl ChainState {
         {
             self.replica_slots.pop_front();
         }
+        self.replica_last_seen
+            .retain(|_, seen| *seen + REPLICA_MEMORY_SECS > now_secs);
         let horizon = (now_secs / 60).saturating_sub(MEMORY_MINUTES);
         let dirty = &self.dirty_minutes;
         self.minutes
@@ -289,6 +300,18 @@ impl ChainState {
                     e.errors += c.errors;
                     e.latency.merge(&c.latency);
                 }
+            }
+        }
+        out
+    }
+
+    /// How many replicas of each service answered within
+    /// [`REPLICA_MEMORY_SECS`], including ones silent in the window.
+    pub fn replicas_known(&self, now_secs: u64) -> BTreeMap<String, usize> {
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        for ((svc, _), seen) in &self.replica_last_seen {
+            if *seen + REPLICA_MEMORY_SECS > now_secs {
+                *out.entry(svc.clone()).or_default() += 1;
             }
         }
         out

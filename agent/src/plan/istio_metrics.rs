@@ -130,6 +130,7 @@ pub fn observations(
             error_rate: (errors.get(svc).copied().unwrap_or(0.0) / r).clamp(0.0, 1.0),
             attainment: None,
             replica_latency_ms: Vec::new(),
+            replicas_known: 0,
         });
     }
     (obs, unknown)

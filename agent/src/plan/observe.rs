@@ -27,6 +27,9 @@ pub struct ServiceObservation {
     /// view), ms, fastest first; only replicas that answered at least
     /// [`MIN_REPLICA_REQUESTS`] in the window ([`add_replica_latencies`]).
     pub replica_latency_ms: Vec<f64>,
+    /// Replicas that answered lately, including ones silent in the window
+    /// (an ejected replica gets no requests but still exists).
+    pub replicas_known: usize,
 }
 
 /// Requests a replica must have answered in the window for its latency at
@@ -34,10 +37,12 @@ pub struct ServiceObservation {
 pub const MIN_REPLICA_REQUESTS: u64 = 100;
 
 /// Fills each observation's `replica_latency_ms` from the replicas' own
-/// counts over the window.
+/// counts over the window, and `replicas_known` from `known` (service →
+/// replicas that answered lately).
 pub fn add_replica_latencies(
     obs: &mut [ServiceObservation],
     replicas: &BTreeMap<String, BTreeMap<String, ReplicaCounts>>,
+    known: &BTreeMap<String, usize>,
 ) {
     for o in obs {
         let mut v: Vec<f64> = replicas
@@ -49,6 +54,7 @@ pub fn add_replica_latencies(
             .map(|ns| ns / 1e6)
             .collect();
         v.sort_by(f64::total_cmp);
+        o.replicas_known = known.get(&o.service).copied().unwrap_or(0).max(v.len());
         o.replica_latency_ms = v;
     }
 }
@@ -161,6 +167,7 @@ pub fn observe(
             error_rate: a.errors as f64 / a.requests as f64,
             attainment: att,
             replica_latency_ms: Vec::new(),
+            replicas_known: 0,
         });
     }
     (obs, unknown)
@@ -278,7 +285,7 @@ mod tests {
         let replicas = state.replicas(20, 60);
         assert_eq!(replicas["reviews"]["r-2"].requests, 150);
         let mut obs = vec![crate::plan::traffic::tests::obs("reviews", 10.0, 60.0, 0.0)];
-        add_replica_latencies(&mut obs, &replicas);
+        add_replica_latencies(&mut obs, &replicas, &state.replicas_known(20));
         let ms: Vec<u64> = obs[0]
             .replica_latency_ms
             .iter()
@@ -291,5 +298,29 @@ mod tests {
         );
         assert!(ms[0] <= ms[1] && ms[1] < ms[2], "{ms:?}");
         assert!((55..=65).contains(&ms[2]), "{ms:?}");
+        assert_eq!(obs[0].replicas_known, 4);
+
+        // r-2 ejected: silent past the window, it still counts as a replica
+        // until it has been silent for REPLICA_MEMORY_SECS.
+        let later = 200;
+        let mut r = builders::report("r-1", 10, vec![builders::uniform("c", "reviews", 5, 200)]);
+        r.source.pod = "r-1".into();
+        state.ingest(&r, later);
+        state.expire(later, 60);
+        let mut obs = vec![crate::plan::traffic::tests::obs("reviews", 10.0, 60.0, 0.0)];
+        add_replica_latencies(
+            &mut obs,
+            &state.replicas(later, 60),
+            &state.replicas_known(later),
+        );
+        assert_eq!(obs[0].replica_latency_ms.len(), 1);
+        assert_eq!(obs[0].replicas_known, 4);
+        let gone = 10 + crate::data::state::REPLICA_MEMORY_SECS;
+        state.expire(gone, 60);
+        assert_eq!(
+            state.replicas_known(gone)["reviews"],
+            1,
+            "only r-1 answered since"
+        );
     }
 }

@@ -158,10 +158,15 @@ pub const SLOW_TRY_FACTOR: f64 = 2.0;
 pub fn per_try_timeout_ms(o: &ServiceObservation, budget_ms: u64) -> Result<(u64, String), String> {
     let v = &o.replica_latency_ms;
     let p = o.percentile;
-    if v.len() < 2 {
+    if o.replicas_known < 2 {
         return Err(format!(
-            "{} replica(s) answered {MIN_REPLICA_REQUESTS} requests in the window: a cut try would have no other host to go to",
-            v.len()
+            "{} replica(s) answered lately: a cut try would have no other host to go to",
+            o.replicas_known
+        ));
+    }
+    if v.is_empty() {
+        return Err(format!(
+            "no replica answered {MIN_REPLICA_REQUESTS} requests in the window: no latency of its own to size a try by"
         ));
     }
     let typical = v[(v.len() - 1) / 2];
@@ -175,8 +180,9 @@ pub fn per_try_timeout_ms(o: &ServiceObservation, budget_ms: u64) -> Result<(u64
     Ok((
         ms,
         format!(
-            "{SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms (replicas: {} ms) = {ms} ms, half the {budget_ms} ms budget at most: a try on a replica as fast as the others is rarely cut; one on a slower replica is cut, retried on another host for chain traffic (the filter grants 5xx retries) and counted as a 504 by outlier detection; traffic off the chains is not retried on it",
-            all.join(", ")
+            "{SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms (replicas measured: {} ms, of {} answering lately: an ejected one stays counted) = {ms} ms, half the {budget_ms} ms budget at most: a try on a replica as fast as the others is rarely cut; one on a slower replica is cut, retried on another host for chain traffic (the filter grants 5xx retries) and counted as a 504 by outlier detection; traffic off the chains is not retried on it",
+            all.join(", "),
+            o.replicas_known
         ),
     ))
 }
@@ -343,6 +349,7 @@ pub(crate) mod tests {
             error_rate,
             attainment: None,
             replica_latency_ms: Vec::new(),
+            replicas_known: 0,
         }
     }
 
@@ -469,13 +476,16 @@ pub(crate) mod tests {
 
     #[test]
     fn a_try_is_cut_at_twice_the_typical_replicas_latency_where_another_replica_and_a_retry_fit() {
-        let route = |replicas: Vec<f64>, budget: u64| {
+        let route_of = |replicas: Vec<f64>, known: usize, budget: u64| {
             let mut o = obs("reviews", 20.0, 30.0, 0.0);
+            o.replicas_known = known;
             o.replica_latency_ms = replicas;
             let objs = desired_routes(&[o], &[("reviews".to_string(), budget)].into());
             let r = objs.into_iter().next().unwrap();
             (r.object["spec"]["http"][0]["retries"].clone(), r.reasons)
         };
+        let route =
+            |replicas: Vec<f64>, budget: u64| route_of(replicas.clone(), replicas.len(), budget);
         // One slow replica of three: the lower median is a fast one.
         let (retries, reasons) = route(vec![6.2, 7.0, 61.0], 120);
         assert_eq!(retries["perTryTimeout"], "14ms");
@@ -487,6 +497,13 @@ pub(crate) mod tests {
         let (retries, reasons) = route(vec![6.2], 120);
         assert!(retries.get("perTryTimeout").is_none());
         assert!(!reasons.contains_key("http[0].retries.perTryTimeout"));
+        // The slow one of two ejected (silent in the window, still known):
+        // the timeout stays, sized by the one measured.
+        let (retries, reasons) = route_of(vec![6.2], 2, 120);
+        assert_eq!(retries["perTryTimeout"], "13ms");
+        assert!(reasons["http[0].retries.perTryTimeout"].contains("of 2 answering lately"));
+        // Known replicas but none with enough requests: nothing to size by.
+        assert!(route_of(vec![], 3, 120).0.get("perTryTimeout").is_none());
         // A cut try must leave a retry its time within the budget.
         assert!(route(vec![31.0, 32.0], 120)
             .0

@@ -13,6 +13,7 @@ fn observation(rps: f64) -> crate::plan::observe::ServiceObservation {
         error_rate: 0.1,
         attainment: None,
         replica_latency_ms: Vec::new(),
+        replicas_known: 0,
     }
 }
 
