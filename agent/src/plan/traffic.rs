@@ -484,8 +484,11 @@ pub(crate) mod tests {
             let r = objs.into_iter().next().unwrap();
             (r.object["spec"]["http"][0]["retries"].clone(), r.reasons)
         };
-        let route =
-            |replicas: Vec<f64>, budget: u64| route_of(replicas.clone(), replicas.len(), budget);
+        // Every replica measured: as many known as have latencies.
+        let route = |replicas: Vec<f64>, budget: u64| {
+            let known = replicas.len();
+            route_of(replicas, known, budget)
+        };
         // One slow replica of three: the lower median is a fast one.
         let (retries, reasons) = route(vec![6.2, 7.0, 61.0], 120);
         assert_eq!(retries["perTryTimeout"], "14ms");
