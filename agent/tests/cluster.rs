@@ -44,6 +44,7 @@ async fn applies_a_destination_rule_as_field_manager_meshtune() {
         attainment: None,
         replica_latency_ms: Vec::new(),
         replicas_known: 0,
+        chain_objectives: Vec::new(),
     };
     let rules = desired(&[obs], &[], &TrafficSpec::default());
     let sink = KubeSink::new(client.clone());

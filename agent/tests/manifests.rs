@@ -541,6 +541,7 @@ fn every_destination_rule_and_virtual_service_the_agent_generates_validates_agai
             attainment: None,
             replica_latency_ms: Vec::new(),
             replicas_known: 0,
+            chain_objectives: Vec::new(),
         })
         .collect();
     let loc = vec![

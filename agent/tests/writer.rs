@@ -41,6 +41,7 @@ fn rules(rps: f64) -> Vec<DesiredObject> {
         attainment: None,
         replica_latency_ms: Vec::new(),
         replicas_known: 0,
+        chain_objectives: Vec::new(),
     };
     desired(&[o], &[], &TrafficSpec::default())
 }

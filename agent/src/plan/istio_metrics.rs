@@ -131,6 +131,7 @@ pub fn observations(
             attainment: None,
             replica_latency_ms: Vec::new(),
             replicas_known: 0,
+            chain_objectives: Vec::new(),
         });
     }
     (obs, unknown)

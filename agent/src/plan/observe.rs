@@ -30,6 +30,19 @@ pub struct ServiceObservation {
     /// Replicas that answered lately, including ones silent in the window
     /// (an ejected replica gets no requests but still exists).
     pub replicas_known: usize,
+    /// Each declared chain through the service: its end-to-end latency at
+    /// its own percentile in the window and its objective (what a try on
+    /// this service may take before the chain misses; see
+    /// [`crate::plan::traffic::per_try_timeout_ms`]).
+    pub chain_objectives: Vec<ChainObjective>,
+}
+
+/// A chain's end-to-end latency at its declared percentile and its
+/// objective, both in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChainObjective {
+    pub latency_ms: f64,
+    pub slo_ms: f64,
 }
 
 /// Requests a replica must have answered in the window for its latency at
@@ -120,12 +133,20 @@ pub fn observe(
         percentile: f64,
         attainment: Option<f64>,
         chains: Vec<String>,
+        objectives: Vec<ChainObjective>,
     }
     let expected = expected_service_rps(window, secs, forecast_rps);
     let mut per_service: BTreeMap<&str, Seen> = BTreeMap::new();
     for (chain, agg) in window {
         let spec = chains.get(chain);
         let chain_att = spec.and_then(|s| agg.end_to_end.attainment(s.slo_ms));
+        let objective = spec.and_then(|s| {
+            let ns = agg.end_to_end.latency.quantile(s.percentile / 100.0)?;
+            Some(ChainObjective {
+                latency_ms: ns / 1e6,
+                slo_ms: s.slo_ms,
+            })
+        });
         for (svc, hop) in &agg.hops {
             let e = per_service.entry(svc.as_str()).or_default();
             e.agg.merge(hop.preferred().0);
@@ -134,6 +155,7 @@ pub fn observe(
                 e.attainment = Some(e.attainment.map_or(a, |b: f64| b.min(a)));
             }
             e.chains.push(chain.clone());
+            e.objectives.extend(objective);
         }
     }
     let mut obs = Vec::new();
@@ -144,6 +166,7 @@ pub fn observe(
             percentile,
             attainment: att,
             chains: on_chains,
+            objectives,
         } = seen;
         if a.requests == 0 || secs <= 0.0 {
             continue;
@@ -168,6 +191,7 @@ pub fn observe(
             attainment: att,
             replica_latency_ms: Vec::new(),
             replicas_known: 0,
+            chain_objectives: objectives,
         });
     }
     (obs, unknown)
@@ -260,6 +284,12 @@ mod tests {
         let (obs, _) = observe(&window, 60.0, &chains, &services, &BTreeMap::new());
         assert!(obs[0].latency_ms > 50.0, "{}", obs[0].latency_ms);
         assert_eq!(obs[0].attainment, Some(0.9));
+        // The chain's own latency at its percentile, beside its objective.
+        let [c] = obs[0].chain_objectives[..] else {
+            panic!("one chain: {:?}", obs[0].chain_objectives)
+        };
+        assert_eq!(c.slo_ms, 50.0);
+        assert!(c.latency_ms > 50.0, "{}", c.latency_ms);
     }
 
     #[test]

@@ -155,6 +155,13 @@ pub const SLOW_TRY_FACTOR: f64 = 2.0;
 /// the slow replica is ejected like an erring one. The typical replica is
 /// the lower median of those that answered enough requests in the window,
 /// so one slow replica among two or more does not set it.
+///
+/// A try is never cut while it is within the service's share of the
+/// tightest objective through it ([`objective_room_ms`]): such a try still
+/// answers in time, and cutting it makes a failure of a success. This is
+/// what keeps the cut harmless when every replica slows together (a
+/// saturated service downstream, a surge): a cut try's work is lost and its
+/// retry is more load on what is already the bottleneck.
 pub fn per_try_timeout_ms(o: &ServiceObservation, budget_ms: u64) -> Result<(u64, String), String> {
     let v = &o.replica_latency_ms;
     let p = o.percentile;
@@ -170,21 +177,55 @@ pub fn per_try_timeout_ms(o: &ServiceObservation, budget_ms: u64) -> Result<(u64
         ));
     }
     let typical = v[(v.len() - 1) / 2];
-    let ms = (SLOW_TRY_FACTOR * typical).ceil().max(1.0) as u64;
+    let slow_try = SLOW_TRY_FACTOR * typical;
+    let room = objective_room_ms(o, typical);
+    let ms = slow_try
+        .max(room.as_ref().map_or(0.0, |(r, _)| *r))
+        .ceil()
+        .max(1.0) as u64;
     if 2 * ms > budget_ms {
         return Err(format!(
-            "{SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms = {ms} ms leaves no time for a retry within the {budget_ms} ms budget"
+            "a try of {ms} ms ({SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms, or the service's share of its tightest objective) leaves no time for a retry within the {budget_ms} ms budget"
         ));
     }
     let all: Vec<String> = v.iter().map(|l| format!("{l:.1}")).collect();
+    let room_why = room.map_or(
+        "no declared chain through it measured: no objective share".to_string(),
+        |(_, why)| why,
+    );
     Ok((
         ms,
         format!(
-            "{SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms (replicas measured: {} ms, of {} answering lately: an ejected one stays counted) = {ms} ms, half the {budget_ms} ms budget at most: a try on a replica as fast as the others is rarely cut; one on a slower replica is cut, retried on another host for chain traffic (the filter grants 5xx retries) and counted as a 504 by outlier detection; traffic off the chains is not retried on it",
+            "the larger of {SLOW_TRY_FACTOR} × the typical replica's p{p} {typical:.1} ms (replicas measured: {} ms, of {} answering lately: an ejected one stays counted) and {room_why} = {ms} ms, half the {budget_ms} ms budget at most: a try on a replica as fast as the others is rarely cut, nor one that would still answer within the objective; one on a slower replica is cut, retried on another host for chain traffic (the filter grants 5xx retries) and counted as a 504 by outlier detection; traffic off the chains is not retried on it",
             all.join(", "),
             o.replicas_known
         ),
     ))
+}
+
+/// The service's share of the tightest objective among the chains through
+/// it, with its reason: per chain, the typical replica's latency over the
+/// chain's end-to-end latency (both at the percentile, at most 1) times
+/// the chain's objective. The typical replica, not the service as a whole,
+/// so a slow replica neither widens its own room nor (being on the chain's
+/// latency too) does anything but narrow it.
+pub fn objective_room_ms(o: &ServiceObservation, typical_ms: f64) -> Option<(f64, String)> {
+    o.chain_objectives
+        .iter()
+        .filter(|c| c.latency_ms > 0.0 && c.slo_ms > 0.0)
+        .map(|c| {
+            let share = (typical_ms / c.latency_ms).min(1.0);
+            (
+                share * c.slo_ms,
+                format!(
+                    "its share of the tightest objective ({typical_ms:.1} ms of the chain's {:.1} ms × {:.0} ms = {:.1} ms)",
+                    c.latency_ms,
+                    c.slo_ms,
+                    share * c.slo_ms
+                ),
+            )
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// The widest budget each service gets from any chain (service → ms).
@@ -350,6 +391,7 @@ pub(crate) mod tests {
             attainment: None,
             replica_latency_ms: Vec::new(),
             replicas_known: 0,
+            chain_objectives: Vec::new(),
         }
     }
 
@@ -513,6 +555,46 @@ pub(crate) mod tests {
             .get("perTryTimeout")
             .is_none());
         assert_eq!(route(vec![30.0, 30.0], 120).0["perTryTimeout"], "60ms");
+    }
+
+    #[test]
+    fn a_try_within_the_services_share_of_the_objective_is_never_cut() {
+        use crate::plan::observe::ChainObjective;
+        let timeout = |objectives: Vec<ChainObjective>| {
+            let mut o = obs("reviews", 20.0, 30.0, 0.0);
+            o.replicas_known = 3;
+            o.replica_latency_ms = vec![19.0, 20.0, 22.0];
+            o.chain_objectives = objectives;
+            per_try_timeout_ms(&o, 800)
+        };
+        let chain = |latency_ms, slo_ms| ChainObjective { latency_ms, slo_ms };
+        // A loose objective: 20 ms of the chain's 30 ms × 200 ms = 133.3 ms,
+        // far above 2 × 20 ms, so every replica slowing together (a
+        // saturated service behind it) is not cut while the chain can wait.
+        let (ms, why) = timeout(vec![chain(30.0, 200.0)]).unwrap();
+        assert_eq!(ms, 134);
+        assert!(why.contains("133.3 ms"), "{why}");
+        // The tightest chain through the service sets it.
+        assert_eq!(
+            timeout(vec![chain(30.0, 200.0), chain(25.0, 60.0)])
+                .unwrap()
+                .0,
+            48
+        );
+        // A tight objective leaves the slow-try rule in force: 20/25 × 40 = 32 < 40.
+        assert_eq!(timeout(vec![chain(25.0, 40.0)]).unwrap().0, 40);
+        // A chain slowed by a slow replica only narrows the room.
+        assert_eq!(timeout(vec![chain(150.0, 200.0)]).unwrap().0, 40);
+        // No chain measured: the slow-try rule alone.
+        let (ms, why) = timeout(vec![]).unwrap();
+        assert_eq!(ms, 40);
+        assert!(why.contains("no objective share"), "{why}");
+        // The room must still leave a retry its time within the budget.
+        let mut o = obs("reviews", 20.0, 30.0, 0.0);
+        o.replicas_known = 2;
+        o.replica_latency_ms = vec![20.0, 21.0];
+        o.chain_objectives = vec![chain(30.0, 200.0)];
+        assert!(per_try_timeout_ms(&o, 200).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn observation(rps: f64) -> crate::plan::observe::ServiceObservation {
         attainment: None,
         replica_latency_ms: Vec::new(),
         replicas_known: 0,
+        chain_objectives: Vec::new(),
     }
 }
 

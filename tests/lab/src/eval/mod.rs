@@ -316,6 +316,33 @@ fn write_decisions(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
     }
 }
 
+/// Every sidecar's non-zero statistics at the end of a run (Envoy's
+/// `/stats`: requests, 5xx, retries, timeouts, pools, ejections, the
+/// filter's own counters), kept as `stats-ARM-RUN.txt`: where an arm's
+/// failures and waiting came from, hop by hop.
+fn write_sidecar_stats(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
+    let path = out.join(format!("stats-{}-{}.txt", arm.name(), run + 1));
+    let mut text = String::new();
+    for (name, envoy) in &mesh.envoys {
+        text.push_str(&format!("== {name}\n"));
+        match crate::http::get_blocking(envoy.admin_port, "/stats") {
+            Some((200, body)) => {
+                for line in body.lines() {
+                    let zero = line.ends_with(": 0") || line.ends_with(": No recorded values");
+                    if !zero && !line.starts_with("server.") && !line.contains("admin") {
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                }
+            }
+            other => text.push_str(&format!("(not read: {:?})\n", other.map(|(code, _)| code))),
+        }
+    }
+    if let Err(e) = std::fs::write(&path, text) {
+        println!("  {}: not written: {e}", path.display());
+    }
+}
+
 /// Runs one arm once: a fresh lab, the load and the faults, the verdict.
 pub async fn run_arm(
     arm: Arm,
@@ -396,6 +423,7 @@ pub async fn run_arm(
     let cpu_end = cpu_us(&mesh);
     let changes = changes(&mesh);
     write_decisions(&mesh, &o.out, arm, run);
+    write_sidecar_stats(&mesh, &o.out, arm, run);
     let reviews_cluster = mesh
         .envoys
         .get("productpage")

@@ -12,7 +12,10 @@
 //! queueing under overload never inflates the baseline. It starts low, as
 //! TCP's slow start does, so the first samples show the uncongested latency,
 //! and doubles every window until latency first shows queueing; before the
-//! first window every class may use the whole starting limit. When in-flight requests reach a class's share of the limit
+//! first window every class may use the whole starting limit. A window
+//! that never filled half the limit does not grow it (its latency says
+//! nothing about more load: TCP's congestion window validation), so a surge
+//! after a quiet spell meets a limit near what was last in use. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
 //! limit, so a reserve stays for it. A share holds room only for classes
 //! that are around: while no request of a more important class has arrived
@@ -358,8 +361,11 @@ impl AdaptiveLimit {
     }
 
     fn update(&mut self) {
-        let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0
-            || f64::from(self.window_peak) < self.limit / 2.0;
+        // Application-limited: the window never filled half the limit, so
+        // its latency says nothing about a larger one (TCP's congestion
+        // window validation, RFC 7661; Netflix's Gradient2 likewise).
+        let app_limited = f64::from(self.window_peak) < self.limit / 2.0;
+        let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0 || app_limited;
         let peak = f64::from(self.window_peak);
         self.window_peak = self.inflight;
         self.classes_seen_before = self.classes_seen;
@@ -414,6 +420,12 @@ impl AdaptiveLimit {
             } else {
                 self.slow_start = false;
             }
+        }
+        if app_limited {
+            // A limit that grew while unused would admit a whole surge at
+            // once when the load comes, queueing it at the service before
+            // the first window could show it: it stays where it is.
+            next = next.min(self.limit);
         }
         if gradient >= 1.0 {
             // No queueing: keep room for the load the forecast expects.
@@ -583,6 +595,30 @@ mod tests {
     #[test]
     fn limit_grows_when_latency_stays_flat() {
         let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 200, 300, 1000);
+        assert!(l.limit() > 150, "limit {}", l.limit());
+    }
+
+    #[test]
+    fn an_unused_limit_does_not_grow_so_a_surge_meets_a_small_one() {
+        // Light load on a fast service: two requests at a time, no queueing.
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 2, 300, 1000);
+        // Slow start doubles while half the limit is used, then it stays:
+        // at most four times what was ever in flight (it grew to the
+        // 1,000 maximum before).
+        assert!(l.limit() <= 8, "limit {}", l.limit());
+        // The surge comes: the service has one worker. At most the small
+        // limit is admitted at once, not the whole surge.
+        let mut admitted = 0;
+        while l.try_acquire(Priority::High) == Admission::Admit {
+            admitted += 1;
+        }
+        assert!(admitted <= 8, "{admitted} admitted at once");
+        // Used, it grows again while latency stays flat.
+        for _ in 0..admitted {
+            l.release(CHAIN, 5_000_000);
+        }
         drive(&mut l, 200, 300, 1000);
         assert!(l.limit() > 150, "limit {}", l.limit());
     }
