@@ -121,6 +121,21 @@ async fn a_short_eval_runs_each_arm_under_its_own_configuration_and_writes_its_f
         "meshtune's decision log holds its DestinationRules"
     );
     assert_eq!(written("static"), 0);
+    // Every sidecar's statistics beside them: the erring replica's 500s
+    // reached the callers under static; meshtune's filter counted requests.
+    let stats =
+        |arm: &str| std::fs::read_to_string(out.path().join(format!("stats-{arm}-1.txt"))).unwrap();
+    let (st_stats, mt_stats) = (stats("static"), stats("meshtune"));
+    for svc in ["productpage", "reviews-2", "ratings"] {
+        assert!(st_stats.contains(&format!("== {svc}\n")), "{st_stats}");
+    }
+    assert!(st_stats.contains("upstream_rq_500"), "{st_stats}");
+    assert!(!st_stats.contains("meshtune_requests_total"));
+    assert!(mt_stats.contains("meshtune_requests_total"), "{mt_stats}");
+    assert!(
+        !st_stats.lines().any(|l| l.ends_with(": 0")),
+        "only non-zero statistics"
+    );
     let svg = std::fs::read_to_string(out.path().join("eval.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("product-page"),
