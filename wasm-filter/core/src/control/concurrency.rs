@@ -13,7 +13,7 @@
 //! TCP's slow start does, so the first samples show the uncongested latency,
 //! and doubles every window until latency first shows queueing; before the
 //! first window every class may use the whole starting limit. A window
-//! that never filled half the limit does not grow it (its latency says
+//! that never filled half the limit and refused nothing does not grow it (its latency says
 //! nothing about more load: TCP's congestion window validation), so a surge
 //! after a quiet spell meets a limit near what was last in use. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
@@ -190,6 +190,10 @@ pub struct AdaptiveLimit {
     /// last (one bit per class): shares reserve room only for these.
     classes_seen: u8,
     classes_seen_before: u8,
+    /// A request was refused in this sample window: the demand was not
+    /// below the limit, whatever the peak in flight (a class's share can
+    /// keep it under half the limit while requests are refused).
+    refused_in_window: bool,
 }
 
 /// Chains with a baseline of their own per limit; any further chain shares
@@ -241,6 +245,7 @@ impl AdaptiveLimit {
             finished_while_starved: 0,
             classes_seen: 0,
             classes_seen_before: 0,
+            refused_in_window: false,
         }
     }
 
@@ -325,6 +330,7 @@ impl AdaptiveLimit {
         let behind_starved = self.starved.is_some_and(|s| s < p);
         if behind_starved || f64::from(self.inflight + 1) > threshold {
             self.shed += 1;
+            self.refused_in_window = true;
             if !behind_starved {
                 self.starved = Some(self.starved.map_or(p, |s| s.min(p)));
                 self.finished_while_starved = 0;
@@ -361,10 +367,12 @@ impl AdaptiveLimit {
     }
 
     fn update(&mut self) {
-        // Application-limited: the window never filled half the limit, so
-        // its latency says nothing about a larger one (TCP's congestion
-        // window validation, RFC 7661; Netflix's Gradient2 likewise).
-        let app_limited = f64::from(self.window_peak) < self.limit / 2.0;
+        // Application-limited: the window never filled half the limit and
+        // refused nothing, so its latency says nothing about a larger one
+        // (TCP's congestion window validation, RFC 7661; Netflix's
+        // Gradient2 likewise).
+        let app_limited = f64::from(self.window_peak) < self.limit / 2.0 && !self.refused_in_window;
+        self.refused_in_window = false;
         let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0 || app_limited;
         let peak = f64::from(self.window_peak);
         self.window_peak = self.inflight;
@@ -621,6 +629,35 @@ mod tests {
         }
         drive(&mut l, 200, 300, 1000);
         assert!(l.limit() > 150, "limit {}", l.limit());
+    }
+
+    #[test]
+    fn a_limit_whose_share_refuses_requests_still_grows() {
+        // A fast service; a few high requests keep `low` to its share (a
+        // third of the limit), so fewer than half the limit are ever in
+        // flight while `low` is refused: demand is above the limit, and
+        // it must grow as latency stays flat.
+        let cfg = ConcurrencyConfig {
+            normal_share: 0.3,
+            low_share: 0.3,
+            ..ConcurrencyConfig::default()
+        };
+        let mut l = AdaptiveLimit::new(cfg);
+        for _ in 0..300 {
+            let mut admitted = 0;
+            if l.try_acquire(Priority::High) == Admission::Admit {
+                admitted += 1;
+            }
+            for _ in 0..40 {
+                if l.try_acquire(Priority::Low) == Admission::Admit {
+                    admitted += 1;
+                }
+            }
+            for _ in 0..admitted {
+                l.release(CHAIN, 5_000_000);
+            }
+        }
+        assert!(l.limit() > 100, "limit {}", l.limit());
     }
 
     #[test]
