@@ -13,9 +13,10 @@
 //! TCP's slow start does, so the first samples show the uncongested latency,
 //! and doubles every window until latency first shows queueing; before the
 //! first window every class may use the whole starting limit. A window
-//! that never filled half the limit and refused nothing does not grow it (its latency says
-//! nothing about more load: TCP's congestion window validation), so a surge
-//! after a quiet spell meets a limit near what was last in use. When in-flight requests reach a class's share of the limit
+//! that never filled half the limit and refused nothing does not grow it
+//! (its latency says nothing about more load: TCP's congestion window
+//! validation), so a surge after a quiet spell meets a limit near what was
+//! last in use. When in-flight requests reach a class's share of the limit
 //! that class is shed: `low` first, then `normal`; `high` may use the whole
 //! limit, so a reserve stays for it. A share holds room only for classes
 //! that are around: while no request of a more important class has arrived
@@ -190,10 +191,10 @@ pub struct AdaptiveLimit {
     /// last (one bit per class): shares reserve room only for these.
     classes_seen: u8,
     classes_seen_before: u8,
-    /// A request was refused in this sample window: the demand was not
-    /// below the limit, whatever the peak in flight (a class's share can
-    /// keep it under half the limit while requests are refused).
-    refused_in_window: bool,
+    /// `shed` when this sample window began: a window that refused a
+    /// request saw demand above the limit, whatever its peak in flight (a
+    /// class's share can keep that under half the limit meanwhile).
+    shed_at_window_start: u64,
 }
 
 /// Chains with a baseline of their own per limit; any further chain shares
@@ -245,7 +246,7 @@ impl AdaptiveLimit {
             finished_while_starved: 0,
             classes_seen: 0,
             classes_seen_before: 0,
-            refused_in_window: false,
+            shed_at_window_start: 0,
         }
     }
 
@@ -330,7 +331,6 @@ impl AdaptiveLimit {
         let behind_starved = self.starved.is_some_and(|s| s < p);
         if behind_starved || f64::from(self.inflight + 1) > threshold {
             self.shed += 1;
-            self.refused_in_window = true;
             if !behind_starved {
                 self.starved = Some(self.starved.map_or(p, |s| s.min(p)));
                 self.finished_while_starved = 0;
@@ -371,8 +371,9 @@ impl AdaptiveLimit {
         // refused nothing, so its latency says nothing about a larger one
         // (TCP's congestion window validation, RFC 7661; Netflix's
         // Gradient2 likewise).
-        let app_limited = f64::from(self.window_peak) < self.limit / 2.0 && !self.refused_in_window;
-        self.refused_in_window = false;
+        let refused = self.shed > self.shed_at_window_start;
+        self.shed_at_window_start = self.shed;
+        let app_limited = f64::from(self.window_peak) < self.limit / 2.0 && !refused;
         let unconstrained = self.limit < f64::from(self.cfg.min_limit) + 1.0 || app_limited;
         let peak = f64::from(self.window_peak);
         self.window_peak = self.inflight;
