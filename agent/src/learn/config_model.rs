@@ -30,7 +30,7 @@ use std::io::Read;
 use std::path::Path;
 
 /// The file format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The model's inputs, in order: sweep columns (the knobs that span orders
 /// of magnitude enter as log2). What the agent observes is the server
@@ -234,14 +234,275 @@ fn prepared(v: f64, feature: &str) -> f64 {
     }
 }
 
+/// Inputs the trees see besides [`FEATURES`]: what the knobs do to the
+/// observed service, by the mechanism each knob acts through. Trees split
+/// one feature at a time, so a product such as "the share of tries a
+/// timeout cuts" needs many splits (and rows) to be learned from its
+/// parts; from a few hundred rows it is learned only where it is given.
+pub const DERIVED: [&str; 7] = [
+    // The share of one try that the per-try timeout cuts (the observed
+    // latency distribution's tail past it). Istio sets no retry policy
+    // without retry attempts, and then no per-try timeout either.
+    "try_cut_share",
+    // How many tries fit: 1 + retries, as many failed ones as fit in the
+    // route timeout (an error fails at about the median latency, a cut
+    // try at the per-try timeout; each retry waits Envoy's back-off).
+    "tries_in_time",
+    // The share of requests whose every try fails: a try fails by an
+    // error or a cut, independently.
+    "all_tries_fail_share",
+    // The share of requests the route timeout cuts (0 without one).
+    "route_cut_share",
+    // The hop's p99 as the caller sees it with retries: when more than 1 %
+    // of tries fail, the slowest 1 % are a failed try, a back-off and
+    // another try (at the median); otherwise the observed p99. The route
+    // timeout caps it.
+    "retried_p99_ms",
+    // In-flight requests over the connection pool's request limit: past 1
+    // the pool queues or refuses.
+    "pool_load",
+    // The erring replica's error share over the replicas, times the share
+    // of time outlier detection leaves it in (see `unejected_share`).
+    "unejected_replica_error",
+];
+
+/// Envoy's default retry back-off: a first retry waits a random time up
+/// to this base interval (25 ms), so half of it on average.
+const RETRY_BACKOFF_MS: f64 = 25.0;
+const RETRY_BACKOFF_MEAN_MS: f64 = RETRY_BACKOFF_MS / 2.0;
+
+/// The `baseEjectionTime` of the sweep's objects and the agent's default.
+const BASE_EJECTION_S: f64 = 30.0;
+
+/// The share of time a replica that fails a share `e` of its `rps`
+/// requests stays in the load balancer under outlier detection after `k`
+/// consecutive 5xx: runs of `k` errors start `rps (1 - e) e^k` times a
+/// second, and each ejects it for the base ejection time.
+fn unejected_share(e: f64, rps: f64, k: f64) -> f64 {
+    if k <= 0.0 {
+        return 1.0;
+    }
+    let e = e.clamp(0.0, 1.0);
+    let runs = rps.max(0.0) * (1.0 - e).max(0.01) * e.powf(k);
+    1.0 / (1.0 + runs * BASE_EJECTION_S)
+}
+
+/// The width of a row as the trees see it.
+pub const WIDTH: usize = FEATURES.len() + DERIVED.len();
+
+/// Index of `name` in `names`, or `names.len()` when it is not there
+/// (every use is a constant checked at compile time below).
+const fn index_of(names: &[&str], name: &str) -> usize {
+    let mut i = 0;
+    while i < names.len() {
+        if str_eq(names[i], name) {
+            return i;
+        }
+        i += 1;
+    }
+    names.len()
+}
+
+const fn at(name: &str) -> usize {
+    index_of(&FEATURES, name)
+}
+
+const P50: usize = at("obs_p50_ms");
+const P95: usize = at("obs_p95_ms");
+const P99: usize = at("obs_p99_ms");
+const RPS: usize = at("obs_rps");
+const ERROR_RATE: usize = at("obs_error_rate");
+const INFLIGHT: usize = at("obs_inflight");
+const MAX_REPLICA_ERROR: usize = at("obs_max_replica_error");
+const REPLICAS_UP: usize = at("obs_replicas_up");
+const POOL_REQUESTS: usize = at("knob_http2_max_requests");
+const CONSECUTIVE_5XX: usize = at("knob_consecutive_5xx");
+const TIMEOUT: usize = at("knob_timeout_ms");
+const RETRY_ATTEMPTS: usize = at("knob_retry_attempts");
+const PER_TRY_TIMEOUT: usize = at("knob_per_try_timeout_ms");
+// A misspelt name does not compile.
+const _: () = {
+    let all = [
+        P50,
+        P95,
+        P99,
+        RPS,
+        ERROR_RATE,
+        INFLIGHT,
+        MAX_REPLICA_ERROR,
+        REPLICAS_UP,
+        POOL_REQUESTS,
+        CONSECUTIVE_5XX,
+        TIMEOUT,
+        RETRY_ATTEMPTS,
+        PER_TRY_TIMEOUT,
+    ];
+    let mut i = 0;
+    while i < all.len() {
+        assert!(all[i] < FEATURES.len());
+        i += 1;
+    }
+    assert!(RETRIED_P99 < WIDTH);
+};
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The share of a latency distribution above `t` ms, from its p50, p95 and
+/// p99: log-linear between the quantiles, the tail past p99 as steep as it
+/// is between p95 and p99 (a power law), below p50 linear down to 1 at 0.
+/// `t` ≤ 0 (no timeout) cuts nothing.
+pub fn tail_share(p50: f64, p95: f64, p99: f64, t: f64) -> f64 {
+    if t <= 0.0 || p50.is_nan() || p50 <= 0.0 {
+        return 0.0;
+    }
+    let p95 = p95.max(p50);
+    let p99 = p99.max(p95);
+    let between = |lo: f64, hi: f64, s_lo: f64, s_hi: f64| {
+        if hi <= lo {
+            return s_hi;
+        }
+        let f = (t.ln() - lo.ln()) / (hi.ln() - lo.ln());
+        (s_lo.ln() + f * (s_hi.ln() - s_lo.ln())).exp()
+    };
+    let s = if t <= p50 {
+        1.0 - 0.5 * t / p50
+    } else if t <= p95 {
+        between(p50, p95, 0.5, 0.05)
+    } else if t <= p99 {
+        between(p95, p99, 0.05, 0.01)
+    } else if p99 > p95 {
+        let slope = (0.05f64 / 0.01).ln() / (p99 / p95).ln();
+        0.01 * (p99 / t).powf(slope)
+    } else {
+        0.0
+    };
+    s.clamp(0.0, 1.0)
+}
+
+/// A row as the trees see it: [`FEATURES`] (pools as log2), then [`DERIVED`].
+fn model_row(r: &[f64], out: &mut Vec<f64>) {
+    out.extend(r.iter().zip(FEATURES).map(|(v, f)| prepared(*v, f)));
+    let v = |i: usize| r.get(i).copied().unwrap_or(0.0);
+    let (p50, p95, p99) = (v(P50), v(P95), v(P99));
+    let retries = v(RETRY_ATTEMPTS).max(0.0);
+    let per_try = if retries > 0.0 {
+        v(PER_TRY_TIMEOUT)
+    } else {
+        0.0
+    };
+    let try_cut = tail_share(p50, p95, p99, per_try);
+    // The observed error rate already holds the tries cut by the timeout
+    // in force (the server sees them reset).
+    let try_fail = v(ERROR_RATE).max(try_cut).clamp(0.0, 1.0);
+    let route = v(TIMEOUT);
+    let errors = (try_fail - try_cut).max(0.0);
+    let failed_ms = if try_fail > 0.0 {
+        (errors * p50 + try_cut * per_try) / try_fail
+    } else {
+        p50
+    };
+    let retried_p99 = if retries > 0.0 && try_fail > 0.01 {
+        // The back-off quantile that puts this request in the slowest 1 %.
+        let q = 1.0 - 0.01 / try_fail;
+        (failed_ms + q * RETRY_BACKOFF_MS + p50).max(p99)
+    } else {
+        p99
+    };
+    let retried_p99 = if route > 0.0 {
+        retried_p99.min(route)
+    } else {
+        retried_p99
+    };
+    let tries = if route > 0.0 {
+        (1.0 + (route - failed_ms).max(0.0) / (failed_ms + RETRY_BACKOFF_MEAN_MS))
+            .min(1.0 + retries)
+    } else {
+        1.0 + retries
+    };
+    out.extend([
+        try_cut,
+        tries,
+        try_fail.powf(tries),
+        tail_share(p50, p95, p99, route),
+        retried_p99,
+    ]);
+    out.extend(load_terms(r));
+}
+
+/// The derived features that change with the load (rps, in-flight): the
+/// last of [`DERIVED`], in order.
+fn load_terms(r: &[f64]) -> [f64; 2] {
+    let v = |i: usize| r.get(i).copied().unwrap_or(0.0);
+    let replicas = v(REPLICAS_UP).max(1.0);
+    let worst = v(MAX_REPLICA_ERROR);
+    [
+        v(INFLIGHT) / v(POOL_REQUESTS).max(1.0),
+        worst / replicas * unejected_share(worst, v(RPS) / replicas, v(CONSECUTIVE_5XX)),
+    ]
+}
+
+/// Whether two rows differ at most in the load (rps, in-flight), as a
+/// candidate's horizon steps do.
+fn same_but_load(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .enumerate()
+            .all(|(i, (x, y))| i == RPS || i == INFLIGHT || x.to_bits() == y.to_bits())
+}
+
+/// Appends the rows as the trees see them to `x`. A row that differs from
+/// the one before only in the load copies its other values (a candidate's
+/// horizon steps: the quantile tails and powers are computed once a run).
+fn model_rows(rows: &[Vec<f64>], x: &mut Vec<f64>) {
+    let mut prev: Option<&Vec<f64>> = None;
+    for r in rows {
+        match prev {
+            Some(p) if same_but_load(p, r) && x.len() >= WIDTH => {
+                let start = x.len() - WIDTH;
+                x.extend_from_within(start..);
+                let row = &mut x[start + WIDTH..];
+                row[RPS] = prepared(r[RPS], FEATURES[RPS]);
+                row[INFLIGHT] = prepared(r[INFLIGHT], FEATURES[INFLIGHT]);
+                row[WIDTH - 2..].copy_from_slice(&load_terms(r));
+            }
+            _ => model_row(r, x),
+        }
+        prev = Some(r);
+    }
+}
+
+/// Where the log-p99 forest starts from: the hop's p99 as the caller sees
+/// it (`retried_p99_ms`). The trees learn the chain's p99 over it, a
+/// ratio that holds beyond the latencies the sweep saw, where a tree
+/// cannot reach (a tree predicts only values it was trained on).
+fn log_p99_base(row: &[f64]) -> f64 {
+    row.get(RETRIED_P99).map_or(0.0, |v| v.max(1e-3).ln())
+}
+
+/// Index of `retried_p99_ms` in a row as the trees see it.
+const RETRIED_P99: usize = FEATURES.len() + index_of(&DERIVED, "retried_p99_ms");
+
 /// Rows as the trees see them.
 fn prepare(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
     rows.iter()
         .map(|r| {
-            r.iter()
-                .zip(FEATURES)
-                .map(|(v, f)| prepared(*v, f))
-                .collect()
+            let mut out = Vec::with_capacity(WIDTH);
+            model_row(r, &mut out);
+            out
         })
         .collect()
 }
@@ -699,7 +960,12 @@ impl ConfigModel {
         let x = prepare(&ds.features);
         let forests = (0..OUTCOMES.len())
             .map(|k| {
-                let y: Vec<f64> = ds.outcomes.iter().map(|o| o[k]).collect();
+                let y: Vec<f64> = ds
+                    .outcomes
+                    .iter()
+                    .zip(&x)
+                    .map(|(o, r)| if k == 0 { o[0] - log_p99_base(r) } else { o[k] })
+                    .collect();
                 Forest::fit(&x, &y, params, k as u64 + 1)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -736,11 +1002,9 @@ impl ConfigModel {
                 FEATURES.len()
             )));
         }
-        // One buffer for all rows, pools as log2 (as the trees were grown).
-        let mut x = Vec::with_capacity(features.len() * FEATURES.len());
-        for r in features {
-            x.extend(r.iter().zip(FEATURES).map(|(v, f)| prepared(*v, f)));
-        }
+        // One buffer for all rows, as the trees were grown.
+        let mut x = Vec::with_capacity(features.len() * WIDTH);
+        model_rows(features, &mut x);
         self.predict_flat(&x, features.len(), run)
     }
 
@@ -749,11 +1013,21 @@ impl ConfigModel {
         let per: Vec<Vec<(f64, f64)>> = self
             .forests
             .iter()
-            .map(|f| f.predict_flat(x, FEATURES.len(), run))
+            .map(|f| f.predict_flat(x, WIDTH, run))
             .collect();
+        // The base's logarithm, once per distinct value (once a run).
+        let mut base = Vec::with_capacity(n);
+        let mut last = (f64::NAN, 0.0);
+        for row in x.chunks_exact(WIDTH).take(n) {
+            let v = row[RETRIED_P99];
+            if v.to_bits() != last.0.to_bits() {
+                last = (v, log_p99_base(row));
+            }
+            base.push(last.1);
+        }
         Ok((0..n)
             .map(|i| Prediction {
-                p99_ms: per[0][i].0.exp(),
+                p99_ms: (per[0][i].0 + base[i]).exp(),
                 log_p99_spread: per[0][i].1,
                 error_share: per[1][i].0.clamp(0.0, 1.0),
                 error_spread: per[1][i].1,

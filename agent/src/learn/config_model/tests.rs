@@ -102,7 +102,7 @@ fn a_saved_model_loads_and_bad_files_are_refused_with_the_reason() {
         old.to_string().contains("version 99") && old.to_string().contains("model train"),
         "{old}"
     );
-    v["version"] = 1.into();
+    v["version"] = FORMAT_VERSION.into();
     v["forests"] = serde_json::json!([]);
     std::fs::write(dir.path().join("empty.json"), v.to_string()).unwrap();
     let empty = ConfigModel::load(&dir.path().join("empty.json")).unwrap_err();
@@ -193,7 +193,7 @@ fn a_tree_reduced_for_a_services_rows_is_smaller_and_leads_each_row_to_its_leaf(
         x[8..].copy_from_slice(&cand[8..]);
         service.extend(x);
     }
-    let width = FEATURES.len();
+    let width = WIDTH;
     let ranges: Vec<Range> = (0..width).map(|f| Range::of(&service, width, f)).collect();
     let (mut before, mut after) = (0, 0);
     for t in m.forests.iter().flat_map(|f| &f.flat) {
@@ -211,4 +211,132 @@ fn a_tree_reduced_for_a_services_rows_is_smaller_and_leads_each_row_to_its_leaf(
         .collect();
     let t = &m.forests[0].flat[0];
     assert_eq!(t.reduced(&all).nodes.len(), t.nodes.len());
+}
+
+/// A row of [`FEATURES`]: a service answering at p50/p95/p99 = 10/20/30 ms
+/// with no errors, and knobs set by name.
+fn observed_row(knobs: &[(&str, f64)]) -> Vec<f64> {
+    let mut r = vec![
+        50.0, 0.0, 10.0, 20.0, 30.0, 0.5, 0.0, 3.0, 1024.0, 1024.0, 3.0, 0.0, 0.0, 0.0, 0.0,
+    ];
+    for (name, v) in knobs {
+        let i = FEATURES.iter().position(|f| f == name).unwrap();
+        r[i] = *v;
+    }
+    r
+}
+
+fn derived(row: &[f64], name: &str) -> f64 {
+    let mut out = Vec::new();
+    model_row(row, &mut out);
+    assert_eq!(out.len(), WIDTH);
+    out[FEATURES.len() + DERIVED.iter().position(|d| *d == name).unwrap()]
+}
+
+#[test]
+fn the_tail_past_a_timeout_is_read_off_the_observed_quantiles() {
+    let share = |t| tail_share(10.0, 20.0, 30.0, t);
+    assert_eq!(share(0.0), 0.0, "no timeout cuts nothing");
+    assert!((share(10.0) - 0.5).abs() < 1e-9);
+    assert!((share(20.0) - 0.05).abs() < 1e-9);
+    assert!((share(30.0) - 0.01).abs() < 1e-9);
+    let mut last = 1.0;
+    for t in [1.0, 5.0, 12.0, 25.0, 40.0, 100.0, 1000.0] {
+        assert!(share(t) < last, "falls with the timeout: {t} ms");
+        last = share(t);
+    }
+    assert!(share(100.0) < 0.01 && share(100.0) > 0.0);
+}
+
+#[test]
+fn a_per_try_timeout_cuts_only_when_there_are_retries() {
+    // Istio writes no retry policy without attempts, and so no per-try timeout.
+    let none = observed_row(&[("knob_per_try_timeout_ms", 15.0)]);
+    assert_eq!(derived(&none, "try_cut_share"), 0.0);
+    let two = observed_row(&[
+        ("knob_per_try_timeout_ms", 15.0),
+        ("knob_retry_attempts", 2.0),
+    ]);
+    let cut = derived(&two, "try_cut_share");
+    assert!(cut > 0.05 && cut < 0.5, "{cut}");
+    // Three tries, each failing with the cut share.
+    assert!((derived(&two, "all_tries_fail_share") - cut.powi(3)).abs() < 1e-12);
+    // A route timeout that leaves room for one try only: all fail with it.
+    let tight = observed_row(&[
+        ("knob_per_try_timeout_ms", 15.0),
+        ("knob_retry_attempts", 2.0),
+        ("knob_timeout_ms", 16.0),
+    ]);
+    assert!(derived(&tight, "tries_in_time") < 1.1);
+    // The slowest 1 % wait a cut try and a back-off: the caller's p99 is past
+    // the server's 30 ms, and a route timeout caps it.
+    assert!(derived(&two, "retried_p99_ms") > 30.0);
+    assert_eq!(derived(&tight, "retried_p99_ms"), 16.0);
+    assert_eq!(derived(&none, "retried_p99_ms"), 30.0);
+}
+
+#[test]
+fn outlier_detection_leaves_an_erring_replica_in_less_the_fewer_errors_it_waits_for() {
+    assert_eq!(unejected_share(0.5, 20.0, 0.0), 1.0, "off: always in");
+    let quick = unejected_share(0.5, 20.0, 2.0);
+    let slow = unejected_share(0.5, 20.0, 10.0);
+    assert!(quick < 0.05, "{quick}");
+    assert!(slow > quick && slow < 1.0, "{slow}");
+    // A replica that hardly errs is hardly ever ejected.
+    assert!(unejected_share(0.01, 20.0, 5.0) > 0.99);
+}
+
+#[test]
+fn the_p99_model_carries_past_the_latencies_it_was_trained_on() {
+    // The chain's p99 is 1.5 × the hop's; training sees hop p99s of 10–40
+    // ms, the question is about 120 ms. A tree alone answers at most what it
+    // saw (about 60 ms); a ratio to the hop's p99 carries.
+    let mut s = String::from("# synthetic\npoint,group,");
+    s.push_str(&FEATURES.join(","));
+    s.push_str(",out_p99_ms,out_error_share,out_goodput\n");
+    for i in 0..120 {
+        let p99 = 10.0 + (i % 31) as f64;
+        let mut r = observed_row(&[]);
+        r[2] = p99 / 3.0;
+        r[3] = p99 / 1.5;
+        r[4] = p99;
+        let cells: Vec<String> = r.iter().map(|v| v.to_string()).collect();
+        s.push_str(&format!(
+            "{i},g{},{},{},0,1\n",
+            i / 20,
+            cells.join(","),
+            1.5 * p99
+        ));
+    }
+    let ds = Dataset::parse_csv(&s).unwrap();
+    let m = ConfigModel::train(&ds, &small()).unwrap();
+    let mut far = observed_row(&[]);
+    far[2] = 40.0;
+    far[3] = 80.0;
+    far[4] = 120.0;
+    let p = m.predict(&[far]).unwrap()[0].p99_ms;
+    assert!((p - 180.0).abs() < 10.0, "{p}");
+}
+
+#[test]
+fn rows_that_differ_only_in_load_are_prepared_as_each_alone() {
+    let base = observed_row(&[
+        ("knob_per_try_timeout_ms", 15.0),
+        ("knob_retry_attempts", 2.0),
+        ("knob_consecutive_5xx", 3.0),
+        ("obs_max_replica_error", 0.3),
+    ]);
+    let mut rows = Vec::new();
+    for step in 0..5 {
+        let mut r = base.clone();
+        r[0] *= 1.0 + step as f64 / 4.0;
+        r[5] *= 1.0 + step as f64 / 3.0;
+        rows.push(r);
+    }
+    // Another candidate's run after it.
+    rows.push(observed_row(&[("knob_timeout_ms", 20.0)]));
+    let mut together = Vec::new();
+    model_rows(&rows, &mut together);
+    let alone: Vec<f64> = prepare(&rows).concat();
+    assert_eq!(together, alone);
 }
