@@ -491,8 +491,11 @@ fn default_false_ejection() -> f64 {
 fn default_max_ejection_percent() -> u32 {
     50
 }
+/// Istio's default `baseEjectionTime`, and the agent's.
+pub const DEFAULT_BASE_EJECTION_SECONDS: u64 = 30;
+
 fn default_base_ejection_seconds() -> u64 {
-    30
+    DEFAULT_BASE_EJECTION_SECONDS
 }
 
 impl Default for TrafficSpec {

@@ -271,8 +271,8 @@ pub const DERIVED: [&str; 7] = [
 const RETRY_BACKOFF_MS: f64 = 25.0;
 const RETRY_BACKOFF_MEAN_MS: f64 = RETRY_BACKOFF_MS / 2.0;
 
-/// The `baseEjectionTime` of the sweep's objects and the agent's default.
-const BASE_EJECTION_S: f64 = 30.0;
+/// The `baseEjectionTime` of the sweep's objects: the agent's default.
+const BASE_EJECTION_S: f64 = crate::config::DEFAULT_BASE_EJECTION_SECONDS as f64;
 
 /// The share of time a replica that fails a share `e` of its `rps`
 /// requests stays in the load balancer under outlier detection after `k`
@@ -392,10 +392,15 @@ pub fn tail_share(p50: f64, p95: f64, p99: f64, t: f64) -> f64 {
     s.clamp(0.0, 1.0)
 }
 
+/// Feature `i` of a row of [`FEATURES`] as measured (0 when missing).
+fn value(r: &[f64], i: usize) -> f64 {
+    r.get(i).copied().unwrap_or(0.0)
+}
+
 /// A row as the trees see it: [`FEATURES`] (pools as log2), then [`DERIVED`].
 fn model_row(r: &[f64], out: &mut Vec<f64>) {
     out.extend(r.iter().zip(FEATURES).map(|(v, f)| prepared(*v, f)));
-    let v = |i: usize| r.get(i).copied().unwrap_or(0.0);
+    let v = |i: usize| value(r, i);
     let (p50, p95, p99) = (v(P50), v(P95), v(P99));
     let retries = v(RETRY_ATTEMPTS).max(0.0);
     let per_try = if retries > 0.0 {
@@ -445,7 +450,7 @@ fn model_row(r: &[f64], out: &mut Vec<f64>) {
 /// The derived features that change with the load (rps, in-flight): the
 /// last of [`DERIVED`], in order.
 fn load_terms(r: &[f64]) -> [f64; 2] {
-    let v = |i: usize| r.get(i).copied().unwrap_or(0.0);
+    let v = |i: usize| value(r, i);
     let replicas = v(REPLICAS_UP).max(1.0);
     let worst = v(MAX_REPLICA_ERROR);
     [
