@@ -111,6 +111,11 @@ enum Command {
         /// Where windows.csv and eval.svg go.
         #[arg(long, default_value = "eval-out")]
         out: PathBuf,
+        /// Also poll each sidecar's inbound concurrency limit once a second
+        /// into limits-ARM-RUN.csv (arms with meshtune's filter). Off by
+        /// default: the polls cost the sidecars CPU the eval measures.
+        #[arg(long)]
+        record_limits: bool,
     },
     /// Data for the configuration model: a seeded Latin hypercube over the
     /// load (level, trace segment), a fault on reviews-2 (none, errors,
@@ -264,6 +269,7 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             seconds_per_minute,
             peak_rps,
             out,
+            record_limits,
         } => {
             let o = eval_options(EvalArgs {
                 scenario,
@@ -276,6 +282,7 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
                 seconds_per_minute,
                 peak_rps,
                 out,
+                record_limits,
             })?;
             println!("{}", meshtune_lab::eval::settings_line(&o));
             let runs = rt.block_on(meshtune_lab::eval::eval(&o))?;
@@ -535,6 +542,7 @@ struct EvalArgs {
     seconds_per_minute: Option<f64>,
     peak_rps: Option<f64>,
     out: PathBuf,
+    record_limits: bool,
 }
 
 /// The replicas `eval` and `up` run, for checking fault files.
@@ -610,6 +618,7 @@ fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> 
         capacity: run.capacity,
         chains: run.chains,
         cpu_bound: run.cpu_bound,
+        record_limits: a.record_limits,
     };
     anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
     anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");

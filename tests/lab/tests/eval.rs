@@ -24,6 +24,7 @@ fn short_eval(arms: Vec<Arm>, out: &std::path::Path) -> EvalOptions {
         capacity: Default::default(),
         chains: Default::default(),
         cpu_bound: false,
+        record_limits: false,
     }
 }
 

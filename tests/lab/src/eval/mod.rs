@@ -97,14 +97,19 @@ impl Arm {
         )
     }
 
+    /// Runs meshtune's filter (with its data-path control) in the sidecars.
+    pub fn runs_filter(self) -> bool {
+        matches!(
+            self,
+            Arm::Meshtune | Arm::MeshtuneDataplane | Arm::MeshtuneModel
+        ) || self.sizes_resources()
+    }
+
     /// The lab for this arm: the scenario's service pools and chain
     /// priorities, the agent's clock on trace time (one trace minute per
     /// `seconds_per_minute` wall seconds).
     pub fn mesh_options(self, o: &EvalOptions) -> MeshOptions {
-        let meshtune = matches!(
-            self,
-            Arm::Meshtune | Arm::MeshtuneDataplane | Arm::MeshtuneModel
-        ) || self.sizes_resources();
+        let meshtune = self.runs_filter();
         let mut services = bookinfo_with_versions();
         for s in &mut services {
             if o.cpu_bound {
@@ -160,6 +165,8 @@ pub struct EvalOptions {
     pub chains: BTreeMap<String, faults::ChainSettings>,
     /// Every service's work is CPU (the scenario says so).
     pub cpu_bound: bool,
+    /// Poll each sidecar's concurrency limit once a second (`limits-ARM-RUN.csv`).
+    pub record_limits: bool,
 }
 
 /// The paths the load generator sends, with their weights and chains.
@@ -316,6 +323,49 @@ fn write_decisions(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
     }
 }
 
+/// Each sidecar's `meshtune_concurrency_limit` gauge now, as CSV rows.
+fn concurrency_limits(mesh: &Mesh, at_s: f64) -> String {
+    let mut rows = String::new();
+    for (name, envoy) in &mesh.envoys {
+        let path = "/stats?filter=meshtune_concurrency_limit";
+        if let Some((200, body)) = crate::http::get_blocking(envoy.admin_port, path) {
+            for value in body.lines().filter_map(|l| l.rsplit(": ").next()) {
+                if let Ok(v) = value.trim().parse::<u64>() {
+                    rows.push_str(&format!("{at_s:.1},{name},{v}\n"));
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Every request the load generator sent in one run, kept as
+/// `requests-ARM-RUN.csv`: a window's verdict read second by second (when
+/// in the minute its slow or failed requests came).
+fn write_requests(records: &[Record], out: &std::path::Path, arm: Arm, run: usize) {
+    let path = out.join(format!("requests-{}-{}.csv", arm.name(), run + 1));
+    let mut text = String::from(
+        "# one row per request: wall seconds from the run's start it was sent at, trace minute, \
+chain (empty: a path no chain covers), HTTP status (0: no answer), latency ms, what failed (empty: answered 200)\n\
+at_s,minute,chain,status,latency_ms,failure\n",
+    );
+    for r in records {
+        let failure = r.failure.as_deref().unwrap_or("").replace([',', '\n'], ";");
+        text.push_str(&format!(
+            "{:.4},{},{},{},{:.2},{}\n",
+            r.at_s,
+            r.step,
+            chain_of(&r.path).unwrap_or(""),
+            r.status,
+            r.latency_ms,
+            failure
+        ));
+    }
+    if let Err(e) = std::fs::write(&path, text) {
+        println!("  {}: not written: {e}", path.display());
+    }
+}
+
 /// Every sidecar's non-zero statistics at the end of a run (Envoy's
 /// `/stats`: requests, 5xx, retries, timeouts, pools, ejections, the
 /// filter's own counters), kept as `stats-ARM-RUN.txt`: where an arm's
@@ -378,6 +428,10 @@ pub async fn run_arm(
     let mut runner = o.faults.as_ref().map(|(_, s)| Runner::new(s));
     let started = Instant::now();
     let mut last_minute = usize::MAX;
+    let mut limits = String::from(
+        "# each sidecar's inbound concurrency limit once a wall second (the filter's gauge; \
+with several worker VMs the one that set it last)\nat_s,sidecar,limit\n",
+    );
     while !load.is_finished() {
         let elapsed = started.elapsed().as_secs_f64();
         if let Some(r) = runner.as_mut() {
@@ -396,6 +450,11 @@ pub async fn run_arm(
             let dt = metered.elapsed().as_secs_f64();
             metered = Instant::now();
             tokio::task::block_in_place(|| meter.tick(&mesh, dt));
+            if o.record_limits && arm.runs_filter() {
+                tokio::task::block_in_place(|| {
+                    limits.push_str(&concurrency_limits(&mesh, elapsed))
+                });
+            }
         }
         let minute = (elapsed / spm) as usize;
         if minute != last_minute && minute < rates.len() {
@@ -424,6 +483,13 @@ pub async fn run_arm(
     let changes = changes(&mesh);
     write_decisions(&mesh, &o.out, arm, run);
     write_sidecar_stats(&mesh, &o.out, arm, run);
+    write_requests(&records, &o.out, arm, run);
+    if o.record_limits && arm.runs_filter() {
+        let path = o.out.join(format!("limits-{}-{}.csv", arm.name(), run + 1));
+        if let Err(e) = std::fs::write(&path, &limits) {
+            println!("  {}: not written: {e}", path.display());
+        }
+    }
     let reviews_cluster = mesh
         .envoys
         .get("productpage")
@@ -821,6 +887,7 @@ mod tests {
             )]
             .into(),
             cpu_bound: false,
+            record_limits: false,
         };
         for arm in ARMS {
             let m = arm.mesh_options(&o);
