@@ -39,9 +39,6 @@ pub struct Hop {
     local: Option<LocalReply>,
     /// Counted in flight by the concurrency limit.
     admitted: bool,
-    /// The part of the chain's objective this hop may take (the policy's):
-    /// the concurrency limit judges the request's latency against it.
-    hop_objective_ms: Option<u64>,
     retries_granted: u32,
 }
 
@@ -172,7 +169,6 @@ impl Hop {
             hop: None,
             local: None,
             admitted: false,
-            hop_objective_ms: None,
             retries_granted: 0,
         }
     }
@@ -281,9 +277,6 @@ impl Hop {
         let cap = policy
             .as_ref()
             .and_then(|p| p.hop_budget_ms.get(&service).copied());
-        self.hop_objective_ms = policy
-            .as_ref()
-            .and_then(|p| p.hop_objective_ms.get(&service).copied());
         let decision = deadline::decide(
             deadline_ms,
             now_ms,
@@ -393,9 +386,7 @@ impl Hop {
                     if self.status == 0 {
                         limit.release_without_sample();
                     } else {
-                        let objective_ns =
-                            self.hop_objective_ms.map(|ms| ms.saturating_mul(1_000_000));
-                        limit.release_against_objective(&self.chain, duration, objective_ns);
+                        limit.release(&self.chain, duration);
                     }
                 }
             }

@@ -4,7 +4,6 @@
 use crate::config::{ChainSpec, PolicySpec};
 use crate::data::aggregate::ChainAgg;
 use crate::data::decisions::Change;
-use meshtune_filter_core::control::policy::MAX_BUDGET_MS;
 use meshtune_filter_core::control::{ChainPolicy, Policy};
 use std::collections::BTreeMap;
 
@@ -73,7 +72,6 @@ pub fn compute(
             let budget_ms = (s.deadline_ms().ceil() as u64).max(1);
             let q = s.percentile / 100.0;
             let mut hop_budget_ms = BTreeMap::new();
-            let mut hop_objective_ms = BTreeMap::new();
             if let Some(agg) = window.get(name) {
                 let entry_p = agg.end_to_end.latency.quantile(q);
                 for (svc, hop) in &agg.hops {
@@ -92,10 +90,6 @@ pub fn compute(
                                 as u64)
                                 .clamp(1, budget_ms);
                             hop_budget_ms.insert(svc.clone(), cap);
-                            // No headroom: this is what the objective leaves
-                            // the hop, which the service's limit defends.
-                            let part = ((share * s.slo_ms).ceil() as u64).clamp(1, MAX_BUDGET_MS);
-                            hop_objective_ms.insert(svc.clone(), part);
                         }
                     }
                 }
@@ -106,7 +100,6 @@ pub fn compute(
                     budget_ms,
                     priority: s.priority,
                     hop_budget_ms,
-                    hop_objective_ms,
                 },
             )
         })
@@ -139,12 +132,6 @@ pub fn policy_fields(p: &Policy) -> BTreeMap<(String, String), serde_json::Value
         );
         for (svc, ms) in &c.hop_budget_ms {
             out.insert((object.clone(), format!("hop_budget_ms.{svc}")), json!(ms));
-        }
-        for (svc, ms) in &c.hop_objective_ms {
-            out.insert(
-                (object.clone(), format!("hop_objective_ms.{svc}")),
-                json!(ms),
-            );
         }
     }
     for (svc, g) in &p.load_growth {
@@ -194,7 +181,6 @@ pub fn policy_changes(
                 "budget_ms" => "the chain's deadline: the budget stamped at its entry",
                 "priority" => "the chain's declared priority, for shedding at saturation",
                 "hop_budget_ms" => "the service's observed share of the chain's latency at its percentile × hop_headroom, cut from the deadline (absent: too few requests, or the entry hop)",
-                "hop_objective_ms" => "the service's observed share of the chain's latency at its percentile × the objective: past it, queueing cuts the service's concurrency limit at once (absent: too few requests, or the entry hop)",
                 "load_growth" => "the chains' forecast at the longest horizon ÷ their load now, for the service's concurrency limit",
                 _ => "policy.retry_budget from the configuration",
             };
@@ -261,10 +247,6 @@ mod tests {
         // back takes a quarter of the chain's p99: cap = 0.25 × 100 × 2.
         let cap = c.hop_budget_ms["back"];
         assert!((49..=51).contains(&cap), "{cap}");
-        // Its part of the 60 ms objective: a quarter, without headroom.
-        let part = c.hop_objective_ms["back"];
-        assert!((14..=16).contains(&part), "{part}");
-        assert!(!c.hop_objective_ms.contains_key("front"));
         assert!(
             !c.hop_budget_ms.contains_key("front"),
             "the entry hop has no cap"
@@ -350,7 +332,6 @@ mod tests {
                 budget_ms: budget,
                 priority: Priority::High,
                 hop_budget_ms: BTreeMap::new(),
-                hop_objective_ms: BTreeMap::new(),
             };
             if let Some(h) = hop {
                 c.hop_budget_ms.insert("reviews".into(), h);

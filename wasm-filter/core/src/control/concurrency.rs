@@ -29,16 +29,6 @@
 //! is held for the higher class, and a class that does not come back never
 //! leaves the service idle.
 //!
-//! Chains declare objectives, and the policy gives each the part of its
-//! objective this hop may take. When a window shows queueing (the gradient
-//! is below 1) and a request of some chain took longer than its part, the
-//! queue is costing a chain its objective: the limit then takes the
-//! gradient's step at once, without smoothing and without headroom (a
-//! multiplicative decrease, as TCP's on loss), instead of easing down over
-//! several windows while the queue keeps every class waiting. A latency
-//! over the objective without queueing is the service's own tail, which no
-//! limit shortens, and changes nothing.
-//!
 //! The agent's load forecast reaches the limit as an expected growth of the
 //! service's load (policy `load_growth`): while latency shows no queueing,
 //! the limit keeps room for the last window's peak concurrency times that
@@ -205,9 +195,6 @@ pub struct AdaptiveLimit {
     /// request saw demand above the limit, whatever its peak in flight (a
     /// class's share can keep that under half the limit meanwhile).
     shed_at_window_start: u64,
-    /// A request in this sample window took longer than the part of its
-    /// chain's objective this hop may take.
-    over_objective: bool,
 }
 
 /// Chains with a baseline of their own per limit; any further chain shares
@@ -260,7 +247,6 @@ impl AdaptiveLimit {
             classes_seen: 0,
             classes_seen_before: 0,
             shed_at_window_start: 0,
-            over_objective: false,
         }
     }
 
@@ -361,22 +347,7 @@ impl AdaptiveLimit {
 
     /// A request of `chain` admitted earlier finished after `rtt_ns`.
     pub fn release(&mut self, chain: &str, rtt_ns: u64) {
-        self.release_against_objective(chain, rtt_ns, None);
-    }
-
-    /// A request of `chain` admitted earlier finished after `rtt_ns`; the
-    /// part of its chain's objective this hop may take is `objective_ns`
-    /// (none: no objective known here).
-    pub fn release_against_objective(
-        &mut self,
-        chain: &str,
-        rtt_ns: u64,
-        objective_ns: Option<u64>,
-    ) {
         self.release_without_sample();
-        if objective_ns.is_some_and(|o| rtt_ns > o) {
-            self.over_objective = true;
-        }
         let slot = self.baseline_slot(chain);
         self.samples.push((slot, rtt_ns));
         if self.samples.len() >= self.cfg.sample_window as usize {
@@ -450,14 +421,8 @@ impl AdaptiveLimit {
         // every VM would add the whole headroom and the sidecar would queue
         // n times as deep at the gradient's floor.
         let n = f64::from(self.cfg.vms_per_sidecar.max(1));
-        let over_objective = std::mem::take(&mut self.over_objective);
-        let mut next = if over_objective && gradient < 1.0 {
-            // Queueing is costing a chain its objective: the whole step now.
-            self.limit * gradient
-        } else {
-            let target = self.limit * gradient + (self.limit / n).sqrt();
-            (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target
-        };
+        let target = self.limit * gradient + (self.limit / n).sqrt();
+        let mut next = (1.0 - self.cfg.smoothing) * self.limit + self.cfg.smoothing * target;
         if self.slow_start {
             if gradient >= 1.0 {
                 next = next.max(self.limit * 2.0);
@@ -598,81 +563,6 @@ mod tests {
         // Each counting itself alone, they queue deeper.
         let unaware = drive_sidecar(2, 1, 1, 50, 400);
         assert!(unaware > two, "unaware: {unaware}, sharing: {two}");
-    }
-
-    /// Two VMs of one sidecar in front of a one-worker server (8 ms a
-    /// request): light load while the forecast expects growth (the limit
-    /// keeps room for it), then a surge of high requests whose
-    /// part of the objective at this hop is `objective_ns` (judged by the
-    /// limit or not). Returns the requests that took longer during the surge.
-    fn surge_over_objective(objective_ns: u64, judged: bool) -> usize {
-        let cfg = ConcurrencyConfig {
-            vms_per_sidecar: 2,
-            ..ConcurrencyConfig::default()
-        };
-        let mut ls: Vec<AdaptiveLimit> = (0..2).map(|_| AdaptiveLimit::new(cfg.clone())).collect();
-        for l in &mut ls {
-            l.set_expected_growth(MAX_GROWTH);
-        }
-        let mut over = 0;
-        for round in 0..400 + 100 {
-            let admitted: Vec<u32> = ls
-                .iter_mut()
-                .enumerate()
-                .map(|(i, l)| {
-                    let n = if round >= 400 {
-                        20
-                    } else {
-                        u32::from(round % 2 == i as u32)
-                    };
-                    (0..n)
-                        .filter(|_| l.try_acquire(Priority::High) == Admission::Admit)
-                        .count() as u32
-                })
-                .collect();
-            let r = rtt(admitted.iter().sum(), 1, 8_000_000);
-            for (l, n) in ls.iter_mut().zip(admitted) {
-                for _ in 0..n {
-                    if round >= 400 && r > objective_ns {
-                        over += 1;
-                    }
-                    l.release_against_objective(CHAIN, r, judged.then_some(objective_ns));
-                }
-            }
-        }
-        over
-    }
-
-    #[test]
-    fn queueing_that_costs_a_chain_its_objective_cuts_the_limit_at_once() {
-        // Before the surge each VM keeps room for four times its load; at
-        // the surge that much in flight queues past the hop's 40 ms, and
-        // easing the limit down takes windows. Judged against the
-        // objective, the first window over it halves the limit.
-        let eased = surge_over_objective(40_000_000, false);
-        let cut = surge_over_objective(40_000_000, true);
-        assert!(cut > 0, "the surge's first window still queues");
-        assert!(
-            cut * 3 < eased,
-            "over the objective: {cut} judged, {eased} not"
-        );
-    }
-
-    #[test]
-    fn a_slow_service_without_queueing_keeps_its_limit() {
-        // Every request takes longer than its part of the objective, but
-        // latency is flat: no limit would shorten it, and the limit grows
-        // as without an objective.
-        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
-        for _ in 0..300 {
-            let admitted = (0..200)
-                .filter(|_| l.try_acquire(Priority::High) == Admission::Admit)
-                .count();
-            for _ in 0..admitted {
-                l.release_against_objective(CHAIN, 5_000_000, Some(4_000_000));
-            }
-        }
-        assert!(l.limit() > 150, "limit {}", l.limit());
     }
 
     #[test]

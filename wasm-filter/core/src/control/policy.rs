@@ -19,12 +19,6 @@ pub struct ChainPolicy {
     /// (a service shared by two chains has one per chain).
     #[serde(default)]
     pub hop_budget_ms: BTreeMap<String, u64>,
-    /// Per service: the part of the chain's objective its hop may take
-    /// (its observed share of the chain's latency at the declared
-    /// percentile × the objective). The service's concurrency limit cuts at
-    /// once when queueing makes a request of the chain take longer.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub hop_objective_ms: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,16 +60,6 @@ impl ChainPolicy {
             if *ms == 0 || *ms > self.budget_ms {
                 return Err(format!(
                     "{at}.hop_budget_ms.{svc}: must be between 1 and budget_ms"
-                ));
-            }
-        }
-        for (svc, ms) in &self.hop_objective_ms {
-            if !is_label_safe(svc) {
-                return Err(format!("{at}.hop_objective_ms: bad service name {svc:?}"));
-            }
-            if *ms == 0 || *ms > MAX_BUDGET_MS {
-                return Err(format!(
-                    "{at}.hop_objective_ms.{svc}: must be between 1 and {MAX_BUDGET_MS}"
                 ));
             }
         }
@@ -235,7 +219,6 @@ mod tests {
                 budget_ms: 500,
                 priority: Priority::Low,
                 hop_budget_ms: BTreeMap::new(),
-                hop_objective_ms: BTreeMap::new(),
             },
         );
         d
