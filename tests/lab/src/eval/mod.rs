@@ -304,20 +304,25 @@ fn changes(mesh: &Mesh) -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes one run's `KIND-ARM-RUN.EXT` into `out`; a failure is reported,
+/// not fatal (the verdict does not depend on these files).
+fn write_run_file(out: &std::path::Path, kind: &str, ext: &str, arm: Arm, run: usize, text: &[u8]) {
+    let path = out.join(format!("{kind}-{}-{}.{ext}", arm.name(), run + 1));
+    if let Err(e) = std::fs::write(&path, text) {
+        println!("  {}: not written: {e}", path.display());
+    }
+}
+
 /// The agent's decision log of one run (`/v1/decisions`, newest 1,000),
 /// kept beside the verdict as `decisions-ARM-RUN.json`: what it wrote, when
 /// and why, for a reader asking how an arm came to its outcome.
 fn write_decisions(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
-    let path = out.join(format!("decisions-{}-{}.json", arm.name(), run + 1));
     match crate::http::get_blocking(mesh.agent_port, "/v1/decisions?limit=1000") {
-        Some((200, body)) => {
-            if let Err(e) = std::fs::write(&path, body) {
-                println!("  {}: not written: {e}", path.display());
-            }
-        }
+        Some((200, body)) => write_run_file(out, "decisions", "json", arm, run, body.as_bytes()),
         other => println!(
-            "  the agent's decisions for {}: not read ({:?})",
-            path.display(),
+            "  the agent's decisions for {} run {}: not read ({:?})",
+            arm.name(),
+            run + 1,
             other.map(|(code, _)| code)
         ),
     }
@@ -325,10 +330,10 @@ fn write_decisions(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
 
 /// Each sidecar's `meshtune_concurrency_limit` gauge now, as CSV rows.
 fn concurrency_limits(mesh: &Mesh, at_s: f64) -> String {
+    const GAUGE: &str = "/stats?filter=meshtune_concurrency_limit";
     let mut rows = String::new();
     for (name, envoy) in &mesh.envoys {
-        let path = "/stats?filter=meshtune_concurrency_limit";
-        if let Some((200, body)) = crate::http::get_blocking(envoy.admin_port, path) {
+        if let Some((200, body)) = crate::http::get_blocking(envoy.admin_port, GAUGE) {
             for value in body.lines().filter_map(|l| l.rsplit(": ").next()) {
                 if let Ok(v) = value.trim().parse::<u64>() {
                     rows.push_str(&format!("{at_s:.1},{name},{v}\n"));
@@ -343,7 +348,6 @@ fn concurrency_limits(mesh: &Mesh, at_s: f64) -> String {
 /// `requests-ARM-RUN.csv`: a window's verdict read second by second (when
 /// in the minute its slow or failed requests came).
 fn write_requests(records: &[Record], out: &std::path::Path, arm: Arm, run: usize) {
-    let path = out.join(format!("requests-{}-{}.csv", arm.name(), run + 1));
     let mut text = String::from(
         "# one row per request: wall seconds from the run's start it was sent at, trace minute, \
 chain (empty: a path no chain covers), HTTP status (0: no answer), latency ms, what failed (empty: answered 200)\n\
@@ -361,9 +365,7 @@ at_s,minute,chain,status,latency_ms,failure\n",
             failure
         ));
     }
-    if let Err(e) = std::fs::write(&path, text) {
-        println!("  {}: not written: {e}", path.display());
-    }
+    write_run_file(out, "requests", "csv", arm, run, text.as_bytes());
 }
 
 /// Every sidecar's non-zero statistics at the end of a run (Envoy's
@@ -371,7 +373,6 @@ at_s,minute,chain,status,latency_ms,failure\n",
 /// filter's own counters), kept as `stats-ARM-RUN.txt`: where an arm's
 /// failures and waiting came from, hop by hop.
 fn write_sidecar_stats(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize) {
-    let path = out.join(format!("stats-{}-{}.txt", arm.name(), run + 1));
     let mut text = String::new();
     for (name, envoy) in &mesh.envoys {
         text.push_str(&format!("== {name}\n"));
@@ -388,9 +389,7 @@ fn write_sidecar_stats(mesh: &Mesh, out: &std::path::Path, arm: Arm, run: usize)
             other => text.push_str(&format!("(not read: {:?})\n", other.map(|(code, _)| code))),
         }
     }
-    if let Err(e) = std::fs::write(&path, text) {
-        println!("  {}: not written: {e}", path.display());
-    }
+    write_run_file(out, "stats", "txt", arm, run, text.as_bytes());
 }
 
 /// Runs one arm once: a fresh lab, the load and the faults, the verdict.
@@ -428,6 +427,7 @@ pub async fn run_arm(
     let mut runner = o.faults.as_ref().map(|(_, s)| Runner::new(s));
     let started = Instant::now();
     let mut last_minute = usize::MAX;
+    let record_limits = o.record_limits && arm.runs_filter();
     let mut limits = String::from(
         "# each sidecar's inbound concurrency limit once a wall second (the filter's gauge; \
 with several worker VMs the one that set it last)\nat_s,sidecar,limit\n",
@@ -450,7 +450,7 @@ with several worker VMs the one that set it last)\nat_s,sidecar,limit\n",
             let dt = metered.elapsed().as_secs_f64();
             metered = Instant::now();
             tokio::task::block_in_place(|| meter.tick(&mesh, dt));
-            if o.record_limits && arm.runs_filter() {
+            if record_limits {
                 tokio::task::block_in_place(|| {
                     limits.push_str(&concurrency_limits(&mesh, elapsed))
                 });
@@ -484,11 +484,8 @@ with several worker VMs the one that set it last)\nat_s,sidecar,limit\n",
     write_decisions(&mesh, &o.out, arm, run);
     write_sidecar_stats(&mesh, &o.out, arm, run);
     write_requests(&records, &o.out, arm, run);
-    if o.record_limits && arm.runs_filter() {
-        let path = o.out.join(format!("limits-{}-{}.csv", arm.name(), run + 1));
-        if let Err(e) = std::fs::write(&path, &limits) {
-            println!("  {}: not written: {e}", path.display());
-        }
+    if record_limits {
+        write_run_file(&o.out, "limits", "csv", arm, run, limits.as_bytes());
     }
     let reviews_cluster = mesh
         .envoys
