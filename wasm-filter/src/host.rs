@@ -64,6 +64,20 @@ extern "C" {
         out: *mut u32,
     ) -> Status;
     fn proxy_increment_metric(id: u32, offset: i64) -> Status;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        out: *mut *mut u8,
+        out_size: *mut usize,
+        cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
     fn proxy_record_metric(id: u32, value: u64) -> Status;
 }
 
@@ -211,6 +225,26 @@ pub fn send_local_response(
                 -1,
             )
         },
+        Status::Ok
+    )
+}
+
+/// A value of the proxy's shared data (seen by every VM of the plugin's
+/// code), `None` when absent or unreadable.
+pub fn shared_data(key: &str) -> Option<Vec<u8>> {
+    let (mut ptr, mut size, mut cas) = (null_mut(), 0usize, 0u32);
+    // SAFETY: valid key slice; the host answers with an owned buffer.
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut ptr, &mut size, &mut cas) } {
+        Status::Ok => unsafe { take(ptr, size) },
+        _ => None,
+    }
+}
+
+/// Sets a value of the proxy's shared data unconditionally (cas 0).
+pub fn set_shared_data(key: &str, value: &[u8]) -> bool {
+    // SAFETY: valid slices.
+    matches!(
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) },
         Status::Ok
     )
 }

@@ -3,14 +3,14 @@
 
 use crate::host::{
     add_header, header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
-    property_str as string_property, send_local_response, set_header,
+    property_str as string_property, send_local_response, set_header, set_shared_data, shared_data,
 };
 use crate::metrics::{FilterMetrics, HopMetrics};
 use crate::shared::Shared;
 use meshtune_filter_core::abi::parse_pairs;
 use meshtune_filter_core::config::OTHER_CHAIN;
 use meshtune_filter_core::control::deadline::{self, parse_deadline, TIMEOUT_HEADER};
-use meshtune_filter_core::control::{Admission, DeadlineDecision, RetryBudget};
+use meshtune_filter_core::control::{no_retry, Admission, DeadlineDecision, RetryBudget};
 use meshtune_filter_core::naming::{
     classify_cluster, is_label_safe, sanitize, service_from_authority, service_from_cluster,
     ClusterKind,
@@ -22,6 +22,14 @@ use proxy_wasm::types::{Action, LogLevel, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// A request the filter answers itself, and whether the caller's retry of
+/// it could succeed.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    kind: LocalReply,
+    retry_may_help: bool,
+}
+
 pub struct Hop {
     shared: Option<Rc<RefCell<Shared>>>,
     chain: String,
@@ -31,6 +39,8 @@ pub struct Hop {
     done: bool,
     /// `x-request-id`, kept only when durations are logged for debugging.
     request_id: Option<String>,
+    /// Its hash, under data-path control: the key of a "do not retry" mark.
+    request_key: Option<u64>,
     /// Service named by `:authority`, read on plugins configured outbound.
     upstream: String,
     /// Direction and service once known (early when control needs them).
@@ -106,9 +116,7 @@ impl Fetched {
                         b":authority" => view.host = text(),
                         b":path" => view.path = text(),
                         b":method" => view.method = text(),
-                        b"x-request-id" if cfg.debug_log_durations => {
-                            view.request_id = Some(text())
-                        }
+                        b"x-request-id" => view.request_id = Some(text()),
                         b"x-envoy-upstream-rq-timeout-ms" => {
                             view.timeout_present = true;
                             view.timeout_ms = parse_deadline(v)
@@ -165,6 +173,7 @@ impl Hop {
             status: 0,
             done: false,
             request_id: None,
+            request_key: None,
             upstream: String::new(),
             hop: None,
             local: None,
@@ -181,6 +190,31 @@ impl Hop {
                 string_property(&["response", "code_details"]).is_some_and(|d| d != "via_upstream")
             }
             _ => false,
+        }
+    }
+
+    /// On a failed response under data-path control: the outbound side
+    /// marks a request whose upstream asked not to be retried; the inbound
+    /// side passes that on when the application fails the marked request
+    /// (see `no_retry`). Success costs nothing here.
+    fn carry_no_retry(&self) {
+        let (Some(key), Some((direction, _))) = (self.request_key, &self.hop) else {
+            return;
+        };
+        match direction {
+            Direction::Outbound
+                if header(MapType::HttpResponseHeaders, no_retry::HEADER).is_some() =>
+            {
+                set_shared_data(&no_retry::slot_name(key), &no_retry::mark(key));
+            }
+            Direction::Inbound if self.local.is_none() => {
+                let marked = shared_data(&no_retry::slot_name(key))
+                    .is_some_and(|v| no_retry::is_marked(&v, key));
+                if marked {
+                    set_header(MapType::HttpResponseHeaders, no_retry::HEADER, "true");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -204,29 +238,36 @@ impl Hop {
 
     /// Answers the request here; the borrow of the shared state must be
     /// released before, since Envoy runs the response callbacks for it.
-    fn reply(&mut self, kind: LocalReply, service: &str) -> Action {
+    ///
+    /// The answer has no body (the reason travels in `x-meshtune-reason`
+    /// and the response details): a caller's Envoy that retries a response
+    /// still being received resets the stream, which on HTTP/1.1 closes the
+    /// connection, so every retried shed used to cost a new connection at
+    /// both ends. Where a retry cannot help, `x-envoy-ratelimited` asks the
+    /// caller's Envoy not to make one (its router never retries a response
+    /// carrying it unless the route retries on `envoy-ratelimited`): a spent
+    /// deadline stays spent, and a class shed at its share would take the
+    /// room kept for more important ones.
+    fn reply(&mut self, answer: Answer, service: &str) -> Action {
+        let kind = answer.kind;
         self.local = Some(kind);
-        let (status, details, body, headers): (u32, &str, String, Vec<(&str, &str)>) = match kind {
-            LocalReply::DeadlineExceeded => (
-                504,
-                "meshtune_deadline_exceeded",
-                format!(
-                    "meshtune: the latency budget of chain {} was spent before calling {service}\n",
-                    self.chain
-                ),
-                vec![("x-meshtune-reason", "deadline_exceeded")],
-            ),
-            LocalReply::Shed => (
-                503,
-                "meshtune_concurrency_limited",
-                format!(
-                    "meshtune: {service} is at its concurrency limit; chain {} was shed\n",
-                    self.chain
-                ),
-                vec![("retry-after", "1"), ("x-meshtune-reason", "shed")],
-            ),
+        let (status, details, reason) = match kind {
+            LocalReply::DeadlineExceeded => {
+                (504, "meshtune_deadline_exceeded", "deadline_exceeded")
+            }
+            LocalReply::Shed => (503, "meshtune_concurrency_limited", "shed"),
         };
-        if send_local_response(status, details, &body, &headers) {
+        let mut headers = vec![
+            ("x-meshtune-reason", reason),
+            ("x-meshtune-service", service),
+        ];
+        if kind == LocalReply::Shed {
+            headers.push(("retry-after", "1"));
+        }
+        if !answer.retry_may_help {
+            headers.push((no_retry::HEADER, "true"));
+        }
+        if send_local_response(status, details, "", &headers) {
             Action::Pause
         } else {
             // Could not answer: forward after all (fail open).
@@ -237,11 +278,7 @@ impl Hop {
 
     /// Deadline, concurrency and retry decisions for this request; `Some`
     /// when the filter must answer it instead of forwarding.
-    fn control(
-        &mut self,
-        shared: &Rc<RefCell<Shared>>,
-        view: &RequestView<'_>,
-    ) -> Option<LocalReply> {
+    fn control(&mut self, shared: &Rc<RefCell<Shared>>, view: &RequestView<'_>) -> Option<Answer> {
         let now_ms = self.start_ns / 1_000_000;
         let (direction, service) = {
             let state = shared.borrow();
@@ -295,7 +332,10 @@ impl Hop {
             );
         }
         if let DeadlineDecision::Expired { .. } = decision {
-            return Some(LocalReply::DeadlineExceeded);
+            return Some(Answer {
+                kind: LocalReply::DeadlineExceeded,
+                retry_may_help: false,
+            });
         }
         {
             let priority = policy.as_ref().map(|p| p.priority).unwrap_or_default();
@@ -304,7 +344,12 @@ impl Hop {
                     if let Some(limit) = ctl.limit.as_mut() {
                         match limit.try_acquire(priority) {
                             Admission::Admit => self.admitted = true,
-                            Admission::Shed => return Some(LocalReply::Shed),
+                            Admission::Shed { retry_may_help } => {
+                                return Some(Answer {
+                                    kind: LocalReply::Shed,
+                                    retry_may_help,
+                                })
+                            }
                         }
                     }
                 }
@@ -509,21 +554,26 @@ impl HttpContext for Hop {
                 sanitize(up)
             };
         }
-        self.request_id = view.request_id.map(str::to_owned);
         let controlled = state.control.is_some();
+        if controlled {
+            self.request_key = view.request_id.map(|r| no_retry::request_key(r.as_bytes()));
+        }
+        if state.config.debug_log_durations {
+            self.request_id = view.request_id.map(str::to_owned);
+        }
         drop(state);
         if !controlled {
             return Action::Continue;
         }
         // Decided under the state's borrow, answered after it is released.
         match self.control(&shared, &view) {
-            Some(kind) => {
+            Some(answer) => {
                 let service = self
                     .hop
                     .as_ref()
                     .map(|(_, s)| s.clone())
                     .unwrap_or_default();
-                self.reply(kind, &service)
+                self.reply(answer, &service)
             }
             None => Action::Continue,
         }
@@ -536,6 +586,9 @@ impl HttpContext for Hop {
         self.status = header_str(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        if self.status >= 500 {
+            self.carry_no_retry();
+        }
         if end_of_stream {
             self.finish();
         }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use wasmtime::Result;
 use wasmtime::{Caller, Engine, Extern, Instance, Linker, Memory, Module, Store, TypedFunc, Val};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -60,6 +60,9 @@ pub struct HostState {
     /// Properties by path segments joined with `.` (e.g. `xds.cluster_name`).
     pub properties: HashMap<String, Vec<u8>>,
     pub local_responses: Vec<LocalResponse>,
+    /// The proxy's shared data, one map per Envoy process: hosts that stand
+    /// for worker VMs of one sidecar share it (`Host::share_data_with`).
+    pub shared_data: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     pub http_calls: Vec<HttpCall>,
     pub metrics: Vec<Metric>,
     pub logs: Vec<(i32, String)>,
@@ -132,7 +135,7 @@ fn text(b: Vec<u8>) -> String {
 }
 
 /// The host functions modelled here.
-const HOST_FUNCS: [&str; 15] = [
+const HOST_FUNCS: [&str; 17] = [
     "proxy_log",
     "proxy_get_current_time_nanoseconds",
     "proxy_set_tick_period_milliseconds",
@@ -148,6 +151,8 @@ const HOST_FUNCS: [&str; 15] = [
     "proxy_increment_metric",
     "proxy_record_metric",
     "proxy_set_effective_context",
+    "proxy_get_shared_data",
+    "proxy_set_shared_data",
 ];
 
 fn define_host(linker: &mut Linker<HostState>) -> Result<()> {
@@ -265,6 +270,53 @@ fn define_host(linker: &mut Linker<HostState>) -> Result<()> {
                 Some(v) => give(&mut c, &v, rp, rs),
                 None => Ok(NOT_FOUND),
             }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Caller<'_, HostState>,
+         kp: i32,
+         kl: i32,
+         rp: i32,
+         rs: i32,
+         cas: i32|
+         -> Result<i32> {
+            let key = text(read(&mut c, kp, kl)?);
+            let value = c
+                .data()
+                .shared_data
+                .lock()
+                .map_err(|_| wasmtime::Error::msg("shared data poisoned"))?
+                .get(&key)
+                .cloned();
+            match value {
+                Some(v) => {
+                    write_u32(&mut c, cas, 1)?;
+                    give(&mut c, &v, rp, rs)
+                }
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Caller<'_, HostState>,
+         kp: i32,
+         kl: i32,
+         vp: i32,
+         vl: i32,
+         _cas: i32|
+         -> Result<i32> {
+            let key = text(read(&mut c, kp, kl)?);
+            let value = read(&mut c, vp, vl)?;
+            c.data()
+                .shared_data
+                .lock()
+                .map_err(|_| wasmtime::Error::msg("shared data poisoned"))?
+                .insert(key, value);
+            Ok(OK)
         },
     )?;
     linker.func_wrap(
@@ -576,6 +628,21 @@ impl Host {
         Ok(())
     }
 
+    /// Makes this host see `other`'s shared data: two plugins (or worker
+    /// VMs) of one Envoy process.
+    pub fn share_data_with(&mut self, other: &Host) {
+        self.store.data_mut().shared_data = other.state().shared_data.clone();
+    }
+
+    /// The response headers of the last `respond`, as the filter left them.
+    pub fn response_headers(&self) -> Headers {
+        self.state()
+            .maps
+            .get(&RESPONSE_HEADERS)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn metric(&self, name_suffix: &str, contains: &str) -> i64 {
         self.state()
             .metrics
@@ -595,6 +662,7 @@ fn dummy_state() -> HostState {
         http_call_body: Vec::new(),
         properties: HashMap::new(),
         local_responses: Vec::new(),
+        shared_data: Arc::default(),
         http_calls: Vec::new(),
         metrics: Vec::new(),
         logs: Vec::new(),

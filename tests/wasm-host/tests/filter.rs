@@ -112,7 +112,17 @@ fn a_request_whose_budget_is_spent_is_answered_not_forwarded() {
     assert_eq!(action, 1, "paused: not forwarded");
     let r = &h.state().local_responses[0];
     assert_eq!((r.context, r.status), (ctx, 504));
-    assert!(r.body.contains("checkout"), "{}", r.body);
+    // No body: a caller's Envoy that retried a body still arriving would
+    // reset the stream and close an HTTP/1.1 connection. A spent deadline
+    // stays spent, so the caller's Envoy is asked not to retry at all.
+    assert_eq!(r.body, "");
+    let has = |k: &str, v: &str| r.headers.iter().any(|(a, b)| a == k && b == v);
+    assert!(
+        has("x-meshtune-reason", "deadline_exceeded"),
+        "{:?}",
+        r.headers
+    );
+    assert!(has("x-envoy-ratelimited", "true"), "{:?}", r.headers);
     h.respond(ctx, 504, &[]).unwrap();
     h.tick().unwrap();
     assert_eq!(
@@ -164,10 +174,13 @@ fn low_priority_is_shed_first_at_the_concurrency_limit_and_the_limit_recovers() 
     );
     let shed = &h.state().local_responses[0];
     assert_eq!((shed.context, shed.status), (low3, 503));
-    assert!(shed
-        .headers
-        .iter()
-        .any(|(k, v)| k == "retry-after" && v == "1"));
+    let has = |k: &str, v: &str| shed.headers.iter().any(|(a, b)| a == k && b == v);
+    assert!(has("retry-after", "1"), "{:?}", shed.headers);
+    assert!(has("x-meshtune-reason", "shed"), "{:?}", shed.headers);
+    // Shed by its class's share while the limit kept room for the high
+    // chain: a retry would take that room, so the caller must not make one.
+    assert!(has("x-envoy-ratelimited", "true"), "{:?}", shed.headers);
+    assert_eq!(shed.body, "");
     h.end(low3).unwrap();
     h.advance_ms(5);
     h.respond(low1, 200, &[]).unwrap();
@@ -639,4 +652,48 @@ fn wasm_work_per_request_stays_small() {
         "with control: {} operations per request",
         per_request[2]
     );
+}
+
+#[test]
+fn an_upstreams_do_not_retry_is_passed_on_when_the_application_fails_the_request() {
+    // One sidecar of reviews: its outbound plugin and its inbound plugin
+    // (possibly on other workers) share the proxy's data.
+    let mut outbound = load(&config("outbound", json!({"service": "reviews"})));
+    let mut inbound = load(&config("inbound", json!({"service": "reviews"})));
+    inbound.share_data_with(&outbound);
+    let call = |h: &mut Host, rid: &str| {
+        h.request(&[
+            (":path", "/browse"),
+            (":authority", "ratings:9080"),
+            ("x-meshtune-chain", "browse"),
+            ("x-request-id", rid),
+        ])
+        .unwrap()
+        .0
+    };
+    // Request r1 reaches reviews; its call to ratings is shed with the
+    // do-not-retry header, so the application fails r1 with a plain 503.
+    let r1 = call(&mut inbound, "r1");
+    let c = call(&mut outbound, "r1");
+    outbound
+        .respond(c, 503, &[("x-envoy-ratelimited", "true")])
+        .unwrap();
+    inbound.respond(r1, 503, &[]).unwrap();
+    let said = |h: &Host| header(&h.response_headers(), "x-envoy-ratelimited").map(str::to_owned);
+    assert_eq!(
+        said(&inbound).as_deref(),
+        Some("true"),
+        "passed on to reviews' caller"
+    );
+    // r2's call to ratings failed without the header (an error a retry may
+    // cure): the application's failure stays retriable.
+    let r2 = call(&mut inbound, "r2");
+    let c = call(&mut outbound, "r2");
+    outbound.respond(c, 503, &[]).unwrap();
+    inbound.respond(r2, 503, &[]).unwrap();
+    assert_eq!(said(&inbound), None);
+    // Another request failing without any call marked stays retriable too.
+    let r3 = call(&mut inbound, "r3");
+    inbound.respond(r3, 500, &[]).unwrap();
+    assert_eq!(said(&inbound), None);
 }

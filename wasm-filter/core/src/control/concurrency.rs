@@ -158,7 +158,14 @@ impl ConcurrencyConfig {
 pub enum Admission {
     Admit,
     /// At the class's share of the limit: answer 503 with `retry-after`.
-    Shed,
+    /// `retry_may_help`: every slot of the limit was taken, so a retry after
+    /// the caller's back-off may find one freed by a finished request.
+    /// Otherwise the limit still had room, but only for more important
+    /// classes (or one of them was starved): a retry would take exactly the
+    /// room kept for them, so the caller is asked not to make one.
+    Shed {
+        retry_may_help: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -331,11 +338,14 @@ impl AdaptiveLimit {
         let behind_starved = self.starved.is_some_and(|s| s < p);
         if behind_starved || f64::from(self.inflight + 1) > threshold {
             self.shed += 1;
+            let full = f64::from(self.inflight + 1) > self.limit;
             if !behind_starved {
                 self.starved = Some(self.starved.map_or(p, |s| s.min(p)));
                 self.finished_while_starved = 0;
             }
-            return Admission::Shed;
+            return Admission::Shed {
+                retry_may_help: full && !behind_starved,
+            };
         }
         if self.starved.is_some_and(|s| s >= p) {
             self.starved = None;
@@ -485,8 +495,12 @@ mod tests {
         while l.try_acquire(Priority::High) == Admission::Admit {}
         // One finishes: its room is held for the refused high class.
         l.release(CHAIN, 5_000_000);
-        assert_eq!(l.try_acquire(Priority::Low), Admission::Shed);
-        assert_eq!(l.try_acquire(Priority::Normal), Admission::Shed);
+        // Held for the starved class: the others are asked not to retry.
+        let behind = Admission::Shed {
+            retry_may_help: false,
+        };
+        assert_eq!(l.try_acquire(Priority::Low), behind);
+        assert_eq!(l.try_acquire(Priority::Normal), behind);
         assert_eq!(l.try_acquire(Priority::High), Admission::Admit);
         l.release(CHAIN, 5_000_000);
         assert_eq!(
@@ -497,9 +511,41 @@ mod tests {
         // A refused class that does not come back holds one room, not more.
         while l.try_acquire(Priority::High) == Admission::Admit {}
         l.release(CHAIN, 5_000_000);
-        assert_eq!(l.try_acquire(Priority::Low), Admission::Shed);
+        assert_eq!(l.try_acquire(Priority::Low), behind);
         l.release(CHAIN, 5_000_000);
         assert_eq!(l.try_acquire(Priority::Low), Admission::Admit);
+    }
+
+    #[test]
+    fn a_shed_says_whether_a_retry_may_find_room() {
+        let mut l = AdaptiveLimit::new(ConcurrencyConfig::default());
+        drive(&mut l, 40, 50, 8);
+        let limit = l.limit();
+        assert!(limit >= 4, "limit {limit}");
+        // Low requests fill their share; the limit keeps room for the others.
+        let mut low = 0;
+        while l.try_acquire(Priority::Low) == Admission::Admit {
+            low += 1;
+        }
+        assert!(low < limit, "low took {low} of {limit}");
+        // That refusal was by class: a retry would take the room kept for
+        // the more important classes.
+        assert_eq!(
+            l.try_acquire(Priority::Low),
+            Admission::Shed {
+                retry_may_help: false
+            }
+        );
+        // High requests take the rest; once every slot is taken, a shed
+        // says a retry after a back-off may find one freed.
+        while l.try_acquire(Priority::High) == Admission::Admit {}
+        assert!(l.inflight() + 1 >= limit, "{} of {limit}", l.inflight());
+        assert_eq!(
+            l.try_acquire(Priority::High),
+            Admission::Shed {
+                retry_may_help: true
+            }
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod concurrency;
 pub mod deadline;
+pub mod no_retry;
 pub mod policy;
 pub mod priority;
 pub mod retry;
