@@ -39,8 +39,6 @@ pub struct Hop {
     done: bool,
     /// `x-request-id`, kept only when durations are logged for debugging.
     request_id: Option<String>,
-    /// Its hash, under data-path control: the key of a "do not retry" mark.
-    request_key: Option<u64>,
     /// Service named by `:authority`, read on plugins configured outbound.
     upstream: String,
     /// Direction and service once known (early when control needs them).
@@ -116,7 +114,9 @@ impl Fetched {
                         b":authority" => view.host = text(),
                         b":path" => view.path = text(),
                         b":method" => view.method = text(),
-                        b"x-request-id" => view.request_id = Some(text()),
+                        b"x-request-id" if cfg.debug_log_durations => {
+                            view.request_id = Some(text())
+                        }
                         b"x-envoy-upstream-rq-timeout-ms" => {
                             view.timeout_present = true;
                             view.timeout_ms = parse_deadline(v)
@@ -173,7 +173,6 @@ impl Hop {
             status: 0,
             done: false,
             request_id: None,
-            request_key: None,
             upstream: String::new(),
             hop: None,
             local: None,
@@ -196,20 +195,27 @@ impl Hop {
     /// On a failed response under data-path control: the outbound side
     /// marks a request whose upstream asked not to be retried; the inbound
     /// side passes that on when the application fails the marked request
-    /// (see `no_retry`). Success costs nothing here.
+    /// (see `no_retry`). The request id is read here, from the request
+    /// headers Envoy keeps for the stream, so success costs nothing.
     fn carry_no_retry(&self) {
-        let (Some(key), Some((direction, _))) = (self.request_key, &self.hop) else {
+        let Some((direction, _)) = &self.hop else {
             return;
+        };
+        let key = || {
+            header(MapType::HttpRequestHeaders, "x-request-id").map(|id| no_retry::request_key(&id))
         };
         match direction {
             Direction::Outbound
                 if header(MapType::HttpResponseHeaders, no_retry::HEADER).is_some() =>
             {
-                set_shared_data(&no_retry::slot_name(key), &no_retry::mark(key));
+                if let Some(k) = key() {
+                    set_shared_data(&no_retry::slot_name(k), &no_retry::mark(k));
+                }
             }
             Direction::Inbound if self.local.is_none() => {
-                let marked = shared_data(&no_retry::slot_name(key))
-                    .is_some_and(|v| no_retry::is_marked(&v, key));
+                let marked = key().is_some_and(|k| {
+                    shared_data(&no_retry::slot_name(k)).is_some_and(|v| no_retry::is_marked(&v, k))
+                });
                 if marked {
                     set_header(MapType::HttpResponseHeaders, no_retry::HEADER, "true");
                 }
@@ -554,13 +560,8 @@ impl HttpContext for Hop {
                 sanitize(up)
             };
         }
+        self.request_id = view.request_id.map(str::to_owned);
         let controlled = state.control.is_some();
-        if controlled {
-            self.request_key = view.request_id.map(|r| no_retry::request_key(r.as_bytes()));
-        }
-        if state.config.debug_log_durations {
-            self.request_id = view.request_id.map(str::to_owned);
-        }
         drop(state);
         if !controlled {
             return Action::Continue;
