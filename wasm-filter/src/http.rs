@@ -206,7 +206,9 @@ impl Hop {
         };
         match direction {
             Direction::Outbound
-                if header(MapType::HttpResponseHeaders, no_retry::HEADER).is_some() =>
+                if no_retry::marks(&|name| {
+                    header(MapType::HttpResponseHeaders, name).is_some()
+                }) =>
             {
                 if let Some(k) = key() {
                     set_shared_data(&no_retry::slot_name(k), &no_retry::mark(k));
@@ -264,7 +266,7 @@ impl Hop {
             LocalReply::Shed => (503, "meshtune_concurrency_limited", "shed"),
         };
         let mut headers = vec![
-            ("x-meshtune-reason", reason),
+            (no_retry::REASON_HEADER, reason),
             ("x-meshtune-service", service),
         ];
         if kind == LocalReply::Shed {

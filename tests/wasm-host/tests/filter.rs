@@ -692,6 +692,16 @@ fn an_upstreams_do_not_retry_is_passed_on_when_the_application_fails_the_request
     outbound.respond(c, 503, &[]).unwrap();
     inbound.respond(r2, 503, &[]).unwrap();
     assert_eq!(said(&inbound), None);
+    // r4's call was shed with every slot taken: reviews' Envoy may retry it
+    // once, but when the application fails r4 anyway, the layers above
+    // must not retry the whole subtree.
+    let r4 = call(&mut inbound, "r4");
+    let c = call(&mut outbound, "r4");
+    outbound
+        .respond(c, 503, &[("x-meshtune-reason", "shed")])
+        .unwrap();
+    inbound.respond(r4, 503, &[]).unwrap();
+    assert_eq!(said(&inbound).as_deref(), Some("true"));
     // Another request failing without any call marked stays retriable too.
     let r3 = call(&mut inbound, "r3");
     inbound.respond(r3, 500, &[]).unwrap();

@@ -1,14 +1,15 @@
 //! "Do not retry" carried up a chain through the applications.
 //!
-//! A hop that sheds a request, or finds its deadline spent, answers with
-//! `x-envoy-ratelimited`, and the caller's Envoy does not retry it. But the
+//! A hop that sheds a request by its class's share, or finds its deadline
+//! spent, answers with `x-envoy-ratelimited`, and the caller's Envoy does not
+//! retry it (a shed with every slot taken may be retried once there). But the
 //! caller's application answers its own caller with a plain 5xx, and that
 //! Envoy would retry the whole subtree into the same overloaded service: a
 //! product page shed at ratings came back as up to three tries of reviews,
 //! each calling ratings again. Applications forward `x-request-id` (as they
 //! must for tracing), so the sidecar's outbound side marks the request id
-//! whose upstream asked not to be retried, and the inbound side, seeing the
-//! application fail that same request, passes the header on.
+//! whose upstream was overloaded (see [`marks`]), and the inbound side,
+//! seeing the application fail that same request, passes the header on.
 //!
 //! The marks live in the proxy's shared data, which every worker's VM sees
 //! (the application's outbound call may land on another worker than its
@@ -21,6 +22,19 @@ pub const SLOTS: u64 = 64;
 /// The header Envoy's router honours: it never retries a response that
 /// carries it unless the route retries on `envoy-ratelimited`.
 pub const HEADER: &str = "x-envoy-ratelimited";
+
+/// What meshtune's own answers carry (`shed`, `deadline_exceeded`).
+pub const REASON_HEADER: &str = "x-meshtune-reason";
+
+/// Whether a failed upstream response (its headers seen through `has`)
+/// marks the request: it asked not to be retried, or a meshtune filter
+/// answered it (a shed or a spent deadline, also one whose immediate retry
+/// was allowed). Retrying overload is the business of the layer right above
+/// it only: once the application fails the request anyway, the layers
+/// above would each retry the whole subtree into the same overload.
+pub fn marks(has: &dyn Fn(&str) -> bool) -> bool {
+    has(HEADER) || has(REASON_HEADER)
+}
 
 /// A request id's 64-bit FNV-1a hash: what a mark stores (a request's own
 /// id, not a slot's, so a collision in the ring cannot mark another).
@@ -57,6 +71,20 @@ mod tests {
         assert!(is_marked(&mark(a), a));
         assert!(!is_marked(&mark(a), b));
         assert!(!is_marked(b"", a), "an empty slot marks nothing");
+    }
+
+    #[test]
+    fn overload_answers_mark_and_other_failures_do_not() {
+        let with = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
+        assert!(marks(&with(&["x-envoy-ratelimited"])));
+        assert!(
+            marks(&with(&["x-meshtune-reason"])),
+            "a retriable shed still marks"
+        );
+        assert!(
+            !marks(&with(&["x-envoy-upstream-service-time"])),
+            "an application's 503"
+        );
     }
 
     #[test]
