@@ -114,7 +114,9 @@ impl Fetched {
                         b":authority" => view.host = text(),
                         b":path" => view.path = text(),
                         b":method" => view.method = text(),
-                        b"x-request-id" if cfg.debug_log_durations => {
+                        k if k == no_retry::REQUEST_ID_HEADER.as_bytes()
+                            && cfg.debug_log_durations =>
+                        {
                             view.request_id = Some(text())
                         }
                         b"x-envoy-upstream-rq-timeout-ms" => {
@@ -202,7 +204,8 @@ impl Hop {
             return;
         };
         let key = || {
-            header(MapType::HttpRequestHeaders, "x-request-id").map(|id| no_retry::request_key(&id))
+            header(MapType::HttpRequestHeaders, no_retry::REQUEST_ID_HEADER)
+                .map(|id| no_retry::request_key(&id))
         };
         match direction {
             Direction::Outbound
@@ -236,7 +239,7 @@ impl Hop {
                 chain: header(MapType::HttpRequestHeaders, &cfg.chain_header),
                 request_id: cfg
                     .debug_log_durations
-                    .then(|| header_str(MapType::HttpRequestHeaders, "x-request-id"))
+                    .then(|| header_str(MapType::HttpRequestHeaders, no_retry::REQUEST_ID_HEADER))
                     .flatten(),
             };
         }

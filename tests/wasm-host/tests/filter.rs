@@ -671,39 +671,37 @@ fn an_upstreams_do_not_retry_is_passed_on_when_the_application_fails_the_request
         .unwrap()
         .0
     };
-    // Request r1 reaches reviews; its call to ratings is shed with the
-    // do-not-retry header, so the application fails r1 with a plain 503.
-    let r1 = call(&mut inbound, "r1");
-    let c = call(&mut outbound, "r1");
-    outbound
-        .respond(c, 503, &[("x-envoy-ratelimited", "true")])
-        .unwrap();
-    inbound.respond(r1, 503, &[]).unwrap();
-    let said = |h: &Host| header(&h.response_headers(), "x-envoy-ratelimited").map(str::to_owned);
+    // Request `rid` reaches reviews, its call to ratings fails with
+    // `upstream` headers, and the application fails `rid` with a plain 503;
+    // answers whether reviews' caller is told not to retry.
+    let mut fails_after = |rid: &str, upstream: &[(&str, &str)]| {
+        let r = call(&mut inbound, rid);
+        let c = call(&mut outbound, rid);
+        outbound.respond(c, 503, upstream).unwrap();
+        inbound.respond(r, 503, &[]).unwrap();
+        header(&inbound.response_headers(), "x-envoy-ratelimited").map(str::to_owned)
+    };
+    // r1's call was shed with the do-not-retry header.
     assert_eq!(
-        said(&inbound).as_deref(),
+        fails_after("r1", &[("x-envoy-ratelimited", "true")]).as_deref(),
         Some("true"),
         "passed on to reviews' caller"
     );
     // r2's call to ratings failed without the header (an error a retry may
     // cure): the application's failure stays retriable.
-    let r2 = call(&mut inbound, "r2");
-    let c = call(&mut outbound, "r2");
-    outbound.respond(c, 503, &[]).unwrap();
-    inbound.respond(r2, 503, &[]).unwrap();
-    assert_eq!(said(&inbound), None);
+    assert_eq!(fails_after("r2", &[]), None);
     // r4's call was shed with every slot taken: reviews' Envoy may retry it
     // once, but when the application fails r4 anyway, the layers above
     // must not retry the whole subtree.
-    let r4 = call(&mut inbound, "r4");
-    let c = call(&mut outbound, "r4");
-    outbound
-        .respond(c, 503, &[("x-meshtune-reason", "shed")])
-        .unwrap();
-    inbound.respond(r4, 503, &[]).unwrap();
-    assert_eq!(said(&inbound).as_deref(), Some("true"));
+    assert_eq!(
+        fails_after("r4", &[("x-meshtune-reason", "shed")]).as_deref(),
+        Some("true")
+    );
     // Another request failing without any call marked stays retriable too.
     let r3 = call(&mut inbound, "r3");
     inbound.respond(r3, 500, &[]).unwrap();
-    assert_eq!(said(&inbound), None);
+    assert_eq!(
+        header(&inbound.response_headers(), "x-envoy-ratelimited"),
+        None
+    );
 }

@@ -23,6 +23,9 @@ pub const SLOTS: u64 = 64;
 /// carries it unless the route retries on `envoy-ratelimited`.
 pub const HEADER: &str = "x-envoy-ratelimited";
 
+/// The request id applications forward, which keys a mark.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// What meshtune's own answers carry (`shed`, `deadline_exceeded`).
 pub const REASON_HEADER: &str = "x-meshtune-reason";
 
