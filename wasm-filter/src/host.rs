@@ -5,7 +5,7 @@
 //! `fail_open`, fail requests. These wrappers call the same ABI functions and
 //! turn every unexpected answer into `None`/`false`.
 
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use std::ptr::null_mut;
 
 #[link(wasm_import_module = "env")]
@@ -79,6 +79,8 @@ extern "C" {
         cas: u32,
     ) -> Status;
     fn proxy_record_metric(id: u32, value: u64) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_continue_stream(stream_type: StreamType) -> Status;
 }
 
 /// Takes ownership of bytes the host allocated with `proxy_on_memory_allocate`.
@@ -284,4 +286,20 @@ pub fn increment_metric(id: u32, by: i64) {
 pub fn record_metric(id: u32, value: u64) {
     // SAFETY: plain values.
     let _ = unsafe { proxy_record_metric(id, value) };
+}
+
+/// Resumes the paused request of stream `context_id` from the callback of
+/// another stream of this VM, then makes `current` the effective stream
+/// again for the host calls that follow. Envoy runs the resumed stream only
+/// after the current callback returns (its `continueStream` defers the call
+/// while the VM is busy), so this never re-enters the filter.
+pub fn resume_request_of(context_id: u32, current: u32) -> bool {
+    // SAFETY: plain values.
+    let resumed = unsafe {
+        matches!(proxy_set_effective_context(context_id), Status::Ok)
+            && matches!(proxy_continue_stream(StreamType::HttpRequest), Status::Ok)
+    };
+    // SAFETY: plain value.
+    let _ = unsafe { proxy_set_effective_context(current) };
+    resumed
 }

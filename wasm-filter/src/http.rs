@@ -3,14 +3,15 @@
 
 use crate::host::{
     add_header, header, header_pairs, header_str, log, now_ns, property_i64 as int_property,
-    property_str as string_property, send_local_response, set_header, set_shared_data, shared_data,
+    property_str as string_property, resume_request_of, send_local_response, set_header,
+    set_shared_data, shared_data,
 };
 use crate::metrics::{FilterMetrics, HopMetrics};
 use crate::shared::Shared;
 use meshtune_filter_core::abi::parse_pairs;
 use meshtune_filter_core::config::OTHER_CHAIN;
 use meshtune_filter_core::control::deadline::{self, parse_deadline, TIMEOUT_HEADER};
-use meshtune_filter_core::control::{no_retry, Admission, DeadlineDecision, RetryBudget};
+use meshtune_filter_core::control::{no_retry, Admission, DeadlineDecision, Left, RetryBudget};
 use meshtune_filter_core::naming::{
     classify_cluster, is_label_safe, sanitize, service_from_authority, service_from_cluster,
     ClusterKind,
@@ -30,7 +31,17 @@ struct Answer {
     retry_may_help: bool,
 }
 
+/// What the filter does with a request it controls.
+enum Decision {
+    Forward,
+    /// Pause it until the concurrency limit has room (see `waiting`).
+    Wait,
+    Answer(Answer),
+}
+
 pub struct Hop {
+    /// The stream's context id, by which a paused request is resumed.
+    context_id: u32,
     shared: Option<Rc<RefCell<Shared>>>,
     chain: String,
     entry: bool,
@@ -47,6 +58,8 @@ pub struct Hop {
     local: Option<LocalReply>,
     /// Counted in flight by the concurrency limit.
     admitted: bool,
+    /// Paused at the limit; admitted later, or never if its client left.
+    waiting: bool,
     retries_granted: u32,
 }
 
@@ -166,8 +179,9 @@ fn label(v: &str) -> String {
 }
 
 impl Hop {
-    pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
+    pub fn new(context_id: u32, shared: Option<Rc<RefCell<Shared>>>) -> Self {
         Hop {
+            context_id,
             shared,
             chain: String::new(),
             entry: false,
@@ -179,6 +193,7 @@ impl Hop {
             hop: None,
             local: None,
             admitted: false,
+            waiting: false,
             retries_granted: 0,
         }
     }
@@ -287,9 +302,9 @@ impl Hop {
         }
     }
 
-    /// Deadline, concurrency and retry decisions for this request; `Some`
-    /// when the filter must answer it instead of forwarding.
-    fn control(&mut self, shared: &Rc<RefCell<Shared>>, view: &RequestView<'_>) -> Option<Answer> {
+    /// Deadline, concurrency and retry decisions for this request: forward
+    /// it, pause it until the limit has room, or answer it here.
+    fn control(&mut self, shared: &Rc<RefCell<Shared>>, view: &RequestView<'_>) -> Decision {
         let now_ms = self.start_ns / 1_000_000;
         let (direction, service) = {
             let state = shared.borrow();
@@ -306,7 +321,9 @@ impl Hop {
         self.hop = Some((direction, service.clone()));
         let mut state = shared.borrow_mut();
         let max_upstreams = state.config.max_upstreams;
-        let ctl = state.control.as_mut()?;
+        let Some(ctl) = state.control.as_mut() else {
+            return Decision::Forward;
+        };
         let policy = ctl.policy.chain(&self.chain, now_ms).cloned();
         let mut deadline_ms = view.deadline_ms;
         if self.entry {
@@ -343,7 +360,7 @@ impl Hop {
             );
         }
         if let DeadlineDecision::Expired { .. } = decision {
-            return Some(Answer {
+            return Decision::Answer(Answer {
                 kind: LocalReply::DeadlineExceeded,
                 retry_may_help: false,
             });
@@ -355,8 +372,14 @@ impl Hop {
                     if let Some(limit) = ctl.limit.as_mut() {
                         match limit.try_acquire(priority) {
                             Admission::Admit => self.admitted = true,
+                            Admission::Shed { .. }
+                                if ctl.waiting.offer(self.context_id, priority, limit) =>
+                            {
+                                self.waiting = true;
+                                return Decision::Wait;
+                            }
                             Admission::Shed { retry_may_help } => {
-                                return Some(Answer {
+                                return Decision::Answer(Answer {
                                     kind: LocalReply::Shed,
                                     retry_may_help,
                                 })
@@ -395,7 +418,7 @@ impl Hop {
                 Direction::Unspecified => {}
             }
         }
-        None
+        Decision::Forward
     }
 
     /// Records the hop once; returns the duration recorded.
@@ -436,14 +459,26 @@ impl Hop {
             .flatten()
             .and_then(|v| v.parse::<u64>().ok());
         let mut state = shared.borrow_mut();
+        // Streams admitted from the queue into the slot this one frees.
+        let mut admitted_waiters = Vec::new();
         if let Some(ctl) = state.control.as_mut() {
-            if self.admitted {
-                if let Some(limit) = ctl.limit.as_mut() {
-                    if self.status == 0 {
-                        limit.release_without_sample();
-                    } else {
-                        limit.release(&self.chain, duration);
-                    }
+            let admitted_at = if self.waiting {
+                match ctl.waiting.leave(self.context_id) {
+                    Left::Admitted { at_ns } => Some(at_ns),
+                    Left::Waiting | Left::Unknown => None,
+                }
+            } else {
+                self.admitted.then_some(self.start_ns)
+            };
+            if let (Some(at_ns), Some(limit)) = (admitted_at, ctl.limit.as_mut()) {
+                if self.status == 0 {
+                    limit.release_without_sample();
+                } else {
+                    // The service's latency, without the time spent waiting.
+                    limit.release(&self.chain, now.saturating_sub(at_ns));
+                }
+                while let Some(id) = ctl.waiting.admit_next(limit, now) {
+                    admitted_waiters.push(id);
                 }
             }
         }
@@ -491,6 +526,10 @@ impl Hop {
                     duration
                 ),
             );
+        }
+        drop(state);
+        for id in admitted_waiters {
+            resume_request_of(id, self.context_id);
         }
         Some(duration)
     }
@@ -573,7 +612,9 @@ impl HttpContext for Hop {
         }
         // Decided under the state's borrow, answered after it is released.
         match self.control(&shared, &view) {
-            Some(answer) => {
+            Decision::Forward => Action::Continue,
+            Decision::Wait => Action::Pause,
+            Decision::Answer(answer) => {
                 let service = self
                     .hop
                     .as_ref()
@@ -581,7 +622,6 @@ impl HttpContext for Hop {
                     .unwrap_or_default();
                 self.reply(answer, &service)
             }
-            None => Action::Continue,
         }
     }
 

@@ -87,6 +87,8 @@ pub struct FilterMetrics {
     pub policy_rejected: Option<u32>,
     /// Concurrency limit of a worker VM's inbound upstream.
     pub concurrency_limit: Option<u32>,
+    /// Requests paused at the limit until it had room, instead of shed.
+    pub waited_requests: Option<u32>,
 }
 
 impl FilterMetrics {
@@ -100,6 +102,7 @@ impl FilterMetrics {
             policy_version: define(MetricType::Gauge, "meshtune_policy_version"),
             policy_rejected: define(MetricType::Counter, "meshtune_policy_rejected_total"),
             concurrency_limit: define(MetricType::Gauge, "meshtune_concurrency_limit"),
+            waited_requests: define(MetricType::Counter, "meshtune_waited_requests_total"),
         }
     }
 

@@ -326,6 +326,14 @@ impl RootContext for Root {
                         ctl.policy.version(now_ms),
                     );
                     ctl.apply_retry_terms(now_ms);
+                    let waited = ctl.waiting.waited();
+                    if let (Some(id), true) = (
+                        self.filter_metrics.waited_requests,
+                        waited > ctl.waited_reported,
+                    ) {
+                        crate::host::increment_metric(id, (waited - ctl.waited_reported) as i64);
+                        ctl.waited_reported = waited;
+                    }
                     let growth = ctl.policy.load_growth(&state.inbound_service, now_ms);
                     if let Some(l) = &mut ctl.limit {
                         // Once per tick, not per request; expiry falls back to none.
@@ -341,8 +349,8 @@ impl RootContext for Root {
         self.flush();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Hop::new(self.shared.clone())))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Hop::new(context_id, self.shared.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -3,7 +3,7 @@
 use crate::metrics::{FilterMetrics, HopMetrics};
 use meshtune_filter_core::config::ControlConfig;
 use meshtune_filter_core::control::policy::PolicyState;
-use meshtune_filter_core::control::{AdaptiveLimit, RetryBudget, RetryBudgetConfig};
+use meshtune_filter_core::control::{AdaptiveLimit, RetryBudget, RetryBudgetConfig, WaitQueue};
 use meshtune_filter_core::{Aggregator, FilterConfig};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -28,6 +28,10 @@ pub struct ControlState {
     pub config: ControlConfig,
     pub policy: PolicyState,
     pub limit: Option<AdaptiveLimit>,
+    /// Streams paused at the limit until a slot frees up.
+    pub waiting: WaitQueue,
+    /// `waiting.waited()` as last added to the stats.
+    pub waited_reported: u64,
     pub retry: HashMap<String, RetryBudget>,
 }
 
@@ -59,6 +63,8 @@ impl ControlState {
         ControlState {
             policy: PolicyState::new(config.chains.clone()),
             limit: config.concurrency.clone().map(AdaptiveLimit::new),
+            waiting: WaitQueue::new(),
+            waited_reported: 0,
             retry: HashMap::new(),
             config,
         }

@@ -68,6 +68,8 @@ pub struct HostState {
     pub logs: Vec<(i32, String)>,
     pub tick_ms: u32,
     pub unimplemented: Vec<String>,
+    /// Streams whose paused request the filter resumed, in order.
+    pub resumed_requests: Vec<u32>,
     current: u32,
     next_token: u32,
 }
@@ -135,7 +137,7 @@ fn text(b: Vec<u8>) -> String {
 }
 
 /// The host functions modelled here.
-const HOST_FUNCS: [&str; 17] = [
+const HOST_FUNCS: [&str; 18] = [
     "proxy_log",
     "proxy_get_current_time_nanoseconds",
     "proxy_set_tick_period_milliseconds",
@@ -151,6 +153,7 @@ const HOST_FUNCS: [&str; 17] = [
     "proxy_increment_metric",
     "proxy_record_metric",
     "proxy_set_effective_context",
+    "proxy_continue_stream",
     "proxy_get_shared_data",
     "proxy_set_shared_data",
 ];
@@ -432,6 +435,20 @@ fn define_host(linker: &mut Linker<HostState>) -> Result<()> {
             OK
         },
     )?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: Caller<'_, HostState>, stream: i32| -> i32 {
+            // Request streams only (0); Envoy runs the stream on after the
+            // callback returns, which a test does by calling `respond`.
+            if stream != 0 {
+                return UNIMPLEMENTED;
+            }
+            let ctx = c.data().current;
+            c.data_mut().resumed_requests.push(ctx);
+            OK
+        },
+    )?;
     Ok(())
 }
 
@@ -668,6 +685,7 @@ fn dummy_state() -> HostState {
         logs: Vec::new(),
         tick_ms: 0,
         unimplemented: Vec::new(),
+        resumed_requests: Vec::new(),
         current: 0,
         next_token: 0,
     }

@@ -210,6 +210,63 @@ fn low_priority_is_shed_first_at_the_concurrency_limit_and_the_limit_recovers() 
 }
 
 #[test]
+fn a_high_request_at_a_full_limit_waits_for_the_next_free_slot() {
+    let mut h = load(&config("inbound", json!({})));
+    let high = |h: &mut Host| {
+        h.request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
+            .unwrap()
+    };
+    // The first window (20 samples, flat latency) doubles the limit to 4.
+    for _ in 0..20 {
+        let (c, _, _) = high(&mut h);
+        h.advance_ms(5);
+        h.respond(c, 200, &[]).unwrap();
+    }
+    let admitted: Vec<u32> = (0..4)
+        .map(|_| high(&mut h))
+        .map(|(c, a, _)| {
+            assert_eq!(a, 0);
+            c
+        })
+        .collect();
+    // Four more wait (as many as the limit has slots), paused and not
+    // answered; the ninth is shed.
+    let waiting: Vec<u32> = (0..4)
+        .map(|_| high(&mut h))
+        .map(|(c, a, _)| {
+            assert_eq!(a, 1, "paused");
+            c
+        })
+        .collect();
+    assert!(h.state().local_responses.is_empty(), "none answered yet");
+    let (ninth, _, _) = high(&mut h);
+    assert_eq!(h.state().local_responses.len(), 1);
+    assert_eq!(h.state().local_responses[0].context, ninth);
+    h.end(ninth).unwrap();
+    // A waiter whose client leaves holds no slot.
+    h.end(waiting[0]).unwrap();
+    // Each finished request admits the oldest waiter.
+    h.advance_ms(5);
+    h.respond(admitted[0], 200, &[]).unwrap();
+    assert_eq!(h.state().resumed_requests, vec![waiting[1]]);
+    h.respond(admitted[1], 200, &[]).unwrap();
+    assert_eq!(h.state().resumed_requests, vec![waiting[1], waiting[2]]);
+    for c in [admitted[2], admitted[3], waiting[1], waiting[2], waiting[3]] {
+        h.advance_ms(5);
+        h.respond(c, 200, &[]).unwrap();
+    }
+    assert_eq!(
+        h.state().resumed_requests,
+        vec![waiting[1], waiting[2], waiting[3]]
+    );
+    h.tick().unwrap();
+    assert_eq!(h.metric("meshtune_waited_requests_total", ""), 4);
+    // Every slot was given back: four requests are admitted at once again.
+    let again: Vec<i32> = (0..4).map(|_| high(&mut h).1).collect();
+    assert_eq!(again, vec![0, 0, 0, 0]);
+}
+
+#[test]
 fn the_limit_settles_near_a_saturated_services_parallelism() {
     let mut h = load(&config("inbound", json!({})));
     // A service with 8 workers, 10 ms per request, offered far more than it serves.
@@ -221,16 +278,20 @@ fn the_limit_settles_near_a_saturated_services_parallelism() {
 
 /// Drives the filter in front of a service with `workers` slots taking
 /// 10 ms each, offered 4 requests per ms for `ms`; returns the requests shed.
+/// Requests the filter pauses reach the service when it resumes them.
 fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
     let mut inflight: Vec<(u32, u64)> = Vec::new();
     let mut shed = 0;
+    let serve = |inflight: &mut Vec<(u32, u64)>, c: u32, now: u64| {
+        let queue = (inflight.len() as u64 + 1).max(workers);
+        inflight.push((c, now + 10 * queue / workers));
+    };
     for _ in 0..ms {
         for _ in 0..4 {
             if let Ok((c, 0, _)) =
                 h.request(&[(":path", "/checkout"), ("x-meshtune-chain", "checkout")])
             {
-                let queue = (inflight.len() as u64 + 1).max(workers);
-                inflight.push((c, h.now_ms() + 10 * queue / workers));
+                serve(&mut inflight, c, h.now_ms());
             }
         }
         h.advance_ms(1);
@@ -239,6 +300,10 @@ fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
         inflight = rest;
         for (c, _) in done {
             h.respond(c, 200, &[]).unwrap();
+        }
+        let resumed: Vec<u32> = h.state_mut().resumed_requests.drain(..).collect();
+        for c in resumed {
+            serve(&mut inflight, c, now);
         }
         let refused: Vec<u32> = h
             .state_mut()
@@ -251,8 +316,20 @@ fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
             h.end(c).unwrap();
         }
     }
-    for (c, _) in inflight {
-        h.respond(c, 200, &[]).unwrap();
+    // Drain without new load: finishing requests admits the waiting ones,
+    // which the service takes its time over too.
+    while !inflight.is_empty() {
+        h.advance_ms(1);
+        let now = h.now_ms();
+        let (done, rest): (Vec<_>, Vec<_>) = inflight.into_iter().partition(|(_, t)| *t <= now);
+        inflight = rest;
+        for (c, _) in done {
+            h.respond(c, 200, &[]).unwrap();
+        }
+        let resumed: Vec<u32> = h.state_mut().resumed_requests.drain(..).collect();
+        for c in resumed {
+            serve(&mut inflight, c, now);
+        }
     }
     shed
 }

@@ -320,39 +320,70 @@ impl AdaptiveLimit {
         (self.limit * share).max(1.0)
     }
 
-    /// Admits a request of class `p` (and counts it in flight) or sheds it:
-    /// admitted, the class must stay within its share of the limit.
+    /// Admits a request of class `p` (and counts it in flight) or refuses
+    /// it: admitted, the class must stay within its share of the limit. A
+    /// refused request is shed, or waits (see `waiting`).
     pub fn try_acquire(&mut self, p: Priority) -> Admission {
         self.classes_seen |= class_bit(p);
+        let Some(behind_starved) = self.refusal(p) else {
+            self.take(p);
+            return Admission::Admit;
+        };
+        self.shed += 1;
+        let full = f64::from(self.inflight + 1) > self.limit;
+        if !behind_starved {
+            self.starved = Some(self.starved.map_or(p, |s| s.min(p)));
+            self.finished_while_starved = 0;
+        }
+        Admission::Shed {
+            retry_may_help: full && !behind_starved,
+        }
+    }
+
+    /// Admits a request of class `p` that waited, if there is room now.
+    pub fn try_admit_waiting(&mut self, p: Priority) -> bool {
+        self.classes_seen |= class_bit(p);
+        if self.refusal(p).is_some() {
+            return false;
+        }
+        self.take(p);
+        true
+    }
+
+    /// How many requests of class `p` may be in flight now (its share of
+    /// the limit, or all of it), rounded down and at least one.
+    pub fn room(&self, p: Priority) -> usize {
+        (self.threshold_now(p).floor() as usize).max(1)
+    }
+
+    fn threshold_now(&self, p: Priority) -> f64 {
         // Until the first window has measured the service (a VM that has
         // seen little traffic yet), every class may use the whole starting
         // limit: it is kept low to learn the uncongested latency, not to
         // ration a service nothing says is loaded.
-        let threshold = if !self.measured() {
+        if !self.measured() {
             self.limit
         } else {
             self.threshold(p)
-        };
+        }
+    }
+
+    /// `None` when a request of class `p` may be admitted now, else
+    /// whether it is refused only for waiting behind a starved class.
+    fn refusal(&self, p: Priority) -> Option<bool> {
         // `Priority` orders High < Normal < Low: a starved class that sorts
         // before `p` is more important, and `p` waits behind it.
         let behind_starved = self.starved.is_some_and(|s| s < p);
-        if behind_starved || f64::from(self.inflight + 1) > threshold {
-            self.shed += 1;
-            let full = f64::from(self.inflight + 1) > self.limit;
-            if !behind_starved {
-                self.starved = Some(self.starved.map_or(p, |s| s.min(p)));
-                self.finished_while_starved = 0;
-            }
-            return Admission::Shed {
-                retry_may_help: full && !behind_starved,
-            };
-        }
+        (behind_starved || f64::from(self.inflight + 1) > self.threshold_now(p))
+            .then_some(behind_starved)
+    }
+
+    fn take(&mut self, p: Priority) {
         if self.starved.is_some_and(|s| s >= p) {
             self.starved = None;
         }
         self.inflight += 1;
         self.window_peak = self.window_peak.max(self.inflight);
-        Admission::Admit
     }
 
     /// A request of `chain` admitted earlier finished after `rtt_ns`.

@@ -8,9 +8,11 @@ pub mod no_retry;
 pub mod policy;
 pub mod priority;
 pub mod retry;
+pub mod waiting;
 
 pub use concurrency::{AdaptiveLimit, Admission, ConcurrencyConfig};
 pub use deadline::{DeadlineDecision, DEADLINE_HEADER};
 pub use policy::{ChainPolicy, Policy};
 pub use priority::Priority;
 pub use retry::{RetryBudget, RetryBudgetConfig};
+pub use waiting::{Left, WaitQueue};
