@@ -286,6 +286,23 @@ fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
         let queue = (inflight.len() as u64 + 1).max(workers);
         inflight.push((c, now + 10 * queue / workers));
     };
+    // One millisecond of service: what is due finishes, and the requests
+    // the filter resumed meanwhile reach the service.
+    let tick = |h: &mut Host, inflight: &mut Vec<(u32, u64)>| {
+        h.advance_ms(1);
+        let now = h.now_ms();
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(inflight)
+            .into_iter()
+            .partition(|(_, t)| *t <= now);
+        *inflight = rest;
+        for (c, _) in done {
+            h.respond(c, 200, &[]).unwrap();
+        }
+        let resumed: Vec<u32> = h.state_mut().resumed_requests.drain(..).collect();
+        for c in resumed {
+            serve(inflight, c, now);
+        }
+    };
     for _ in 0..ms {
         for _ in 0..4 {
             if let Ok((c, 0, _)) =
@@ -294,17 +311,7 @@ fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
                 serve(&mut inflight, c, h.now_ms());
             }
         }
-        h.advance_ms(1);
-        let now = h.now_ms();
-        let (done, rest): (Vec<_>, Vec<_>) = inflight.into_iter().partition(|(_, t)| *t <= now);
-        inflight = rest;
-        for (c, _) in done {
-            h.respond(c, 200, &[]).unwrap();
-        }
-        let resumed: Vec<u32> = h.state_mut().resumed_requests.drain(..).collect();
-        for c in resumed {
-            serve(&mut inflight, c, now);
-        }
+        tick(h, &mut inflight);
         let refused: Vec<u32> = h
             .state_mut()
             .local_responses
@@ -319,17 +326,7 @@ fn drive_service(h: &mut Host, workers: u64, ms: u64) -> u64 {
     // Drain without new load: finishing requests admits the waiting ones,
     // which the service takes its time over too.
     while !inflight.is_empty() {
-        h.advance_ms(1);
-        let now = h.now_ms();
-        let (done, rest): (Vec<_>, Vec<_>) = inflight.into_iter().partition(|(_, t)| *t <= now);
-        inflight = rest;
-        for (c, _) in done {
-            h.respond(c, 200, &[]).unwrap();
-        }
-        let resumed: Vec<u32> = h.state_mut().resumed_requests.drain(..).collect();
-        for c in resumed {
-            serve(&mut inflight, c, now);
-        }
+        tick(h, &mut inflight);
     }
     shed
 }
