@@ -31,6 +31,18 @@ struct Answer {
     retry_may_help: bool,
 }
 
+/// A stream's place at the inbound concurrency limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Not counted by the limit (outbound, uncontrolled, or answered here).
+    None,
+    /// Admitted on arrival: in flight from the stream's start.
+    Held,
+    /// Paused at the limit: admitted later from the queue, or never if its
+    /// client left first.
+    Waiting,
+}
+
 /// What the filter does with a request it controls.
 enum Decision {
     Forward,
@@ -56,10 +68,8 @@ pub struct Hop {
     hop: Option<(Direction, String)>,
     /// Set when the filter answered the request itself.
     local: Option<LocalReply>,
-    /// Counted in flight by the concurrency limit.
-    admitted: bool,
-    /// Paused at the limit; admitted later, or never if its client left.
-    waiting: bool,
+    /// Its place at the concurrency limit.
+    slot: Slot,
     retries_granted: u32,
 }
 
@@ -192,8 +202,7 @@ impl Hop {
             upstream: String::new(),
             hop: None,
             local: None,
-            admitted: false,
-            waiting: false,
+            slot: Slot::None,
             retries_granted: 0,
         }
     }
@@ -371,11 +380,11 @@ impl Hop {
                 Direction::Inbound => {
                     if let Some(limit) = ctl.limit.as_mut() {
                         match limit.try_acquire(priority) {
-                            Admission::Admit => self.admitted = true,
+                            Admission::Admit => self.slot = Slot::Held,
                             Admission::Shed { .. }
                                 if ctl.waiting.offer(self.context_id, priority, limit) =>
                             {
-                                self.waiting = true;
+                                self.slot = Slot::Waiting;
                                 return Decision::Wait;
                             }
                             Admission::Shed { retry_may_help } => {
@@ -462,13 +471,13 @@ impl Hop {
         // Streams admitted from the queue into the slot this one frees.
         let mut admitted_waiters = Vec::new();
         if let Some(ctl) = state.control.as_mut() {
-            let admitted_at = if self.waiting {
-                match ctl.waiting.leave(self.context_id) {
+            let admitted_at = match self.slot {
+                Slot::None => None,
+                Slot::Held => Some(self.start_ns),
+                Slot::Waiting => match ctl.waiting.leave(self.context_id) {
                     Left::Admitted { at_ns } => Some(at_ns),
                     Left::Waiting | Left::Unknown => None,
-                }
-            } else {
-                self.admitted.then_some(self.start_ns)
+                },
             };
             if let (Some(at_ns), Some(limit)) = (admitted_at, ctl.limit.as_mut()) {
                 if self.status == 0 {

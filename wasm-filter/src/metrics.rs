@@ -60,9 +60,7 @@ impl HopMetrics {
             (self.deadline_exceeded, c.deadline_exceeded),
             (self.retries, c.retries),
         ] {
-            if let (Some(id), true) = (id, n > 0) {
-                host::increment_metric(id, n as i64);
-            }
+            add(id, n);
         }
     }
 
@@ -107,9 +105,7 @@ impl FilterMetrics {
     }
 
     pub fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            host::increment_metric(id, 1);
-        }
+        add(id, 1);
     }
 }
 
@@ -122,6 +118,13 @@ pub fn vm_memory_bytes() -> u64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         0
+    }
+}
+
+/// Adds `n` to counter `id` (no host call for nothing).
+pub fn add(id: Option<u32>, n: u64) {
+    if let (Some(id), true) = (id, n > 0) {
+        host::increment_metric(id, n as i64);
     }
 }
 

@@ -326,14 +326,10 @@ impl RootContext for Root {
                         ctl.policy.version(now_ms),
                     );
                     ctl.apply_retry_terms(now_ms);
-                    let waited = ctl.waiting.waited();
-                    if let (Some(id), true) = (
+                    crate::metrics::add(
                         self.filter_metrics.waited_requests,
-                        waited > ctl.waited_reported,
-                    ) {
-                        crate::host::increment_metric(id, (waited - ctl.waited_reported) as i64);
-                        ctl.waited_reported = waited;
-                    }
+                        ctl.waiting.take_waited(),
+                    );
                     let growth = ctl.policy.load_growth(&state.inbound_service, now_ms);
                     if let Some(l) = &mut ctl.limit {
                         // Once per tick, not per request; expiry falls back to none.

@@ -30,8 +30,6 @@ pub struct ControlState {
     pub limit: Option<AdaptiveLimit>,
     /// Streams paused at the limit until a slot frees up.
     pub waiting: WaitQueue,
-    /// `waiting.waited()` as last added to the stats.
-    pub waited_reported: u64,
     pub retry: HashMap<String, RetryBudget>,
 }
 
@@ -64,7 +62,6 @@ impl ControlState {
             policy: PolicyState::new(config.chains.clone()),
             limit: config.concurrency.clone().map(AdaptiveLimit::new),
             waiting: WaitQueue::new(),
-            waited_reported: 0,
             retry: HashMap::new(),
             config,
         }

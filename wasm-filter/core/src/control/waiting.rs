@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 pub struct WaitQueue {
     waiting: VecDeque<u32>,
     admitted: Vec<(u32, u64)>,
-    /// Requests that waited since the start (a counter for the stats).
+    /// Requests that waited since the stats last took the count.
     waited: u64,
 }
 
@@ -66,9 +66,9 @@ impl WaitQueue {
         true
     }
 
-    /// Requests that waited since the start.
-    pub fn waited(&self) -> u64 {
-        self.waited
+    /// Requests that waited since the last call (for a stats counter).
+    pub fn take_waited(&mut self) -> u64 {
+        std::mem::take(&mut self.waited)
     }
 
     /// Admits the oldest waiting stream if the limit has room (counting it
@@ -129,7 +129,8 @@ mod tests {
             assert!(q.offer(id, Priority::High, &limit));
         }
         assert!(!q.offer(7, Priority::High, &limit));
-        assert_eq!((q.len(), q.waited()), (4, 4));
+        assert_eq!((q.len(), q.take_waited()), (4, 4));
+        assert_eq!(q.take_waited(), 0, "counted once");
     }
 
     #[test]
