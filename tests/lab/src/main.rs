@@ -73,7 +73,8 @@ enum Command {
     /// timeouts with models/config-model.json). Resource arms (run
     /// after an unlimited calibration run; each replica under a CPU quota,
     /// everything else as meshtune; a last line starting `resources`):
-    /// static-resources (2 × the calibration's peak per replica),
+    /// static-resources (--static-headroom × the calibration's peak per
+    /// replica, 2 by default),
     /// vpa-like (p90 of usage + 15 %, recomputed every trace minute),
     /// meshtune-resources (the agent sizing each service's Deployment).
     Eval {
@@ -116,6 +117,12 @@ enum Command {
         /// default: the polls cost the sidecars CPU the eval measures.
         #[arg(long)]
         record_limits: bool,
+        /// static-resources gives each replica this many times the most CPU
+        /// it used in any second of the calibration run: 2, the usual
+        /// headroom of a Deployment's declared resources; lower to see what
+        /// a tighter fixed sizing does to the chains.
+        #[arg(long, default_value_t = meshtune_lab::eval::resources::STATIC_HEADROOM)]
+        static_headroom: f64,
     },
     /// Data for the configuration model: a seeded Latin hypercube over the
     /// load (level, trace segment), a fault on reviews-2 (none, errors,
@@ -270,6 +277,7 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             peak_rps,
             out,
             record_limits,
+            static_headroom,
         } => {
             let o = eval_options(EvalArgs {
                 scenario,
@@ -283,6 +291,7 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
                 peak_rps,
                 out,
                 record_limits,
+                static_headroom,
             })?;
             println!("{}", meshtune_lab::eval::settings_line(&o));
             let runs = rt.block_on(meshtune_lab::eval::eval(&o))?;
@@ -543,6 +552,7 @@ struct EvalArgs {
     peak_rps: Option<f64>,
     out: PathBuf,
     record_limits: bool,
+    static_headroom: f64,
 }
 
 /// The replicas `eval` and `up` run, for checking fault files.
@@ -619,10 +629,15 @@ fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> 
         chains: run.chains,
         cpu_bound: run.cpu_bound,
         record_limits: a.record_limits,
+        static_headroom: a.static_headroom,
     };
     anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
     anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");
     anyhow::ensure!(o.seconds_per_minute > 0.0, "--seconds-per-minute: above 0");
+    anyhow::ensure!(
+        o.static_headroom.is_finite() && o.static_headroom > 0.0,
+        "--static-headroom: above 0 (times the busiest second's CPU)"
+    );
     Ok(o)
 }
 

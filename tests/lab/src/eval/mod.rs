@@ -167,6 +167,9 @@ pub struct EvalOptions {
     pub cpu_bound: bool,
     /// Poll each sidecar's concurrency limit once a second (`limits-ARM-RUN.csv`).
     pub record_limits: bool,
+    /// `static-resources` sizes each replica at this many times its busiest
+    /// calibration second.
+    pub static_headroom: f64,
 }
 
 /// The paths the load generator sends, with their weights and chains.
@@ -561,6 +564,9 @@ pub fn settings_line(o: &EvalOptions) -> String {
     if o.cpu_bound {
         line.push_str(" cpu_bound=true");
     }
+    if o.arms.contains(&Arm::StaticResources) || o.arms.contains(&Arm::MeshtuneResources) {
+        line.push_str(&format!(" static_headroom={}", o.static_headroom));
+    }
     for (service, c) in &o.capacity {
         line.push_str(&format!(
             " capacity.{service}=workers:{},queue:{}{}",
@@ -820,7 +826,7 @@ pub async fn eval(o: &EvalOptions) -> anyhow::Result<Vec<ArmRun>> {
             println!("arm {} (run {}/{}) ...", arm.name(), run + 1, o.repeat);
             let sizing = match (arm, &calibration) {
                 (Arm::StaticResources | Arm::MeshtuneResources, Some(u)) => Sizing {
-                    start: Some(resources::static_limits(u)),
+                    start: Some(resources::static_limits(u, o.static_headroom)),
                     vpa_history: None,
                 },
                 (Arm::VpaLike, Some(u)) => Sizing {
@@ -885,6 +891,7 @@ mod tests {
             .into(),
             cpu_bound: false,
             record_limits: false,
+            static_headroom: resources::STATIC_HEADROOM,
         };
         for arm in ARMS {
             let m = arm.mesh_options(&o);

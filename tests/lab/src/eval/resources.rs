@@ -3,7 +3,7 @@
 //!
 //! - `static-resources`: what a Deployment usually declares: twice the
 //!   most the replica used in any second of an unlimited calibration run
-//!   (2 × peak), fixed;
+//!   (2 × peak; `--static-headroom` sets the factor), fixed;
 //! - `vpa-like`: Kubernetes VPA's recommender target, the 90th percentile
 //!   of the replica's per-second usage plus 15 %, recomputed every trace
 //!   minute from everything seen so far (calibration and the run itself),
@@ -27,11 +27,19 @@ pub const MIN_CORES: f64 = 0.025;
 /// Per replica, its CPU (cores) in each second of a run.
 pub type Usage = BTreeMap<String, Vec<f64>>;
 
-/// `static-resources`: 2 × the busiest second, per replica.
-pub fn static_limits(usage: &Usage) -> BTreeMap<String, f64> {
+/// The headroom a Deployment's declared CPU usually has over its peak.
+pub const STATIC_HEADROOM: f64 = 2.0;
+
+/// `static-resources`: `headroom` × the busiest second, per replica.
+pub fn static_limits(usage: &Usage, headroom: f64) -> BTreeMap<String, f64> {
     usage
         .iter()
-        .map(|(r, v)| (r.clone(), (2.0 * percentile_of(v, 100.0)).max(MIN_CORES)))
+        .map(|(r, v)| {
+            (
+                r.clone(),
+                (headroom * percentile_of(v, 100.0)).max(MIN_CORES),
+            )
+        })
         .collect()
 }
 
@@ -118,9 +126,11 @@ mod tests {
             (1..=10).map(|i| i as f64 / 100.0).collect(),
         )]
         .into();
-        assert!((static_limits(&usage)["ratings"] - 0.2).abs() < 1e-9);
+        assert!((static_limits(&usage, STATIC_HEADROOM)["ratings"] - 0.2).abs() < 1e-9);
+        // A tighter headroom scales the peak, not the floor.
+        assert!((static_limits(&usage, 1.4)["ratings"] - 0.14).abs() < 1e-9);
         assert!((vpa_limits(&usage)["ratings"] - 1.15 * 0.09).abs() < 1e-9);
         let idle: Usage = [("details".to_string(), vec![0.0; 5])].into();
-        assert_eq!(static_limits(&idle)["details"], MIN_CORES);
+        assert_eq!(static_limits(&idle, STATIC_HEADROOM)["details"], MIN_CORES);
     }
 }
