@@ -235,6 +235,8 @@ pub struct ThrottleReading {
     pub limit_cores: f64,
     /// Requests per wall second per replica in the interval.
     pub rps: f64,
+    /// The replicas' 100 ms periods in the interval (the share's base).
+    pub periods: f64,
 }
 
 /// CPU per request, throttling and memory samples per service, from
@@ -289,6 +291,7 @@ impl DemandTracker {
                             share: ((s.throttled_periods - thr0) as f64 / periods).min(1.0),
                             limit_cores: limit,
                             rps: dr as f64 / dt / s.replicas as f64,
+                            periods,
                         });
                         while r.len() > THROTTLE_READINGS {
                             r.pop_front();
@@ -412,7 +415,8 @@ mod tests {
             vec![ThrottleReading {
                 share: 0.1,
                 limit_cores: 0.25,
-                rps: 20.0
+                rps: 20.0,
+                periods: 200.0
             }]
         );
         // A counter that went back (a restarted replica) is skipped.

@@ -157,6 +157,91 @@ pub fn variability_from_throttling(
     Some(((room / z).powi(2) / (2.0 * arrivals)).min(MAX_FITTED_VARIABILITY))
 }
 
+/// A quiet interval: a replica under `limit_cores`, offered `rps` (per
+/// replica, per wall second), throttled in none of its `periods`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuietInterval {
+    pub rps: f64,
+    pub limit_cores: f64,
+    pub periods: f64,
+}
+
+/// `ln 20`: a variability under which the quiet intervals had less than a
+/// 5 % chance of being as quiet as they were is ruled out.
+const QUIET_EVIDENCE: f64 = 2.995_732_273_553_991;
+
+/// The largest variability the model can keep while the kernel counted no
+/// throttled period in `quiet` (each period throttled with the model's
+/// probability at that interval's quota and load, as in
+/// [`variability_from_throttling`]; all of them quiet has probability
+/// `Π (1 − share)^periods`, which must stay at least 5 %). A service whose
+/// bursts are smaller than planned (smoother arrivals, fewer threads
+/// contending) shows it this way: the kernel's count corrects the model
+/// downward as well as upward. `None` when the quiet periods rule out no
+/// variability up to [`MAX_FITTED_VARIABILITY`] (too few, or under quotas
+/// so generous that even bursty arrivals would rarely be throttled).
+pub fn variability_bound_from_quiet(demand_s: f64, quiet: &[QuietInterval]) -> Option<f64> {
+    if demand_s.is_nan() || demand_s <= 0.0 {
+        return None;
+    }
+    // −ln P(every period quiet) under variability `v`.
+    let surprise = |v: f64| -> f64 {
+        quiet
+            .iter()
+            .filter(|q| q.rps > 0.0 && q.limit_cores > 0.0 && q.periods > 0.0)
+            .map(|q| {
+                let arrivals = q.rps * PERIOD_S;
+                let room = q.limit_cores * PERIOD_S / demand_s - 1.0 - arrivals;
+                let share = if room <= 0.0 {
+                    // The model expects this quota throttled half the time
+                    // or more whatever the variability.
+                    0.5
+                } else if v <= 0.0 {
+                    0.0
+                } else {
+                    normal_upper_tail(room / (2.0 * v * arrivals).sqrt())
+                };
+                -q.periods * (1.0 - share.min(1.0 - 1e-12)).ln()
+            })
+            .sum()
+    };
+    if surprise(MAX_FITTED_VARIABILITY) <= QUIET_EVIDENCE {
+        return None;
+    }
+    if surprise(0.0) > QUIET_EVIDENCE {
+        // Quiet where the model must throttle at any variability: as
+        // smooth as it can plan for.
+        return Some(0.0);
+    }
+    let (mut lo, mut hi) = (0.0, MAX_FITTED_VARIABILITY);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if surprise(mid) <= QUIET_EVIDENCE {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// `P(Z > z)` for a standard normal `Z` (Abramowitz and Stegun 7.1.26 on
+/// erfc, within 1.5e-7).
+fn normal_upper_tail(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erfc = poly * (-x * x).exp();
+    if z >= 0.0 {
+        0.5 * erfc
+    } else {
+        1.0 - 0.5 * erfc
+    }
+}
+
 /// `ln(1 / (1 − p))` for a percentile `p` in (0, 100).
 fn tail_factor(percentile: f64) -> f64 {
     let p = (percentile / 100.0).clamp(0.5, 0.999_999);

@@ -22,7 +22,8 @@ use crate::plan::deployment::{
     autoscaler_conflict, resources_apply, Autoscalers, ContainerAllocation,
 };
 use crate::plan::resources::{
-    allocate, judge, memory_allocation, variability_from_throttling, ChainObjective, ServiceModel,
+    allocate, judge, memory_allocation, variability_bound_from_quiet, variability_from_throttling,
+    ChainObjective, QuietInterval, ServiceModel,
 };
 use crate::plan::{DesiredObject, Kind};
 use meshtune_filter_core::control::Priority;
@@ -74,17 +75,67 @@ impl ServiceUsage {
     /// configured one, or more where the throttling measured under its
     /// quota says its bursts are larger (the largest of the latest readings).
     pub fn variability(&self, configured: f64) -> f64 {
+        self.planned_variability(configured).0
+    }
+
+    /// The variability to plan with and where it comes from. Intervals the
+    /// quota throttled: the largest variability that explains one of them
+    /// (above or below the configured one: the kernel's count wins). Only
+    /// intervals without throttling: the configured one, or less where so
+    /// many quiet periods rule it out ([`variability_bound_from_quiet`]).
+    pub fn planned_variability(&self, configured: f64) -> (f64, VariabilitySource) {
         let Some(demand) = self.demand_s else {
-            return configured;
+            return (configured, VariabilitySource::Configured);
         };
-        self.throttling
+        let fitted = self
+            .throttling
             .iter()
+            .filter(|r| r.share > 0.0)
             .filter_map(|r| variability_from_throttling(demand, r.rps, r.limit_cores, r.share))
-            .fold(configured, f64::max)
+            .reduce(f64::max);
+        if let Some(v) = fitted {
+            return (v, VariabilitySource::Throttled);
+        }
+        let quiet: Vec<QuietInterval> = self
+            .throttling
+            .iter()
+            .filter(|r| r.share == 0.0)
+            .map(|r| QuietInterval {
+                rps: r.rps,
+                limit_cores: r.limit_cores,
+                periods: r.periods,
+            })
+            .collect();
+        match variability_bound_from_quiet(demand, &quiet) {
+            Some(bound) if bound < configured => (bound, VariabilitySource::Quiet),
+            _ => (configured, VariabilitySource::Configured),
+        }
     }
 
     pub fn host(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.service, self.namespace)
+    }
+}
+
+/// Where the variability a service is planned with comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariabilitySource {
+    Configured,
+    /// Fitted to the throttled periods the kernel counted.
+    Throttled,
+    /// Bounded by periods the kernel counted none throttled in.
+    Quiet,
+}
+
+impl VariabilitySource {
+    fn says(self) -> &'static str {
+        match self {
+            VariabilitySource::Configured => " configured",
+            VariabilitySource::Throttled => " from the quota's throttling measured",
+            VariabilitySource::Quiet => {
+                " at most, from periods measured without throttling under the quota"
+            }
+        }
     }
 }
 
@@ -264,11 +315,7 @@ pub fn desired_resources(
             model.rps,
             100.0 * model.rps * model.demand_s / cores,
             model.variability,
-            if model.variability > variability {
-                " from the quota's throttling measured"
-            } else {
-                " configured"
-            },
+            u.planned_variability(variability).1.says(),
             if stepped.contains(&u.service) && u.demand_estimates < SETTLED_ESTIMATES {
                 format!(
                     "; held at the {:.2} cores per replica in force until CPU per request is \
@@ -538,6 +585,7 @@ mod tests {
             share: 0.05,
             limit_cores: calm_cores,
             rps: 50.0,
+            periods: 60.0,
         }];
         let (cores, reason) = cpu_of(&plan(&throttled), "ratings");
         assert!(cores > calm_cores, "{cores} vs {calm_cores}");
@@ -545,9 +593,29 @@ mod tests {
             reason.contains("from the quota's throttling measured"),
             "{reason}"
         );
-        // No throttling measured: the configured variability stands.
+        // One quiet minute (60 periods) rules out too little: the
+        // configured variability stands.
         throttled.throttling[0].share = 0.0;
         assert_eq!(cpu_of(&plan(&throttled), "ratings").0, calm_cores);
+        // Ten quiet intervals of 600 periods under that quota rule it out:
+        // smoother than configured, so the floor comes down.
+        let mut quiet = calm.clone();
+        quiet.throttling = vec![
+            ThrottleReading {
+                share: 0.0,
+                limit_cores: calm_cores,
+                rps: 50.0,
+                periods: 600.0,
+            };
+            10
+        ];
+        let (cores, reason) = cpu_of(&plan(&quiet), "ratings");
+        assert!(cores < calm_cores, "{cores} vs {calm_cores}");
+        assert!(reason.contains("without throttling"), "{reason}");
+        // Throttling measured wins over quiet intervals.
+        quiet.throttling[0].share = 0.05;
+        let (cores, _) = cpu_of(&plan(&quiet), "ratings");
+        assert!(cores > calm_cores, "{cores} vs {calm_cores}");
     }
 
     #[test]

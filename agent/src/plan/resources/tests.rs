@@ -424,3 +424,42 @@ fn throttling_measured_is_read_back_as_the_variability_that_predicts_it() {
         Some(MAX_FITTED_VARIABILITY)
     );
 }
+
+#[test]
+fn quiet_periods_bound_the_variability_from_above() {
+    // A replica at 20 req/s of 2 ms under 0.2 cores: the quota covers 10
+    // requests a period, 2 arrive on average.
+    let quiet = |periods: f64| QuietInterval {
+        rps: 20.0,
+        limit_cores: 0.2,
+        periods,
+    };
+    let bound = variability_bound_from_quiet(0.002, &[quiet(600.0)]).expect("a bound");
+    // At the bound, 600 quiet periods have a 5 % chance: each period is
+    // throttled with probability 1 − 0.05^(1/600), and the variability that
+    // explains that share as a throttling measurement is the same one.
+    let share = 1.0 - 0.05f64.powf(1.0 / 600.0);
+    let fitted = variability_from_throttling(0.002, 20.0, 0.2, share).expect("a fit");
+    assert!(
+        (bound - fitted).abs() < 1e-3 * fitted,
+        "{bound} vs {fitted}"
+    );
+    // Two intervals of 300 periods say the same as one of 600.
+    let split = variability_bound_from_quiet(0.002, &[quiet(300.0), quiet(300.0)]).unwrap();
+    assert!((split - bound).abs() < 1e-9);
+    // More quiet periods, a tighter bound; a few rule nothing out.
+    let longer = variability_bound_from_quiet(0.002, &[quiet(6000.0)]).unwrap();
+    assert!(longer < bound, "{longer} vs {bound}");
+    let few = variability_bound_from_quiet(0.002, &[quiet(10.0)]);
+    assert!(few.is_none_or(|b| b > 20.0), "{few:?}");
+    assert_eq!(variability_bound_from_quiet(0.002, &[quiet(3.0)]), None);
+    assert_eq!(variability_bound_from_quiet(0.002, &[]), None);
+    // Quiet under a quota the model throttles at any variability (0.05
+    // cores cover 2.5 requests, 2 arrive and the request itself): as smooth
+    // as the model can plan for.
+    let tight = QuietInterval {
+        limit_cores: 0.05,
+        ..quiet(600.0)
+    };
+    assert_eq!(variability_bound_from_quiet(0.002, &[tight]), Some(0.0));
+}
