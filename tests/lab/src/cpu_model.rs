@@ -156,13 +156,7 @@ pub fn fit(points: &[Point]) -> Fit {
 async fn poisson(port: u16, rps: f64, seconds: f64, seed: u64) -> Vec<(f64, u16)> {
     let client = crate::http::client();
     let url = format!("http://127.0.0.1:{port}/x");
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+    let mut uniform = crate::load::uniforms(seed);
     let start = tokio::time::Instant::now();
     let mut at = 0.0;
     let mut set = tokio::task::JoinSet::new();

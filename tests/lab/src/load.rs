@@ -110,6 +110,69 @@ pub async fn open_loop(
     out
 }
 
+/// How requests are spread within a step of the open loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrivals {
+    /// `rate × step` requests evenly spaced (a replayed trace's count, no
+    /// burst within the step).
+    Even,
+    /// Exponential gaps at the step's rate from a generator seeded with
+    /// this (many independent users: bursts as a Poisson process has them).
+    Poisson(u64),
+}
+
+impl Arrivals {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arrivals::Even => "even",
+            Arrivals::Poisson(_) => "poisson",
+        }
+    }
+}
+
+/// A seeded generator of uniforms in (0, 1) (a 64-bit LCG's high bits).
+pub(crate) fn uniforms(seed: u64) -> impl FnMut() -> f64 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+}
+
+/// When each request of a step leaves, as offsets from the step's start.
+fn due_times(
+    rate: f64,
+    step: Duration,
+    arrivals: Arrivals,
+    uniform: &mut impl FnMut() -> f64,
+) -> Vec<Duration> {
+    let len = step.as_secs_f64();
+    match arrivals {
+        Arrivals::Even => {
+            let count = (rate * len).round() as u64;
+            (0..count)
+                .map(|i| Duration::from_secs_f64(len * i as f64 / count as f64))
+                .collect()
+        }
+        Arrivals::Poisson(_) => {
+            let mut at = 0.0;
+            let mut out = Vec::new();
+            if rate <= 0.0 {
+                return out;
+            }
+            loop {
+                at += -uniform().ln() / rate;
+                if at >= len {
+                    return out;
+                }
+                out.push(Duration::from_secs_f64(at));
+            }
+        }
+    }
+}
+
 /// Follows `rates` (requests per second, one entry per `step`), choosing
 /// paths round-robin by weight, and records every request.
 pub async fn open_loop_recorded(
@@ -119,6 +182,22 @@ pub async fn open_loop_recorded(
     paths: &[(&str, u32)],
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<Record> {
+    open_loop_arrivals(port, rates, step, paths, stop, Arrivals::Even).await
+}
+
+/// [`open_loop_recorded`] with the requests of each step spread as `arrivals` says.
+pub async fn open_loop_arrivals(
+    port: u16,
+    rates: &[f64],
+    step: Duration,
+    paths: &[(&str, u32)],
+    stop: &tokio::sync::watch::Receiver<bool>,
+    arrivals: Arrivals,
+) -> Vec<Record> {
+    let mut uniform = uniforms(match arrivals {
+        Arrivals::Poisson(seed) => seed,
+        Arrivals::Even => 0,
+    });
     let c = client();
     let wheel: Vec<&str> = paths
         .iter()
@@ -132,10 +211,12 @@ pub async fn open_loop_recorded(
         if *stop.borrow() {
             break;
         }
-        let step_end = Instant::now() + step;
-        let count = (rate * step.as_secs_f64()).round() as u64;
-        let gap = if count > 0 { step / count as u32 } else { step };
-        for _ in 0..count {
+        let step_start = Instant::now();
+        let step_end = step_start + step;
+        for due in due_times(*rate, step, arrivals, &mut uniform) {
+            // Due times are absolute, so the rate holds whatever the
+            // timer's resolution: requests due together leave together.
+            tokio::time::sleep_until((step_start + due).into()).await;
             let path = wheel
                 .get(n % wheel.len().max(1))
                 .copied()
@@ -175,7 +256,6 @@ pub async fn open_loop_recorded(
                     failure,
                 }
             });
-            tokio::time::sleep(gap).await;
         }
         // Collect what finished so the set stays small on long runs.
         while let Some(r) = in_flight.try_join_next() {
@@ -189,4 +269,55 @@ pub async fn open_loop_recorded(
     }
     records.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     records
+}
+
+#[cfg(test)]
+mod arrival_tests {
+    use super::*;
+
+    #[test]
+    fn even_arrivals_are_the_steps_count_evenly_spaced() {
+        let mut u = uniforms(1);
+        let d = due_times(10.0, Duration::from_secs(2), Arrivals::Even, &mut u);
+        assert_eq!(d.len(), 20);
+        assert_eq!(d[1], Duration::from_millis(100));
+        assert_eq!(d[19], Duration::from_millis(1900));
+    }
+
+    #[test]
+    fn poisson_arrivals_keep_the_rate_and_burst_like_a_poisson_process() {
+        // 200 steps of 1 s at 20 req/s: counts per 100 ms have mean 2 and,
+        // for a Poisson process, variance 2 (evenly spaced: none).
+        let mut u = uniforms(7);
+        let mut per_tenth = vec![0u32; 2000];
+        let mut total = 0;
+        for step in 0..200 {
+            for d in due_times(20.0, Duration::from_secs(1), Arrivals::Poisson(7), &mut u) {
+                per_tenth[step * 10 + (d.as_secs_f64() * 10.0) as usize] += 1;
+                total += 1;
+            }
+        }
+        let mean = f64::from(total) / 2000.0;
+        let var = per_tenth
+            .iter()
+            .map(|&c| (f64::from(c) - mean).powi(2))
+            .sum::<f64>()
+            / 2000.0;
+        assert!((mean - 2.0).abs() < 0.1, "{mean}");
+        assert!((var / mean - 1.0).abs() < 0.15, "{var} / {mean}");
+        // Seeded: the same seed, the same arrivals.
+        let a = due_times(
+            20.0,
+            Duration::from_secs(1),
+            Arrivals::Poisson(3),
+            &mut uniforms(3),
+        );
+        let b = due_times(
+            20.0,
+            Duration::from_secs(1),
+            Arrivals::Poisson(3),
+            &mut uniforms(3),
+        );
+        assert_eq!(a, b);
+    }
 }

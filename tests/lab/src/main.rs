@@ -123,6 +123,11 @@ enum Command {
         /// a tighter fixed sizing does to the chains.
         #[arg(long, default_value_t = meshtune_lab::eval::resources::STATIC_HEADROOM)]
         static_headroom: f64,
+        /// Send each trace minute's requests as a Poisson process (seeded
+        /// per run, the same in every arm of a run: many independent users,
+        /// bursts included) instead of evenly spaced.
+        #[arg(long)]
+        poisson_arrivals: bool,
     },
     /// Data for the configuration model: a seeded Latin hypercube over the
     /// load (level, trace segment), a fault on reviews-2 (none, errors,
@@ -278,6 +283,7 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
             out,
             record_limits,
             static_headroom,
+            poisson_arrivals,
         } => {
             let o = eval_options(EvalArgs {
                 scenario,
@@ -292,6 +298,7 @@ fn run(rt: &tokio::runtime::Runtime, command: Command) -> anyhow::Result<()> {
                 out,
                 record_limits,
                 static_headroom,
+                poisson_arrivals,
             })?;
             println!("{}", meshtune_lab::eval::settings_line(&o));
             let runs = rt.block_on(meshtune_lab::eval::eval(&o))?;
@@ -553,6 +560,7 @@ struct EvalArgs {
     out: PathBuf,
     record_limits: bool,
     static_headroom: f64,
+    poisson_arrivals: bool,
 }
 
 /// The replicas `eval` and `up` run, for checking fault files.
@@ -630,6 +638,7 @@ fn eval_options(a: EvalArgs) -> anyhow::Result<meshtune_lab::eval::EvalOptions> 
         cpu_bound: run.cpu_bound,
         record_limits: a.record_limits,
         static_headroom: a.static_headroom,
+        poisson_arrivals: a.poisson_arrivals,
     };
     anyhow::ensure!(o.minutes >= 1, "--minutes: at least 1");
     anyhow::ensure!(o.peak_rps > 0.0, "--peak-rps: above 0");

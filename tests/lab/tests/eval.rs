@@ -26,6 +26,7 @@ fn short_eval(arms: Vec<Arm>, out: &std::path::Path) -> EvalOptions {
         cpu_bound: false,
         record_limits: false,
         static_headroom: meshtune_lab::eval::resources::STATIC_HEADROOM,
+        poisson_arrivals: false,
     }
 }
 

@@ -19,7 +19,7 @@ pub mod resources;
 pub mod verdict;
 
 use crate::faults::{self, Runner, Schedule};
-use crate::load::{open_loop_recorded, Record};
+use crate::load::{open_loop_arrivals, Arrivals, Record};
 use crate::mesh::{Mesh, MeshOptions, CHAINS};
 use crate::replicas::replica_names;
 use crate::services::bookinfo_with_versions;
@@ -170,6 +170,10 @@ pub struct EvalOptions {
     /// `static-resources` sizes each replica at this many times its busiest
     /// calibration second.
     pub static_headroom: f64,
+    /// How the requests of each trace minute are spread: evenly (the
+    /// replayed count) or as a Poisson process (seeded per run, the same
+    /// for every arm of a run).
+    pub poisson_arrivals: bool,
 }
 
 /// The paths the load generator sends, with their weights and chains.
@@ -417,13 +421,19 @@ pub async fn run_arm(
     let cpu_start = cpu_us(&mesh);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load_rates = rates.to_vec();
+    let arrivals = if o.poisson_arrivals {
+        Arrivals::Poisson(run as u64 + 1)
+    } else {
+        Arrivals::Even
+    };
     let load = tokio::spawn(async move {
-        open_loop_recorded(
+        open_loop_arrivals(
             entry,
             &load_rates,
             Duration::from_secs_f64(spm),
             &LOAD_MIX,
             &stop_rx,
+            arrivals,
         )
         .await
     });
@@ -563,6 +573,9 @@ pub fn settings_line(o: &EvalOptions) -> String {
     );
     if o.cpu_bound {
         line.push_str(" cpu_bound=true");
+    }
+    if o.poisson_arrivals {
+        line.push_str(" arrivals=poisson");
     }
     if o.arms.contains(&Arm::StaticResources) || o.arms.contains(&Arm::MeshtuneResources) {
         line.push_str(&format!(" static_headroom={}", o.static_headroom));
@@ -892,6 +905,7 @@ mod tests {
             cpu_bound: false,
             record_limits: false,
             static_headroom: resources::STATIC_HEADROOM,
+            poisson_arrivals: false,
         };
         for arm in ARMS {
             let m = arm.mesh_options(&o);
