@@ -146,7 +146,7 @@ pub fn variability_from_throttling(
     if !(demand_s > 0.0 && arrivals > 0.0 && limit_cores > 0.0 && share > 0.0) {
         return None;
     }
-    let room = limit_cores * PERIOD_S / demand_s - 1.0 - arrivals;
+    let room = period_room(demand_s, arrivals, limit_cores);
     if room <= 0.0 {
         return None;
     }
@@ -155,6 +155,14 @@ pub fn variability_from_throttling(
         return Some(MAX_FITTED_VARIABILITY);
     }
     Some(((room / z).powi(2) / (2.0 * arrivals)).min(MAX_FITTED_VARIABILITY))
+}
+
+/// How many more arrivals than the mean a period can take before the
+/// quota throttles it: the requests its quota covers, less the request
+/// itself and the `arrivals` a period brings on average (the model's
+/// throttled period, read both ways below).
+fn period_room(demand_s: f64, arrivals: f64, limit_cores: f64) -> f64 {
+    limit_cores * PERIOD_S / demand_s - 1.0 - arrivals
 }
 
 /// A quiet interval: a replica under `limit_cores`, offered `rps` (per
@@ -191,7 +199,7 @@ pub fn variability_bound_from_quiet(demand_s: f64, quiet: &[QuietInterval]) -> O
             .filter(|q| q.rps > 0.0 && q.limit_cores > 0.0 && q.periods > 0.0)
             .map(|q| {
                 let arrivals = q.rps * PERIOD_S;
-                let room = q.limit_cores * PERIOD_S / demand_s - 1.0 - arrivals;
+                let room = period_room(demand_s, arrivals, q.limit_cores);
                 let share = if room <= 0.0 {
                     // The model expects this quota throttled half the time
                     // or more whatever the variability.

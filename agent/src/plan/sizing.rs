@@ -71,13 +71,6 @@ pub struct ServiceUsage {
 }
 
 impl ServiceUsage {
-    /// The variability the allocation plans this service with: the
-    /// configured one, or more where the throttling measured under its
-    /// quota says its bursts are larger (the largest of the latest readings).
-    pub fn variability(&self, configured: f64) -> f64 {
-        self.planned_variability(configured).0
-    }
-
     /// The variability to plan with and where it comes from. Intervals the
     /// quota throttled: the largest variability that explains one of them
     /// (above or below the configured one: the kernel's count wins). Only
@@ -207,6 +200,11 @@ pub fn desired_resources(
     autoscalers: &BTreeMap<String, Autoscalers>,
 ) -> Sizing {
     let mut report = serde_json::Map::new();
+    // Once per service: the model and the reason both use it.
+    let planned: BTreeMap<&str, (f64, VariabilitySource)> = services
+        .iter()
+        .map(|u| (u.service.as_str(), u.planned_variability(variability)))
+        .collect();
     let models: Vec<ServiceModel> = services
         .iter()
         .filter_map(|u| {
@@ -214,7 +212,7 @@ pub fn desired_resources(
                 name: u.service.clone(),
                 demand_s: u.demand_s.filter(|d| d.is_finite() && *d > 0.0)?,
                 fixed_ms: 0.0,
-                variability: u.variability(variability),
+                variability: planned[u.service.as_str()].0,
                 rps: u.rps.max(0.0),
                 replicas: u.replicas.max(1),
                 min_cpu: u.min_cpu * u.replicas.max(1) as f64,
@@ -315,7 +313,7 @@ pub fn desired_resources(
             model.rps,
             100.0 * model.rps * model.demand_s / cores,
             model.variability,
-            u.planned_variability(variability).1.says(),
+            planned[u.service.as_str()].1.says(),
             if stepped.contains(&u.service) && u.demand_estimates < SETTLED_ESTIMATES {
                 format!(
                     "; held at the {:.2} cores per replica in force until CPU per request is \
