@@ -25,6 +25,10 @@ pub struct ServiceSample {
     /// The quota in force per replica, cores (the largest over the
     /// replicas; `None`: no quota).
     pub limit_cores: Option<f64>,
+    /// The replicas run under different quotas (or some under none): the
+    /// throttled periods cannot then be read against one quota, as the
+    /// allocation's model of evenly sized replicas reads them.
+    pub uneven_limits: bool,
 }
 
 /// One service's replicas together, as a rate: what the metrics API gives
@@ -184,6 +188,7 @@ impl CgroupUsage {
     /// Every service with a replica group in the directory.
     pub fn read(&self) -> std::io::Result<BTreeMap<String, ServiceSample>> {
         let mut out: BTreeMap<String, ServiceSample> = BTreeMap::new();
+        let mut quotas: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if !path.is_dir() {
@@ -200,12 +205,40 @@ impl CgroupUsage {
                 .sum::<f64>();
             s.replicas += 1;
             s.throttled_periods += group_throttled(&path);
-            if let Some(l) = quota_cores(&path) {
+            let quota = quota_cores(&path);
+            if let Some(l) = quota {
                 s.limit_cores = Some(s.limit_cores.map_or(l, |m: f64| m.max(l)));
+            }
+            quotas
+                .entry(service_of(name).to_owned())
+                .or_default()
+                .push(quota);
+        }
+        for (service, q) in quotas {
+            if let Some(s) = out.get_mut(&service) {
+                s.uneven_limits = uneven(&q);
             }
         }
         Ok(out)
     }
+}
+
+/// Whether replicas' quotas differ: some limited and some not, or limits
+/// more than 1 % apart (the kernel rounds a quota to microseconds).
+fn uneven(quotas: &[Option<f64>]) -> bool {
+    let limited: Vec<f64> = quotas.iter().flatten().copied().collect();
+    if limited.is_empty() {
+        return false;
+    }
+    if limited.len() < quotas.len() {
+        return true;
+    }
+    let (lo, hi) = limited
+        .iter()
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &l| {
+            (lo.min(l), hi.max(l))
+        });
+    lo < 0.99 * hi
 }
 
 /// Working-set samples kept per service (the memory allocation's
@@ -244,8 +277,8 @@ pub struct ThrottleReading {
 #[derive(Debug, Default)]
 pub struct DemandTracker {
     /// Per service at the last reading: CPU-seconds, requests, throttled
-    /// periods, wall seconds.
-    last: BTreeMap<String, (f64, u64, u64, f64)>,
+    /// periods, wall seconds, whether its replicas' quotas differed.
+    last: BTreeMap<String, (f64, u64, u64, f64, bool)>,
     demand_s: BTreeMap<String, f64>,
     /// Intervals the CPU per request has been estimated over.
     estimates: BTreeMap<String, usize>,
@@ -274,7 +307,7 @@ impl DemandTracker {
             let Some(&requests) = served.get(svc) else {
                 continue;
             };
-            if let Some((cpu0, req0, thr0, t0)) = self.last.get(svc).copied() {
+            if let Some((cpu0, req0, thr0, t0, uneven0)) = self.last.get(svc).copied() {
                 let dr = requests.saturating_sub(req0);
                 let dc = s.cpu_s - cpu0;
                 if dr < MIN_REQUESTS {
@@ -282,7 +315,14 @@ impl DemandTracker {
                     continue;
                 }
                 let dt = wall_s - t0;
-                if let (Some(limit), true) = (s.limit_cores, dt > 0.0 && s.replicas > 0) {
+                // Replicas under different quotas at either end (a start
+                // from per-replica sizes, a change half applied): which
+                // replica was throttled under which quota is unknown, and
+                // one small quota's throttling would read as burstiness.
+                let one_quota = !uneven0 && !s.uneven_limits;
+                if let (Some(limit), true) =
+                    (s.limit_cores, dt > 0.0 && s.replicas > 0 && one_quota)
+                {
                     let periods = dt / CFS_PERIOD_S * s.replicas as f64;
                     // A counter that went back (a restarted replica) says nothing.
                     if s.throttled_periods >= thr0 {
@@ -308,7 +348,13 @@ impl DemandTracker {
             }
             self.last.insert(
                 svc.clone(),
-                (s.cpu_s, requests, s.throttled_periods, wall_s),
+                (
+                    s.cpu_s,
+                    requests,
+                    s.throttled_periods,
+                    wall_s,
+                    s.uneven_limits,
+                ),
             );
         }
     }
@@ -365,6 +411,7 @@ mod tests {
                 replicas: 2,
                 throttled_periods,
                 limit_cores,
+                uneven_limits: false,
             },
         )])
     }
@@ -433,6 +480,39 @@ mod tests {
     }
 
     #[test]
+    fn throttling_under_uneven_quotas_is_not_read() {
+        let mut t = DemandTracker::default();
+        let at = |cpu_s: f64, throttled: u64, uneven: bool| {
+            let mut r = reading(cpu_s, throttled, Some(0.25));
+            if let Some(s) = r.get_mut("ratings") {
+                s.uneven_limits = uneven;
+            }
+            r
+        };
+        let served = |n: u64| BTreeMap::from([("ratings".to_string(), n)]);
+        // Uneven at the end, then at the start, of an interval: its
+        // throttled periods are not read; its CPU per request still is.
+        t.add(&at(1.0, 0, false), &served(0), 100.0);
+        t.add(&at(2.0, 20, true), &served(400), 110.0);
+        t.add(&at(3.0, 40, false), &served(800), 120.0);
+        assert!(t.throttling("ratings").is_empty());
+        assert_eq!(t.estimates("ratings"), 2);
+        // Even at both ends again: read.
+        t.add(&at(4.0, 50, false), &served(1200), 130.0);
+        assert_eq!(t.throttling("ratings").len(), 1);
+        assert!((t.throttling("ratings")[0].share - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn replicas_quotas_are_uneven_when_they_differ_or_some_have_none() {
+        assert!(!uneven(&[]));
+        assert!(!uneven(&[None, None]));
+        assert!(!uneven(&[Some(0.2), Some(0.2), Some(0.199)]), "rounding");
+        assert!(uneven(&[Some(0.2), Some(0.2), Some(0.025)]));
+        assert!(uneven(&[Some(0.2), None]));
+    }
+
+    #[test]
     fn a_group_is_read_from_its_controller_counter_or_its_processes() {
         let dir = tempfile::tempdir().unwrap();
         let g = dir.path().join("ratings-2");
@@ -456,6 +536,14 @@ mod tests {
         assert!((read["ratings"].cpu_s - 2.5).abs() < 1e-9);
         assert!(read["ratings"].memory_mib > 1.0, "this test's own RSS");
         assert!((read["details"].cpu_s - 1.5).abs() < 1e-9);
+        assert!(!read["details"].uneven_limits && !read["ratings"].uneven_limits);
+        // A second details replica under a quarter of the first's quota.
+        let d2 = dir.path().join("details-2");
+        std::fs::create_dir(&d2).unwrap();
+        std::fs::write(d2.join("cpu.max"), "6250 100000\n").unwrap();
+        let read = CgroupUsage::new(dir.path()).read().unwrap();
+        assert_eq!(read["details"].limit_cores, Some(0.25), "the largest");
+        assert!(read["details"].uneven_limits);
         let procs = dir.path().join("reviews");
         std::fs::create_dir(&procs).unwrap();
         std::fs::write(
