@@ -278,6 +278,83 @@ async fn the_change_budget_and_hysteresis_stop_flapping() {
     assert_eq!(patches, 3);
 }
 
+/// meshtune's ratings Deployment with its container under `cores`.
+fn ratings_cpu(cores: f64) -> Vec<DesiredObject> {
+    let bare = json!({"metadata": {"name": "ratings", "namespace": "bookinfo"},
+        "spec": {"template": {"spec": {"containers": [{"name": "ratings"}]}}}});
+    let object = meshtune_agent::plan::deployment::resources_apply(
+        &bare,
+        "ratings",
+        meshtune_agent::plan::deployment::ContainerAllocation {
+            cpu: Some(cores),
+            memory_mib: None,
+        },
+    )
+    .unwrap();
+    vec![DesiredObject {
+        kind: Kind::Deployment,
+        namespace: "bookinfo".into(),
+        name: "ratings".into(),
+        host: "ratings.bookinfo.svc.cluster.local".into(),
+        object,
+        reasons: BTreeMap::new(),
+    }]
+}
+
+/// One round writing ratings' CPU at `now_s`: the guard's outcome.
+async fn write_ratings_cpu(
+    g: &mut Guard,
+    sink: &meshtune_agent::write::dir::DirSink,
+    now_s: u64,
+    cores: f64,
+) -> Outcome {
+    let out = g
+        .reconcile(
+            sink,
+            &ratings_cpu(cores),
+            &nobody_opted_out(),
+            true,
+            now_s,
+            &BTreeMap::new(),
+        )
+        .await;
+    out[0].1.clone()
+}
+
+#[tokio::test]
+async fn the_change_budget_holds_back_lowering_cpu_never_raising_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = meshtune_agent::write::dir::DirSink::new(dir.path()).unwrap();
+    let mut g = Guard::new(apply_config());
+    assert_eq!(
+        write_ratings_cpu(&mut g, &sink, 0, 0.4).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        write_ratings_cpu(&mut g, &sink, 10, 0.3).await,
+        Outcome::Applied
+    );
+    // Two changes in the hour: lowering further waits...
+    assert_eq!(
+        write_ratings_cpu(&mut g, &sink, 20, 0.2).await,
+        Outcome::BudgetExhausted
+    );
+    // ...but more CPU is written at once, and counted.
+    assert_eq!(
+        write_ratings_cpu(&mut g, &sink, 30, 0.6).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        write_ratings_cpu(&mut g, &sink, 40, 0.3).await,
+        Outcome::BudgetExhausted
+    );
+    let written = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .collect::<String>();
+    assert!(written.contains("600m"), "{written}");
+}
+
 #[tokio::test]
 async fn a_change_that_costs_slo_attainment_is_rolled_back() {
     let (first, second) = (rules(400.0), rules(900.0));

@@ -99,6 +99,30 @@ pub struct Guard {
 
 /// Numbers that may move in an object; a change smaller than `hysteresis`
 /// (relative) on every one of them is not worth applying.
+/// Whether `after` gives some container of a Deployment more CPU than
+/// `before` did. The budget holds back lowering, not this: the allocation
+/// raises CPU only to keep objectives (a quota that throttles costs latency
+/// at once), each raise follows a rise in load or a lowering the budget
+/// counted, and so cannot flap more often than the budget allows, as an
+/// HPA scales up at once and down only after its stabilisation window.
+fn raises_cpu(before: &Value, after: &Value) -> bool {
+    let Some(containers) = after["spec"]["template"]["spec"]["containers"].as_array() else {
+        return false;
+    };
+    containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .any(|name| {
+            match (
+                crate::plan::deployment::container_cpu(before, name),
+                crate::plan::deployment::container_cpu(after, name),
+            ) {
+                (Some(b), Some(a)) => a > b,
+                _ => false,
+            }
+        })
+}
+
 pub fn significant_change(old: &Value, new: &Value, hysteresis: f64) -> bool {
     fn numbers(v: &Value, path: String, out: &mut Vec<(String, f64)>) {
         match v {
@@ -412,7 +436,8 @@ impl Guard {
             {
                 h.changes.pop_front();
             }
-            if h.changes.len() >= self.config.max_changes {
+            let before = h.current.as_ref().map_or(&live, |c| &c.object);
+            if h.changes.len() >= self.config.max_changes && !raises_cpu(before, &target.object) {
                 out.push((key, Outcome::BudgetExhausted));
                 continue;
             }
@@ -531,6 +556,19 @@ mod tests {
             project(&live, &shape),
             json!({"spec": {"host": "a", "trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 7}}}}})
         );
+    }
+
+    #[test]
+    fn only_more_cpu_for_a_container_is_a_raise() {
+        let d = |cpu: &str| {
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "ratings", "resources": {"limits": {"cpu": cpu}}}]}}}})
+        };
+        assert!(raises_cpu(&d("200m"), &d("300m")));
+        assert!(!raises_cpu(&d("300m"), &d("200m")));
+        assert!(!raises_cpu(&d("300m"), &d("300m")));
+        assert!(!raises_cpu(&Value::Null, &d("300m")), "nothing to compare");
+        assert!(!raises_cpu(&dr(1.0), &dr(2.0)), "not a Deployment");
     }
 
     #[test]
