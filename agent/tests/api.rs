@@ -374,6 +374,7 @@ async fn the_policy_carries_the_load_growth_the_forecast_expects() {
             basis: "backtest",
             history_minutes: 90,
             rps: [(1, now_rps), (10, 3.0 * now_rps)].into(),
+            upper_rps: Default::default(),
         },
     );
     // Policies are recomputed at most every few seconds: ask for a later one.

@@ -318,6 +318,12 @@ impl Agent {
         self.forecasting.at_longest_horizon()
     }
 
+    /// Each chain's upper forecast up to the longest horizon, requests/s
+    /// (what resources are sized for).
+    pub fn forecast_upper(&self) -> BTreeMap<String, f64> {
+        self.forecasting.upper_over_horizons()
+    }
+
     /// Replaces the chains declared as ChainSLO objects.
     pub fn set_declared(&self, d: DeclaredChains) {
         *locked(&self.declared) = d;

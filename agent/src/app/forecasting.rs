@@ -52,6 +52,15 @@ impl Forecasting {
             .collect()
     }
 
+    /// Each chain's upper forecast over the horizons (the most the next
+    /// minutes up to the longest horizon are planned to bring).
+    pub fn upper_over_horizons(&self) -> BTreeMap<String, f64> {
+        locked(&self.latest)
+            .iter()
+            .filter_map(|(c, f)| Some((c.clone(), f.upper_over_horizons()?)))
+            .collect()
+    }
+
     /// Recomputes every chain's forecast from its 1-minute history (the
     /// last two days: memory for the recent minutes, the store before).
     /// Chains advance minute by minute together, so the GRU runs once per

@@ -79,7 +79,7 @@ impl<S: Sink + Sync> Tuner<S> {
         &mut self,
         agent: &Agent,
         window: &BTreeMap<String, ChainAgg>,
-        obs: &[crate::plan::observe::ServiceObservation],
+        secs: f64,
         now_s: u64,
     ) -> Option<(Vec<crate::plan::DesiredObject>, serde_json::Value)> {
         let managed: Vec<(&String, &crate::config::ServiceSpec)> = agent
@@ -141,6 +141,11 @@ impl<S: Sink + Sync> Tuner<S> {
         }
         self.demand
             .add(&read, &served, crate::clock::wall_seconds(now_s as f64));
+        // CPU is sized for the chains' upper forecast over the next ten
+        // minutes, not the expected rate: a quota below a minute's load
+        // throttles at once, and the change budget slows the way back.
+        let planned_rps =
+            crate::plan::observe::expected_service_rps(window, secs, &agent.forecast_upper());
         let services: Vec<ServiceUsage> = managed
             .iter()
             .map(|(name, spec)| ServiceUsage {
@@ -149,11 +154,8 @@ impl<S: Sink + Sync> Tuner<S> {
                 deployment: spec.deployment.clone().unwrap_or_else(|| (*name).clone()),
                 container: spec.container.clone().unwrap_or_else(|| (*name).clone()),
                 demand_s: self.demand.demand_s(name),
-                rps: obs
-                    .iter()
-                    .find(|o| &o.service == *name)
-                    // Already per wall second (the window's rates are), as cores are.
-                    .map_or(0.0, |o| o.rps),
+                // Already per wall second (the window's rates are), as cores are.
+                rps: planned_rps.get(name.as_str()).copied().unwrap_or(0.0),
                 memory_mib: self.demand.memory_mib(name),
                 replicas: read.get(name.as_str()).map_or(1, |s| s.replicas.max(1)),
                 min_cpu: spec.min_cpu.unwrap_or(0.01),
@@ -415,7 +417,7 @@ impl<S: Sink + Sync> Tuner<S> {
         let model = self
             .model_round(agent, window, secs, now_s, &obs, &mut objects)
             .await;
-        let resources = self.plan_resources(agent, window, &obs, now_s).await;
+        let resources = self.plan_resources(agent, window, secs, now_s).await;
         if let Some((deployments, _)) = &resources {
             objects.extend(deployments.iter().cloned());
         }

@@ -71,13 +71,21 @@ pub fn all_methods(model: Option<std::sync::Arc<gru::GruModel>>) -> Vec<Box<dyn 
     all
 }
 
-/// Recent absolute errors of one method at one horizon.
+/// Recent misses of one method at one horizon.
 #[derive(Debug, Clone, Default)]
 struct Track {
     /// Forecasts waiting for their actual value: (target minute, value).
     pending: std::collections::VecDeque<(u64, f64)>,
-    errors: std::collections::VecDeque<f64>,
+    /// Actual − forecast (positive: the forecast fell short).
+    misses: std::collections::VecDeque<f64>,
 }
+
+/// The share of minutes the upper forecast ([`Selector::upper`]) is
+/// meant to cover.
+pub const UPPER_SHARE: f64 = 0.9;
+/// Scored forecasts a method needs at a horizon before its misses give an
+/// upper forecast there.
+pub const MIN_UPPER_MISSES: usize = 5;
 
 /// Picks, per horizon, the method with the lowest mean absolute error over
 /// its last `window` scored forecasts; before any method has `window`
@@ -154,9 +162,9 @@ impl Selector {
                 while t.pending.front().is_some_and(|(at, _)| *at <= minute) {
                     if let Some((at, f)) = t.pending.pop_front() {
                         if at == minute {
-                            t.errors.push_back((f - value).abs());
-                            if t.errors.len() > self.window {
-                                t.errors.pop_front();
+                            t.misses.push_back(value - f);
+                            if t.misses.len() > self.window {
+                                t.misses.pop_front();
                             }
                         }
                     }
@@ -179,30 +187,60 @@ impl Selector {
         }
     }
 
-    /// The chosen method's forecast at horizon index `k`, its name and why.
-    pub fn forecast(&self, k: usize) -> Option<(f64, &'static str, Choice)> {
-        let h = *self.horizons.get(k)?;
+    /// The method chosen at horizon index `k` (its index) and why.
+    fn chosen(&self, k: usize) -> Option<(usize, Choice)> {
+        self.horizons.get(k)?;
         let scored = self
             .methods
             .iter()
             .enumerate()
             .filter(|(m, method)| {
                 method.seen() >= method.min_history()
-                    && self.tracks[*m][k].errors.len() >= self.window
+                    && self.tracks[*m][k].misses.len() >= self.window
             })
-            .map(|(m, method)| {
-                let e = &self.tracks[m][k].errors;
-                (e.iter().sum::<f64>() / e.len() as f64, method)
+            .map(|(m, _)| {
+                let e = &self.tracks[m][k].misses;
+                (e.iter().map(|x| x.abs()).sum::<f64>() / e.len() as f64, m)
             })
             .min_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((_, method)) = scored {
-            return Some((method.forecast(h), method.name(), Choice::Backtest));
+        if let Some((_, m)) = scored {
+            return Some((m, Choice::Backtest));
         }
-        let method = self
+        let m = self
             .methods
             .iter()
-            .find(|m| m.seen() >= m.min_history() && m.seen() > 0)?;
-        Some((method.forecast(h), method.name(), Choice::Fallback))
+            .position(|m| m.seen() >= m.min_history() && m.seen() > 0)?;
+        Some((m, Choice::Fallback))
+    }
+
+    /// The chosen method's forecast at horizon index `k`, its name and why.
+    pub fn forecast(&self, k: usize) -> Option<(f64, &'static str, Choice)> {
+        let h = *self.horizons.get(k)?;
+        let (m, why) = self.chosen(k)?;
+        let method = &self.methods[m];
+        Some((method.forecast(h), method.name(), why))
+    }
+
+    /// An upper forecast at horizon index `k`: the chosen method's forecast
+    /// plus the `share` quantile of its recent misses there (how far the
+    /// actual minutes came above its forecasts; split conformal prediction,
+    /// no distribution assumed), never below the forecast. `None` before
+    /// the method has [`MIN_UPPER_MISSES`] scored forecasts at `k`.
+    pub fn upper(&self, k: usize, share: f64) -> Option<f64> {
+        let h = *self.horizons.get(k)?;
+        let (m, _) = self.chosen(k)?;
+        let misses = &self.tracks[m][k].misses;
+        if misses.len() < MIN_UPPER_MISSES {
+            return None;
+        }
+        let mut v: Vec<f64> = misses.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        // The ⌈share × (n + 1)⌉-th smallest, the conformal rank (the
+        // largest when there are too few for it).
+        let rank =
+            ((share.clamp(0.0, 1.0) * (v.len() + 1) as f64).ceil() as usize).clamp(1, v.len());
+        let forecast = self.methods[m].forecast(h);
+        Some(forecast + v[rank - 1].max(0.0))
     }
 
     pub fn horizons(&self) -> &[usize] {
@@ -212,10 +250,14 @@ impl Selector {
     /// The forecast at every horizon, as the agent serves it.
     pub fn chain_forecast(&self) -> Option<ChainForecast> {
         let mut out = std::collections::BTreeMap::new();
+        let mut upper = std::collections::BTreeMap::new();
         let mut chosen = ("naive", Choice::Fallback);
         for (k, h) in self.horizons.iter().enumerate() {
             let (f, name, why) = self.forecast(k)?;
             out.insert(*h, f);
+            if let Some(u) = self.upper(k, UPPER_SHARE) {
+                upper.insert(*h, u);
+            }
             chosen = (name, why);
         }
         Some(ChainForecast {
@@ -227,6 +269,7 @@ impl Selector {
             },
             history_minutes: self.methods.last().map_or(0, |m| m.seen()),
             rps: out,
+            upper_rps: upper,
         })
     }
 
@@ -283,6 +326,30 @@ mod tests {
     }
 
     #[test]
+    fn the_upper_forecast_covers_the_misses_of_the_last_minutes() {
+        let mut s = Selector::new(&[1], 30);
+        // Level 10 with every fifth minute a burst of 40: the last value
+        // (the fallback before 30 scores) misses each burst by 30.
+        for m in 0..4u64 {
+            s.update(m, 10.0);
+        }
+        assert_eq!(s.upper(0, UPPER_SHARE), None, "too few scored forecasts");
+        for m in 4..29u64 {
+            s.update(m, if m % 5 == 0 { 40.0 } else { 10.0 });
+        }
+        let (f, _, _) = s.forecast(0).unwrap_or((f64::NAN, "", Choice::Fallback));
+        let u = s.upper(0, UPPER_SHARE).unwrap_or(f64::NAN);
+        assert!((f - 10.0).abs() < 1e-9, "{f}");
+        // A fifth of the minutes came 30 above: the 90 % upper covers them.
+        assert!((u - 40.0).abs() < 1e-9, "{u}");
+        // Asking for less than the bursts' share does not.
+        assert!(s.upper(0, 0.5).unwrap_or(f64::NAN) <= f + 1e-9);
+        let c = s.chain_forecast().unwrap_or_else(|| unreachable!());
+        assert_eq!(c.upper_rps.get(&1), Some(&u));
+        assert_eq!(c.upper_over_horizons(), Some(u));
+    }
+
+    #[test]
     fn zero_traffic_and_level_shifts_stay_finite() {
         let mut s = Selector::new(&[1, 5, 10], 20);
         for m in 0..3000u64 {
@@ -320,6 +387,23 @@ pub struct ChainForecast {
     pub history_minutes: usize,
     /// Expected requests per second, by horizon in minutes.
     pub rps: std::collections::BTreeMap<usize, f64>,
+    /// Requests per second the actual minute stays under with
+    /// [`UPPER_SHARE`] of the time, by horizon (the forecast plus that
+    /// quantile of its recent misses; a horizon appears once its method
+    /// has [`MIN_UPPER_MISSES`] scored forecasts there).
+    pub upper_rps: std::collections::BTreeMap<usize, f64>,
+}
+
+impl ChainForecast {
+    /// The most requests per second the next minutes up to the longest
+    /// horizon are planned to bring: the highest upper forecast, or
+    /// forecast where no upper one exists yet, over the horizons.
+    pub fn upper_over_horizons(&self) -> Option<f64> {
+        self.rps
+            .iter()
+            .map(|(h, f)| self.upper_rps.get(h).copied().unwrap_or(*f).max(*f))
+            .reduce(f64::max)
+    }
 }
 
 /// Forecasts a chain from its per-minute request rates (oldest first,
