@@ -326,28 +326,21 @@ async fn the_change_budget_holds_back_lowering_cpu_never_raising_it() {
     let dir = tempfile::tempdir().unwrap();
     let sink = meshtune_agent::write::dir::DirSink::new(dir.path()).unwrap();
     let mut g = Guard::new(apply_config());
-    assert_eq!(
-        write_ratings_cpu(&mut g, &sink, 0, 0.4).await,
-        Outcome::Applied
-    );
-    assert_eq!(
-        write_ratings_cpu(&mut g, &sink, 10, 0.3).await,
-        Outcome::Applied
-    );
-    // Two changes in the hour: lowering further waits...
-    assert_eq!(
-        write_ratings_cpu(&mut g, &sink, 20, 0.2).await,
-        Outcome::BudgetExhausted
-    );
-    // ...but more CPU is written at once, and counted.
-    assert_eq!(
-        write_ratings_cpu(&mut g, &sink, 30, 0.6).await,
-        Outcome::Applied
-    );
-    assert_eq!(
-        write_ratings_cpu(&mut g, &sink, 40, 0.3).await,
-        Outcome::BudgetExhausted
-    );
+    // Two changes in the hour: lowering further waits, but more CPU is
+    // written at once (and counted).
+    for (now_s, cores, want) in [
+        (0, 0.4, Outcome::Applied),
+        (10, 0.3, Outcome::Applied),
+        (20, 0.2, Outcome::BudgetExhausted),
+        (30, 0.6, Outcome::Applied),
+        (40, 0.3, Outcome::BudgetExhausted),
+    ] {
+        assert_eq!(
+            write_ratings_cpu(&mut g, &sink, now_s, cores).await,
+            want,
+            "{cores} cores at {now_s} s"
+        );
+    }
     let written = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
