@@ -380,8 +380,15 @@ pub struct ResourcesSpec {
     pub variability: f64,
     /// On a cluster: resize running pods in place (`pods/resize`,
     /// Kubernetes ≥ 1.33) instead of changing the Deployment's template.
+    /// With a directory sink: whoever applies its Deployment files resizes
+    /// the running replicas in place (the lab's control plane does).
     #[serde(default)]
     pub in_place_resize: bool,
+    /// With `in_place_resize`: at most this many resizes per Deployment an
+    /// hour, in place of `kubernetes.max_changes_per_hour` (which bounds
+    /// rollouts: a resize restarts nothing).
+    #[serde(default = "default_max_resizes")]
+    pub max_resizes_per_hour: usize,
 }
 
 impl Default for ResourcesSpec {
@@ -390,12 +397,19 @@ impl Default for ResourcesSpec {
             cgroup_dir: None,
             variability: default_variability(),
             in_place_resize: false,
+            max_resizes_per_hour: default_max_resizes(),
         }
     }
 }
 
 fn default_variability() -> f64 {
     0.4
+}
+
+/// One resize a minute on average: load series come by the minute (the
+/// forecaster's step), so a service can follow them up and down.
+fn default_max_resizes() -> usize {
+    60
 }
 
 fn default_namespace() -> String {
@@ -770,6 +784,13 @@ impl AgentConfig {
                 "must be in (0, 10]".into(),
             ));
         }
+        if raw.resources.max_resizes_per_hour == 0 {
+            return Err(invalid(
+                "resources.max_resizes_per_hour".into(),
+                "max_resizes_per_hour",
+                "must be at least 1 (to write no resources, leave out the services' `max_cpu`)".into(),
+            ));
+        }
         if raw.window_seconds < 5 || raw.window_seconds > 3600 {
             return Err(invalid(
                 "window_seconds".into(),
@@ -1024,6 +1045,11 @@ mod tests {
                 "line 2",
             ),
             ("window_seconds: 1\n", "window_seconds", "line 1"),
+            (
+                "resources:\n  max_resizes_per_hour: 0\n",
+                "resources.max_resizes_per_hour",
+                "line 2",
+            ),
             (
                 "policy:\n  retry_budget:\n    ratio: 20\n",
                 "policy.retry_budget.ratio",

@@ -547,7 +547,8 @@ async fn run(cfg: AgentConfig, sink: Option<SinkArg>) -> anyhow::Result<()> {
     let dir_sink = match &sink {
         Some(SinkArg::Dir(p)) => Some(
             meshtune_agent::write::dir::DirSink::new(p)
-                .with_context(|| format!("--sink dir:{}: cannot create it", p.display()))?,
+                .with_context(|| format!("--sink dir:{}: cannot create it", p.display()))?
+                .resizing_in_place(agent.config.resources.in_place_resize),
         ),
         _ => None,
     };

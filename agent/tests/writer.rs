@@ -349,6 +349,34 @@ async fn the_change_budget_holds_back_lowering_cpu_never_raising_it() {
 }
 
 #[tokio::test]
+async fn resizes_in_place_are_held_to_the_resize_budget_not_the_rollout_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = meshtune_agent::write::dir::DirSink::new(dir.path())
+        .unwrap()
+        .resizing_in_place(true);
+    let mut g = Guard::new(GuardConfig {
+        max_resizes: 4,
+        ..apply_config()
+    });
+    // Past the two rollouts, lowering goes on (nothing restarts) until the
+    // four resizes of the hour are spent; an hour later it may again.
+    for (now_s, cores, want) in [
+        (0, 0.4, Outcome::Applied),
+        (10, 0.3, Outcome::Applied),
+        (20, 0.2, Outcome::Applied),
+        (30, 0.6, Outcome::Applied),
+        (40, 0.3, Outcome::BudgetExhausted),
+        (3600, 0.3, Outcome::Applied),
+    ] {
+        assert_eq!(
+            write_ratings_cpu(&mut g, &sink, now_s, cores).await,
+            want,
+            "{cores} cores at {now_s} s"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_change_that_costs_slo_attainment_is_rolled_back() {
     let (first, second) = (rules(400.0), rules(900.0));
     let (client, seen, task) = fake(vec![

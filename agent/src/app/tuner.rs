@@ -36,6 +36,7 @@ pub fn guard_config(agent: &Agent) -> GuardConfig {
             Mode::Recommend
         },
         max_changes: k.max_changes_per_hour,
+        max_resizes: agent.config.resources.max_resizes_per_hour,
         force: k.force_conflicts,
         take_over_fields: k.take_over_fields.clone(),
         ..GuardConfig::default()

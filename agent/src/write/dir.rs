@@ -15,6 +15,9 @@ pub struct DirSink {
     /// Directories of other objects (a user's, say) read as the cluster
     /// would be, never written.
     also_read: Vec<PathBuf>,
+    /// Whoever applies the Deployment files resizes the running replicas
+    /// in place (the lab's control plane does) rather than rolling them.
+    resize_in_place: bool,
 }
 
 impl DirSink {
@@ -24,6 +27,7 @@ impl DirSink {
         Ok(DirSink {
             dir: dir.to_path_buf(),
             also_read: Vec::new(),
+            resize_in_place: false,
         })
     }
 
@@ -31,6 +35,13 @@ impl DirSink {
     /// object kept there for a host wins over meshtune's as on a cluster.
     pub fn also_reading(mut self, dirs: Vec<PathBuf>) -> Self {
         self.also_read = dirs;
+        self
+    }
+
+    /// The Deployment files are applied by resizing the running replicas in
+    /// place (`resources.in_place_resize`), as the lab's control plane does.
+    pub fn resizing_in_place(mut self, yes: bool) -> Self {
+        self.resize_in_place = yes;
         self
     }
 
@@ -147,6 +158,10 @@ impl Sink for DirSink {
 
     fn can_take_over(&self) -> bool {
         false
+    }
+
+    fn resizes_in_place(&self, kind: Kind) -> bool {
+        kind == Kind::Deployment && self.resize_in_place
     }
 
     async fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Value>, SinkError> {

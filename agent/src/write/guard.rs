@@ -30,6 +30,9 @@ pub struct GuardConfig {
     pub mode: Mode,
     /// At most this many changes per object within `window_s`.
     pub max_changes: usize,
+    /// At most this many within `window_s` for an object the sink resizes
+    /// in place (nothing restarts).
+    pub max_resizes: usize,
     pub window_s: u64,
     /// Relative change below which an object is left as it is.
     pub hysteresis: f64,
@@ -49,6 +52,7 @@ impl Default for GuardConfig {
         GuardConfig {
             mode: Mode::Recommend,
             max_changes: 3,
+            max_resizes: 60,
             window_s: 3600,
             hysteresis: 0.2,
             force: false,
@@ -437,7 +441,12 @@ impl Guard {
                 h.changes.pop_front();
             }
             let before = h.current.as_ref().map_or(&live, |c| &c.object);
-            if h.changes.len() >= self.config.max_changes && !raises_cpu(before, &target.object) {
+            let budget = if sink.resizes_in_place(target.kind) {
+                self.config.max_resizes
+            } else {
+                self.config.max_changes
+            };
+            if h.changes.len() >= budget && !raises_cpu(before, &target.object) {
                 out.push((key, Outcome::BudgetExhausted));
                 continue;
             }

@@ -180,6 +180,10 @@ impl Sink for KubeSink {
         true
     }
 
+    fn resizes_in_place(&self, kind: Kind) -> bool {
+        kind == Kind::Deployment && self.resize_in_place
+    }
+
     async fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Value>, SinkError> {
         match self.api(kind, namespace).list(&ListParams::default()).await {
             Ok(list) => Ok(list

@@ -57,6 +57,15 @@ pub trait Sink {
     /// (server-side apply can; a directory of files cannot).
     fn can_take_over(&self) -> bool;
 
+    /// Whether a change to an object of `kind` reaches the running pods
+    /// without restarting them (a Deployment's resources resized in place,
+    /// `pods/resize`): the guard then holds it to the resize budget rather
+    /// than the rollout budget. Templates roll the pods; that is the default.
+    fn resizes_in_place(&self, kind: Kind) -> bool {
+        let _ = kind;
+        false
+    }
+
     /// Every object of `kind` in `namespace`, the users' and meshtune's.
     fn list(
         &self,

@@ -192,7 +192,11 @@ pub fn agent_config_yaml(port: u16, data_dir: &std::path::Path, opts: &MeshOptio
         let dir = crate::cgroup::lab_dir()
             .map(|d| d.display().to_string())
             .unwrap_or_default();
-        y.push_str(&format!("resources:\n  cgroup_dir: {dir}\nservices:\n"));
+        // The control plane puts a Deployment's resources on its running
+        // replicas' cgroups, restarting nothing: a resize in place.
+        y.push_str(&format!(
+            "resources:\n  cgroup_dir: {dir}\n  in_place_resize: true\nservices:\n"
+        ));
         for (svc, chains) in [
             ("productpage", "[product-page, ratings-api]"),
             ("details", "[product-page]"),

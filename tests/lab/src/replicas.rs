@@ -431,7 +431,8 @@ pub async fn run_agent(
     });
     if let Some(d) = sink_dir {
         let sink = meshtune_agent::write::dir::DirSink::new(&d)?
-            .also_reading(also_read.into_iter().collect());
+            .also_reading(also_read.into_iter().collect())
+            .resizing_in_place(agent.config.resources.in_place_resize);
         tokio::spawn(meshtune_agent::app::tuner::run_local(
             agent.clone(),
             sink,
