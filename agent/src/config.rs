@@ -788,7 +788,8 @@ impl AgentConfig {
             return Err(invalid(
                 "resources.max_resizes_per_hour".into(),
                 "max_resizes_per_hour",
-                "must be at least 1 (to write no resources, leave out the services' `max_cpu`)".into(),
+                "must be at least 1 (to write no resources, leave out the services' `max_cpu`)"
+                    .into(),
             ));
         }
         if raw.window_seconds < 5 || raw.window_seconds > 3600 {

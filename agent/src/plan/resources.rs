@@ -135,7 +135,10 @@ pub const MAX_FITTED_VARIABILITY: f64 = 50.0;
 /// count as the burstiness the quota has to cover (bursts, threads taking
 /// the quota in slices, whatever the cause). `None` when the measurement
 /// says nothing: no throttling, no load, or a quota the model already
-/// expects to be throttled at least half the time.
+/// expects to be throttled at least half the time. One interval alone:
+/// where [`variability_bound_from_periods`]'s likelihood peaks for it (its
+/// closed form, which the tests check that against).
+#[cfg(test)]
 pub fn variability_from_throttling(
     demand_s: f64,
     rps: f64,
@@ -204,10 +207,8 @@ pub fn variability_bound_from_quiet(demand_s: f64, quiet: &[QuietInterval]) -> O
                     // The model expects this quota throttled half the time
                     // or more whatever the variability.
                     0.5
-                } else if v <= 0.0 {
-                    0.0
                 } else {
-                    normal_upper_tail(room / (2.0 * v * arrivals).sqrt())
+                    throttled_chance(room, arrivals, v)
                 };
                 -q.periods * (1.0 - share.min(1.0 - 1e-12)).ln()
             })
@@ -228,6 +229,96 @@ pub fn variability_bound_from_quiet(demand_s: f64, quiet: &[QuietInterval]) -> O
             lo = mid;
         } else {
             hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// An interval of a replica's 100 ms periods under one quota: offered
+/// `rps` (per replica, per wall second), `throttled` of its `periods`
+/// counted throttled by the kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeriodCount {
+    pub rps: f64,
+    pub limit_cores: f64,
+    pub periods: f64,
+    pub throttled: f64,
+}
+
+/// The model's chance that a period is throttled at `variability`, where
+/// arrivals have `room` more than their mean `arrivals` to fill before the
+/// quota runs out ([`period_room`]).
+fn throttled_chance(room: f64, arrivals: f64, variability: f64) -> f64 {
+    if variability <= 0.0 {
+        return 0.0;
+    }
+    normal_upper_tail(room / (2.0 * variability * arrivals).sqrt())
+}
+
+/// The largest variability the kernel's counts in `intervals` do not rule
+/// out: every interval's periods throttled independently with the model's
+/// chance at that interval's quota and load (as the period floor has it),
+/// the binomial log-likelihood of the counts is maximised over the
+/// variability, and the bound is the upper end of its 1/20 likelihood
+/// interval (log-likelihood within `ln 20` of the maximum). All the kept
+/// intervals weigh in by their number of periods: a single throttled
+/// period among 30 (a 3 % share, read alone as a very bursty service)
+/// counts as one of the hundreds the intervals hold, while throttling that
+/// repeats interval after interval pins the variability high. With no
+/// throttled period this is [`variability_bound_from_quiet`]'s bound (the
+/// maximum is then at 0 with likelihood 1). Intervals under a quota the
+/// model throttles at any variability (no room) carry nothing on it and
+/// are left out. `None` when no interval says anything; at most
+/// [`MAX_FITTED_VARIABILITY`].
+pub fn variability_bound_from_periods(demand_s: f64, intervals: &[PeriodCount]) -> Option<f64> {
+    if demand_s.is_nan() || demand_s <= 0.0 {
+        return None;
+    }
+    let usable: Vec<(f64, f64, f64, f64)> = intervals
+        .iter()
+        .filter(|c| c.rps > 0.0 && c.limit_cores > 0.0 && c.periods > 0.0)
+        .filter_map(|c| {
+            let arrivals = c.rps * PERIOD_S;
+            let room = period_room(demand_s, arrivals, c.limit_cores);
+            (room > 0.0).then_some((room, arrivals, c.periods, c.throttled.clamp(0.0, c.periods)))
+        })
+        .collect();
+    if usable.is_empty() {
+        return None;
+    }
+    let log_likelihood = |v: f64| -> f64 {
+        usable
+            .iter()
+            .map(|&(room, arrivals, n, k)| {
+                let p = throttled_chance(room, arrivals, v).clamp(1e-300, 1.0 - 1e-12);
+                k * p.ln() + (n - k) * (1.0 - p).ln()
+            })
+            .sum()
+    };
+    // The maximum on a log grid (each interval's chance rises with the
+    // variability, so the likelihood has one peak), then the bound above it
+    // by bisection.
+    let grid: Vec<f64> = (0..=200)
+        .map(|i| 1e-3 * (MAX_FITTED_VARIABILITY / 1e-3).powf(i as f64 / 200.0))
+        .collect();
+    let (best_v, best) =
+        grid.iter()
+            .map(|&v| (v, log_likelihood(v)))
+            .fold(
+                (0.0, f64::NEG_INFINITY),
+                |a, b| if b.1 > a.1 { b } else { a },
+            );
+    let ruled_out = |v: f64| best - log_likelihood(v) > QUIET_EVIDENCE;
+    if !ruled_out(MAX_FITTED_VARIABILITY) {
+        return Some(MAX_FITTED_VARIABILITY);
+    }
+    let (mut lo, mut hi) = (best_v, MAX_FITTED_VARIABILITY);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if ruled_out(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
         }
     }
     Some(lo)

@@ -22,8 +22,8 @@ use crate::plan::deployment::{
     autoscaler_conflict, resources_apply, Autoscalers, ContainerAllocation,
 };
 use crate::plan::resources::{
-    allocate, judge, memory_allocation, variability_bound_from_quiet, variability_from_throttling,
-    ChainObjective, QuietInterval, ServiceModel,
+    allocate, judge, memory_allocation, variability_bound_from_periods,
+    variability_bound_from_quiet, ChainObjective, PeriodCount, QuietInterval, ServiceModel,
 };
 use crate::plan::{DesiredObject, Kind};
 use meshtune_filter_core::control::Priority;
@@ -71,23 +71,31 @@ pub struct ServiceUsage {
 }
 
 impl ServiceUsage {
-    /// The variability to plan with and where it comes from. Intervals the
-    /// quota throttled: the largest variability that explains one of them
-    /// (above or below the configured one: the kernel's count wins). Only
-    /// intervals without throttling: the configured one, or less where so
-    /// many quiet periods rule it out ([`variability_bound_from_quiet`]).
+    /// The variability to plan with and where it comes from. Where the
+    /// quota throttled some interval: the largest variability the kernel's
+    /// counts over all the kept intervals, throttled and quiet, do not rule
+    /// out ([`variability_bound_from_periods`]; above or below the
+    /// configured one: the kernel's count wins). Only intervals without
+    /// throttling: the configured one, or less where so many quiet periods
+    /// rule it out ([`variability_bound_from_quiet`]).
     pub fn planned_variability(&self, configured: f64) -> (f64, VariabilitySource) {
         let Some(demand) = self.demand_s else {
             return (configured, VariabilitySource::Configured);
         };
-        let fitted = self
-            .throttling
-            .iter()
-            .filter(|r| r.share > 0.0)
-            .filter_map(|r| variability_from_throttling(demand, r.rps, r.limit_cores, r.share))
-            .reduce(f64::max);
-        if let Some(v) = fitted {
-            return (v, VariabilitySource::Throttled);
+        if self.throttling.iter().any(|r| r.share > 0.0) {
+            let counts: Vec<PeriodCount> = self
+                .throttling
+                .iter()
+                .map(|r| PeriodCount {
+                    rps: r.rps,
+                    limit_cores: r.limit_cores,
+                    periods: r.periods,
+                    throttled: (r.share * r.periods).round(),
+                })
+                .collect();
+            if let Some(v) = variability_bound_from_periods(demand, &counts) {
+                return (v, VariabilitySource::Throttled);
+            }
         }
         let quiet: Vec<QuietInterval> = self
             .throttling
@@ -124,7 +132,9 @@ impl VariabilitySource {
     fn says(self) -> &'static str {
         match self {
             VariabilitySource::Configured => " configured",
-            VariabilitySource::Throttled => " from the quota's throttling measured",
+            VariabilitySource::Throttled => {
+                " at most, from the quota's throttled and quiet periods measured"
+            }
             VariabilitySource::Quiet => {
                 " at most, from periods measured without throttling under the quota"
             }
@@ -588,7 +598,7 @@ mod tests {
         let (cores, reason) = cpu_of(&plan(&throttled), "ratings");
         assert!(cores > calm_cores, "{cores} vs {calm_cores}");
         assert!(
-            reason.contains("from the quota's throttling measured"),
+            reason.contains("from the quota's throttled and quiet periods measured"),
             "{reason}"
         );
         // One quiet minute (60 periods) rules out too little: the
@@ -607,13 +617,25 @@ mod tests {
             };
             10
         ];
-        let (cores, reason) = cpu_of(&plan(&quiet), "ratings");
-        assert!(cores < calm_cores, "{cores} vs {calm_cores}");
+        let (quiet_cores, reason) = cpu_of(&plan(&quiet), "ratings");
+        assert!(quiet_cores < calm_cores, "{quiet_cores} vs {calm_cores}");
         assert!(reason.contains("without throttling"), "{reason}");
-        // Throttling measured wins over quiet intervals.
+        // A throttled interval among them is weighed by its periods: it
+        // lifts the plan above the quiet ones' but not to what it says
+        // alone, while the same throttling in every interval lifts it more.
         quiet.throttling[0].share = 0.05;
-        let (cores, _) = cpu_of(&plan(&quiet), "ratings");
-        assert!(cores > calm_cores, "{cores} vs {calm_cores}");
+        let (one, reason) = cpu_of(&plan(&quiet), "ratings");
+        assert!(reason.contains("throttled and quiet periods"), "{reason}");
+        let mut alone = quiet.clone();
+        alone.throttling.truncate(1);
+        let (alone_cores, _) = cpu_of(&plan(&alone), "ratings");
+        assert!(
+            quiet_cores < one && one < alone_cores,
+            "{quiet_cores} < {one} < {alone_cores}"
+        );
+        quiet.throttling.iter_mut().for_each(|r| r.share = 0.05);
+        let (every, _) = cpu_of(&plan(&quiet), "ratings");
+        assert!(every > one && every > calm_cores, "{every} vs {one}");
     }
 
     #[test]

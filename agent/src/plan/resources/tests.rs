@@ -463,3 +463,55 @@ fn quiet_periods_bound_the_variability_from_above() {
     };
     assert_eq!(variability_bound_from_quiet(0.002, &[tight]), Some(0.0));
 }
+
+#[test]
+fn the_periods_likelihood_weighs_every_interval_by_its_periods() {
+    // A replica at 20 req/s of 2 ms under 0.2 cores (the quota covers 10
+    // requests a period, 2 arrive on average).
+    let count = |periods: f64, throttled: f64| PeriodCount {
+        rps: 20.0,
+        limit_cores: 0.2,
+        periods,
+        throttled,
+    };
+    // Without a throttled period it is the quiet intervals' bound.
+    let quiet = QuietInterval {
+        rps: 20.0,
+        limit_cores: 0.2,
+        periods: 600.0,
+    };
+    let from_quiet = variability_bound_from_quiet(0.002, &[quiet]).expect("a bound");
+    let from_periods =
+        variability_bound_from_periods(0.002, &[count(600.0, 0.0)]).expect("a bound");
+    assert!(
+        (from_quiet - from_periods).abs() < 1e-3 * from_quiet,
+        "{from_quiet} vs {from_periods}"
+    );
+    // Throttled in 2 % of 6,000 periods: the bound sits just above the
+    // variability that share reads as, since that many periods pin it.
+    let fit = variability_from_throttling(0.002, 20.0, 0.2, 0.02).expect("a fit");
+    let pinned = variability_bound_from_periods(0.002, &[count(6000.0, 120.0)]).unwrap();
+    assert!(pinned > fit && pinned < 1.2 * fit, "{pinned} vs {fit}");
+    // One throttled period of 30, alone, rules out little; beside 5,400
+    // quiet periods it is one of many and the bound comes down.
+    let alone = variability_bound_from_periods(0.002, &[count(30.0, 1.0)]).unwrap();
+    let among =
+        variability_bound_from_periods(0.002, &[count(30.0, 1.0), count(5400.0, 0.0)]).unwrap();
+    assert!(among < 0.5 * alone, "{among} vs {alone}");
+    // (The one throttled period still counts: above what the same periods
+    // all quiet allow.)
+    let all_quiet = variability_bound_from_periods(0.002, &[count(5430.0, 0.0)]).unwrap();
+    assert!(among > all_quiet, "{among} vs {all_quiet}");
+    // The old reading of that interval alone (the variability its 1-in-30
+    // share fits) is what the bound beside the quiet periods undercuts.
+    let read_alone = variability_from_throttling(0.002, 20.0, 0.2, 1.0 / 30.0).unwrap();
+    assert!(among < read_alone, "{among} vs {read_alone}");
+    // Intervals under a quota the model throttles at any variability say
+    // nothing; nor do none.
+    let tight = PeriodCount {
+        limit_cores: 0.05,
+        ..count(600.0, 300.0)
+    };
+    assert_eq!(variability_bound_from_periods(0.002, &[tight]), None);
+    assert_eq!(variability_bound_from_periods(0.002, &[]), None);
+}
