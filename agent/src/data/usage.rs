@@ -253,9 +253,9 @@ const DEMAND_WEIGHT: f64 = 0.5;
 /// The CFS period the kubelet sets a container's quota per (100 ms).
 pub const CFS_PERIOD_S: f64 = 0.1;
 
-/// Throttling readings kept per service: the allocation reads the
-/// burstiest of them, so one calm interval does not undo what a busy one
-/// showed.
+/// Throttling readings kept per service: the allocation weighs all of
+/// them by their periods, so one calm interval does not undo what busy
+/// ones showed, nor one stray throttled period outweigh many quiet ones.
 pub const THROTTLE_READINGS: usize = 10;
 
 /// What one interval between readings showed of a replica under its quota.
@@ -264,7 +264,8 @@ pub struct ThrottleReading {
     /// Share of all the replicas' 100 ms periods in the interval that the
     /// quota throttled.
     pub share: f64,
-    /// The quota in force per replica, cores.
+    /// The quota per replica, cores: the smaller of those in force at the
+    /// interval's two ends.
     pub limit_cores: f64,
     /// Requests per wall second per replica in the interval.
     pub rps: f64,
@@ -277,8 +278,9 @@ pub struct ThrottleReading {
 #[derive(Debug, Default)]
 pub struct DemandTracker {
     /// Per service at the last reading: CPU-seconds, requests, throttled
-    /// periods, wall seconds, whether its replicas' quotas differed.
-    last: BTreeMap<String, (f64, u64, u64, f64, bool)>,
+    /// periods, wall seconds, whether its replicas' quotas differed, the
+    /// quota in force.
+    last: BTreeMap<String, (f64, u64, u64, f64, bool, Option<f64>)>,
     demand_s: BTreeMap<String, f64>,
     /// Intervals the CPU per request has been estimated over.
     estimates: BTreeMap<String, usize>,
@@ -307,7 +309,7 @@ impl DemandTracker {
             let Some(&requests) = served.get(svc) else {
                 continue;
             };
-            if let Some((cpu0, req0, thr0, t0, uneven0)) = self.last.get(svc).copied() {
+            if let Some((cpu0, req0, thr0, t0, uneven0, limit0)) = self.last.get(svc).copied() {
                 let dr = requests.saturating_sub(req0);
                 let dc = s.cpu_s - cpu0;
                 if dr < MIN_REQUESTS {
@@ -320,9 +322,18 @@ impl DemandTracker {
                 // replica was throttled under which quota is unknown, and
                 // one small quota's throttling would read as burstiness.
                 let one_quota = !uneven0 && !s.uneven_limits;
-                if let (Some(limit), true) =
-                    (s.limit_cores, dt > 0.0 && s.replicas > 0 && one_quota)
-                {
+                // A quota changed within the interval is read as the smaller
+                // of the two: a raise is applied some seconds after the
+                // reading that asked for it (a resize, the lab's control
+                // plane), and the throttling of those seconds under the old
+                // quota would read as a very bursty service under the new
+                // one; after a lowering the new one is in force nearly
+                // throughout.
+                let limit = match (limit0, s.limit_cores) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (_, b) => b,
+                };
+                if let (Some(limit), true) = (limit, dt > 0.0 && s.replicas > 0 && one_quota) {
                     let periods = dt / CFS_PERIOD_S * s.replicas as f64;
                     // A counter that went back (a restarted replica) says nothing.
                     if s.throttled_periods >= thr0 {
@@ -354,6 +365,7 @@ impl DemandTracker {
                     s.throttled_periods,
                     wall_s,
                     s.uneven_limits,
+                    s.limit_cores,
                 ),
             );
         }
@@ -477,6 +489,27 @@ mod tests {
             );
         }
         assert_eq!(t.throttling("ratings").len(), THROTTLE_READINGS, "bounded");
+    }
+
+    #[test]
+    fn throttling_across_a_quota_change_is_read_against_the_smaller_quota() {
+        let mut t = DemandTracker::default();
+        let served = |n: u64| BTreeMap::from([("ratings".to_string(), n)]);
+        t.add(&reading(1.0, 0, Some(0.1)), &served(0), 100.0);
+        // Raised to 0.4 within the interval: its throttled periods came
+        // under the 0.1 still in force at its start.
+        t.add(&reading(2.0, 30, Some(0.4)), &served(400), 110.0);
+        // Lowered back to 0.1: the lower quota again.
+        t.add(&reading(3.0, 40, Some(0.1)), &served(800), 120.0);
+        // Held at 0.4 over a whole interval: 0.4.
+        t.add(&reading(4.0, 40, Some(0.4)), &served(1200), 130.0);
+        t.add(&reading(5.0, 40, Some(0.4)), &served(1600), 140.0);
+        let limits: Vec<f64> = t
+            .throttling("ratings")
+            .iter()
+            .map(|r| r.limit_cores)
+            .collect();
+        assert_eq!(limits, vec![0.1, 0.1, 0.1, 0.4]);
     }
 
     #[test]
