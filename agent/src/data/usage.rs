@@ -273,14 +273,25 @@ pub struct ThrottleReading {
     pub periods: f64,
 }
 
+/// A service at a reading: CPU-seconds, requests served, throttled
+/// periods (cumulative), when, whether its replicas' quotas differed, and
+/// the quota in force.
+#[derive(Debug, Clone, Copy)]
+struct LastReading {
+    cpu_s: f64,
+    requests: u64,
+    throttled_periods: u64,
+    wall_s: f64,
+    uneven_limits: bool,
+    limit_cores: Option<f64>,
+}
+
 /// CPU per request, throttling and memory samples per service, from
 /// successive readings and the requests each service served meanwhile.
 #[derive(Debug, Default)]
 pub struct DemandTracker {
-    /// Per service at the last reading: CPU-seconds, requests, throttled
-    /// periods, wall seconds, whether its replicas' quotas differed, the
-    /// quota in force.
-    last: BTreeMap<String, (f64, u64, u64, f64, bool, Option<f64>)>,
+    /// Per service at the last reading.
+    last: BTreeMap<String, LastReading>,
     demand_s: BTreeMap<String, f64>,
     /// Intervals the CPU per request has been estimated over.
     estimates: BTreeMap<String, usize>,
@@ -309,7 +320,15 @@ impl DemandTracker {
             let Some(&requests) = served.get(svc) else {
                 continue;
             };
-            if let Some((cpu0, req0, thr0, t0, uneven0, limit0)) = self.last.get(svc).copied() {
+            if let Some(LastReading {
+                cpu_s: cpu0,
+                requests: req0,
+                throttled_periods: thr0,
+                wall_s: t0,
+                uneven_limits: uneven0,
+                limit_cores: limit0,
+            }) = self.last.get(svc).copied()
+            {
                 let dr = requests.saturating_sub(req0);
                 let dc = s.cpu_s - cpu0;
                 if dr < MIN_REQUESTS {
@@ -359,14 +378,14 @@ impl DemandTracker {
             }
             self.last.insert(
                 svc.clone(),
-                (
-                    s.cpu_s,
+                LastReading {
+                    cpu_s: s.cpu_s,
                     requests,
-                    s.throttled_periods,
+                    throttled_periods: s.throttled_periods,
                     wall_s,
-                    s.uneven_limits,
-                    s.limit_cores,
-                ),
+                    uneven_limits: s.uneven_limits,
+                    limit_cores: s.limit_cores,
+                },
             );
         }
     }
