@@ -408,8 +408,10 @@ fn default_variability() -> f64 {
 
 /// One resize a minute on average: load series come by the minute (the
 /// forecaster's step), so a service can follow them up and down.
+pub const DEFAULT_MAX_RESIZES_PER_HOUR: usize = 60;
+
 fn default_max_resizes() -> usize {
-    60
+    DEFAULT_MAX_RESIZES_PER_HOUR
 }
 
 fn default_namespace() -> String {

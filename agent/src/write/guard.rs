@@ -52,7 +52,7 @@ impl Default for GuardConfig {
         GuardConfig {
             mode: Mode::Recommend,
             max_changes: 3,
-            max_resizes: 60,
+            max_resizes: crate::config::DEFAULT_MAX_RESIZES_PER_HOUR,
             window_s: 3600,
             hysteresis: 0.2,
             force: false,
